@@ -1,0 +1,128 @@
+//! `#[replicable]`: parse, validate, generate. [`expand`] never fails and never panics: on any
+//! error it emits the user's struct unchanged (minus our field attributes), stub types so that
+//! code naming them does not cascade into more errors, and every error at its span.
+
+pub mod args;
+pub mod ir;
+pub mod validate;
+
+use darling::FromMeta;
+use darling::ast::NestedMeta;
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote};
+
+use self::args::{FieldArgs, ReplicableArgs};
+use self::validate::FieldInfo;
+
+/// Expands `#[replicable(args)] item`.
+pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
+    let mut input: syn::DeriveInput = match syn::parse2(item.clone()) {
+        Ok(input) => input,
+        Err(e) => {
+            // Not a struct/enum/union at all: keep the tokens so the IDE still sees the item.
+            let e = e.to_compile_error();
+            return quote!(#item #e);
+        }
+    };
+    let mut errors = darling::Error::accumulator();
+
+    let field_args = take_field_attrs(&mut input, &mut errors);
+    let args = match NestedMeta::parse_meta_list(args) {
+        Ok(items) => errors.handle(ReplicableArgs::from_list(&items)),
+        Err(e) => {
+            errors.push(darling::Error::from(e));
+            None
+        }
+    };
+    let fields = validate::named_fields(&input, &mut errors).map(|fields| {
+        fields
+            .into_iter()
+            .zip(field_args)
+            .map(|(field, args)| FieldInfo { field, args })
+            .collect()
+    });
+    let def = validate::validate(&input, args, fields, &mut errors);
+
+    let generated = match (errors.finish(), def) {
+        (Ok(()), Some(def)) => crate::codegen::expand(&def),
+        (Err(e), _) => {
+            let stubs = stubs(&input);
+            let e = e.write_errors();
+            quote!(#e #stubs)
+        }
+        // validate returns None only after reporting an error; be safe anyway.
+        (Ok(()), None) => {
+            let stubs = stubs(&input);
+            quote!(::core::compile_error!("#[replicable] could not expand this item"); #stubs)
+        }
+    };
+    quote! {
+        #input
+        #generated
+    }
+}
+
+/// Removes every `#[replicable(...)]` from the fields (rustc does not know it as a field
+/// attribute) and parses the ones on a struct's fields, in field order.
+fn take_field_attrs(
+    input: &mut syn::DeriveInput,
+    errors: &mut darling::error::Accumulator,
+) -> Vec<FieldArgs> {
+    let mut parsed = Vec::new();
+    let mut take = |field: &mut syn::Field, keep: bool| {
+        let mut args = FieldArgs::default();
+        let mut seen = false;
+        field.attrs.retain(|attr| {
+            if !attr.path().is_ident("replicable") {
+                return true;
+            }
+            if keep {
+                let more = validate::parse_field_attr(attr, errors);
+                if seen {
+                    errors.push(
+                        darling::Error::custom(
+                            "one `#[replicable(...)]` per field: a field has a single role",
+                        )
+                        .with_span(attr),
+                    );
+                } else {
+                    args = more;
+                }
+                seen = true;
+            }
+            false
+        });
+        if keep {
+            parsed.push(args);
+        }
+    };
+    match &mut input.data {
+        syn::Data::Struct(s) => {
+            let named = matches!(s.fields, syn::Fields::Named(_));
+            s.fields.iter_mut().for_each(|f| take(f, named));
+        }
+        syn::Data::Enum(e) => e
+            .variants
+            .iter_mut()
+            .flat_map(|v| v.fields.iter_mut())
+            .for_each(|f| take(f, false)),
+        syn::Data::Union(u) => u.fields.named.iter_mut().for_each(|f| take(f, false)),
+    }
+    parsed
+}
+
+/// Unit stand-ins for the generated types, so that code naming `WidgetReplicator` or
+/// `WidgetRegistry` reports only the attribute's own errors.
+fn stubs(input: &syn::DeriveInput) -> TokenStream {
+    let vis = &input.vis;
+    let replicator = format_ident!("{}Replicator", input.ident);
+    let registry = format_ident!("{}Registry", input.ident);
+    quote! {
+        #[doc(hidden)]
+        #[allow(dead_code)]
+        #vis struct #replicator;
+        #[doc(hidden)]
+        #[allow(dead_code)]
+        #vis struct #registry;
+    }
+}

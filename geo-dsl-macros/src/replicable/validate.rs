@@ -1,0 +1,455 @@
+//! Cross-checks: turns darling's arguments and the struct into a [`ReplicableDef`], pushing every
+//! problem into the accumulator with the span of the code at fault. Never returns early on the
+//! first error, so the user sees all of them at once.
+
+use darling::Error;
+use darling::error::Accumulator;
+use darling::util::Flag;
+use proc_macro2::Span;
+use syn::spanned::Spanned;
+
+use super::args::{FieldArgs, ReplicableArgs, StrategyArg, VerificationArg};
+use super::ir::{ReplicableDef, RoleField, Strategy, Verification};
+
+/// The longest identifier PostgreSQL keeps without truncating it.
+const MAX_IDENT: usize = 63;
+
+/// One named field and its parsed `#[replicable(...)]` roles.
+pub struct FieldInfo {
+    pub field: syn::Field,
+    pub args: FieldArgs,
+}
+
+/// Why a name is not a safe SQL identifier, or `None` when it is one.
+pub fn identifier_problem(s: &str) -> Option<&'static str> {
+    let b = s.as_bytes();
+    if b.is_empty() {
+        Some("it is empty")
+    } else if b.len() > MAX_IDENT {
+        Some("it is longer than 63 characters, PostgreSQL's limit")
+    } else if b.iter().any(u8::is_ascii_uppercase) {
+        Some("it has upper-case letters; use lower case")
+    } else if !b[0].is_ascii_lowercase() {
+        Some("it must start with a letter a-z")
+    } else if !b
+        .iter()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
+    {
+        Some("only a-z, 0-9 and _ are allowed (names are checked at compile time so they can never inject SQL)")
+    } else {
+        None
+    }
+}
+
+fn check_identifier(errors: &mut Accumulator, what: &str, value: &str, span: Span) -> bool {
+    match identifier_problem(value) {
+        None => true,
+        Some(problem) => {
+            errors.push(
+                Error::custom(format!(
+                    "`{value}` is not a valid {what}: {problem} (the rule is ^[a-z][a-z0-9_]{{0,62}}$)"
+                ))
+                .with_span(&span),
+            );
+            false
+        }
+    }
+}
+
+/// `PackageFile` → `package_file`, `HTTPFile` → `http_file`.
+pub fn snake_case(ident: &str) -> String {
+    let chars: Vec<char> = ident.trim_start_matches("r#").chars().collect();
+    let mut out = String::with_capacity(chars.len() + 4);
+    for (i, &c) in chars.iter().enumerate() {
+        if c.is_uppercase() {
+            let prev = i.checked_sub(1).map(|p| chars[p]);
+            let next = chars.get(i + 1).copied();
+            let boundary = match prev {
+                Some(p) if p.is_lowercase() || p.is_ascii_digit() => true,
+                Some(p) if p.is_uppercase() => next.is_some_and(char::is_lowercase),
+                _ => false,
+            };
+            if boundary && !out.ends_with('_') {
+                out.push('_');
+            }
+            out.extend(c.to_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// English plural of a snake_case name, for the default table name and `…_plural`.
+pub fn plural(name: &str) -> String {
+    let consonant_y = name.ends_with('y')
+        && !name
+            .chars()
+            .rev()
+            .nth(1)
+            .is_some_and(|c| "aeiou".contains(c));
+    if consonant_y {
+        format!("{}ies", &name[..name.len() - 1])
+    } else if ["s", "x", "z", "ch", "sh"].iter().any(|e| name.ends_with(e)) {
+        format!("{name}es")
+    } else {
+        format!("{name}s")
+    }
+}
+
+/// Parses `#[replicable(...)]` on a field and reports what is not a role.
+pub fn parse_field_attr(attr: &syn::Attribute, errors: &mut Accumulator) -> FieldArgs {
+    const HINT: &str = "expected one of `#[replicable(id)]`, `#[replicable(blob)]`, `#[replicable(file_store)]`, `#[replicable(selective_sync)]`";
+    match &attr.meta {
+        syn::Meta::List(list) => {
+            match darling::ast::NestedMeta::parse_meta_list(list.tokens.clone()) {
+                Ok(items) if items.is_empty() => {
+                    errors.push(Error::custom(HINT).with_span(&attr.meta));
+                    FieldArgs::default()
+                }
+                Ok(items) => {
+                    use darling::FromMeta;
+                    errors
+                        .handle(FieldArgs::from_list(&items))
+                        .unwrap_or_default()
+                }
+                Err(e) => {
+                    errors.push(Error::from(e));
+                    FieldArgs::default()
+                }
+            }
+        }
+        other => {
+            errors.push(Error::custom(HINT).with_span(other));
+            FieldArgs::default()
+        }
+    }
+}
+
+fn role_of(args: &FieldArgs) -> Vec<(&'static str, &Flag)> {
+    [
+        ("id", &args.id),
+        ("blob", &args.blob),
+        ("file_store", &args.file_store),
+        ("selective_sync", &args.selective_sync),
+    ]
+    .into_iter()
+    .filter(|(_, f)| f.is_present())
+    .collect()
+}
+
+/// Picks the one field with `role`; reports duplicates at the second flag and a missing required
+/// role at the struct name.
+fn single_role(
+    fields: &[FieldInfo],
+    role: &'static str,
+    flag: impl Fn(&FieldArgs) -> &Flag,
+    required: Option<&str>,
+    ident: &syn::Ident,
+    errors: &mut Accumulator,
+) -> Option<RoleField> {
+    let mut found: Option<&FieldInfo> = None;
+    for f in fields {
+        let fl = flag(&f.args);
+        if !fl.is_present() {
+            continue;
+        }
+        if let Some(first) = found {
+            let first_name = first.field.ident.as_ref().map(ToString::to_string);
+            errors.push(
+                Error::custom(format!(
+                    "only one field can be `#[replicable({role})]`; `{}` already is",
+                    first_name.unwrap_or_default()
+                ))
+                .with_span(&fl.span()),
+            );
+            continue;
+        }
+        found = Some(f);
+    }
+    match found {
+        Some(f) => {
+            let ident = f.field.ident.clone()?;
+            let column = ident.to_string().trim_start_matches("r#").to_owned();
+            check_identifier(errors, "column name", &column, ident.span());
+            Some(RoleField {
+                ident,
+                ty: f.field.ty.clone(),
+                column,
+            })
+        }
+        None => {
+            if let Some(hint) = required {
+                errors.push(Error::custom(hint.replace("{}", &ident.to_string())).with_span(ident));
+            }
+            None
+        }
+    }
+}
+
+/// Checks the struct shape, the arguments and the fields; `None` when codegen cannot run.
+pub fn validate(
+    input: &syn::DeriveInput,
+    args: Option<ReplicableArgs>,
+    fields: Option<Vec<FieldInfo>>,
+    errors: &mut Accumulator,
+) -> Option<ReplicableDef> {
+    let ident = &input.ident;
+    if !input.generics.params.is_empty() || input.generics.where_clause.is_some() {
+        errors.push(
+            Error::custom(
+                "#[replicable] does not support generic structs: a replicable's tables and SQL are fixed at compile time; make a concrete struct",
+            )
+            .with_span(&input.generics),
+        );
+    }
+
+    // Per field: roles that exclude each other.
+    if let Some(fields) = &fields {
+        for f in fields {
+            let roles = role_of(&f.args);
+            for (name, flag) in roles.iter().skip(1) {
+                errors.push(
+                    Error::custom(format!(
+                        "a field has one role: this one is already `{}`, it cannot also be `{name}`",
+                        roles[0].0
+                    ))
+                    .with_span(&flag.span()),
+                );
+            }
+        }
+    }
+
+    let (strategy, registry_arg, table_arg, name_arg, verification_arg, enabled_by_default, krate) =
+        match args {
+            Some(a) => {
+                let strategy = match a.strategy {
+                    None => {
+                        errors.push(
+                            Error::custom(
+                                "missing `strategy`: write `#[replicable(strategy = \"blob\", …)]`",
+                            )
+                            .with_span(&Span::call_site()),
+                        );
+                        None
+                    }
+                    Some(s) => match *s {
+                        StrategyArg::Blob => Some(Strategy::Blob),
+                        StrategyArg::Repository => {
+                            errors.push(
+                                Error::custom(
+                                    "strategy `repository` is not implemented yet; the available strategy is `blob`",
+                                )
+                                .with_span(&s.span()),
+                            );
+                            None
+                        }
+                    },
+                };
+                (
+                    strategy,
+                    a.registry,
+                    a.table,
+                    a.name,
+                    a.verification,
+                    a.enabled_by_default.unwrap_or(false),
+                    a.krate,
+                )
+            }
+            None => (None, None, None, None, None, false, None),
+        };
+
+    // Names.
+    let name = match &name_arg {
+        Some(n) => {
+            check_identifier(errors, "replicable name", n, n.span());
+            n.to_string()
+        }
+        None => {
+            let derived = snake_case(&ident.to_string());
+            if let Some(problem) = identifier_problem(&derived) {
+                errors.push(
+                    Error::custom(format!(
+                        "cannot derive a replicable name from `{ident}` (`{derived}`: {problem}); set `name = \"…\"`"
+                    ))
+                    .with_span(ident),
+                );
+            }
+            derived
+        }
+    };
+    let name_span = name_arg.as_ref().map_or_else(|| ident.span(), |n| n.span());
+    let name_plural = plural(&name);
+
+    let derived_ident = |errors: &mut Accumulator, what: &str, value: String, key: &str| {
+        if let Some(problem) = identifier_problem(&value) {
+            errors.push(
+                Error::custom(format!(
+                    "the default {what} `{value}` is not valid ({problem}); set `{key} = \"…\"` or a shorter `name`"
+                ))
+                .with_span(&name_span),
+            );
+        }
+        value
+    };
+
+    let model_table = match &table_arg {
+        Some(t) => {
+            check_identifier(errors, "table name", t, t.span());
+            t.to_string()
+        }
+        None => derived_ident(errors, "table name", name_plural.clone(), "table"),
+    };
+    let registry_table = match &registry_arg {
+        Some(r) => {
+            check_identifier(errors, "registry table name", r, r.span());
+            r.to_string()
+        }
+        None => derived_ident(errors, "registry table name", format!("{name}_registry"), "registry"),
+    };
+    let foreign_key = derived_ident(errors, "registry foreign key", format!("{name}_id"), "name");
+    let verification = match verification_arg.as_deref() {
+        Some(VerificationArg::Inline) => Verification::Inline,
+        Some(VerificationArg::SeparateTable) | None => Verification::SeparateTable {
+            table: derived_ident(errors, "verification state table", format!("{name}_states"), "name"),
+        },
+    };
+
+    if registry_table == model_table {
+        let span = registry_arg
+            .as_ref()
+            .map_or_else(|| name_span, |r| r.span());
+        errors.push(
+            Error::custom(format!(
+                "the registry table and the model table are both `{model_table}`: the registry lives in the secondary's tracking database and needs its own name"
+            ))
+            .with_span(&span),
+        );
+    }
+    if let Verification::SeparateTable { table } = &verification {
+        if table == &model_table || table == &registry_table {
+            errors.push(
+                Error::custom(format!(
+                    "the verification state table `{table}` would be the same table as the model or the registry; choose another `table`/`registry`, or `verification = \"inline\"`"
+                ))
+                .with_span(&name_span),
+            );
+        }
+    }
+
+    // Fields and their roles.
+    let fields = fields?;
+    let id = single_role(
+        &fields,
+        "id",
+        |a| &a.id,
+        Some("`{}` has no `#[replicable(id)]` field: mark the model's `i64` primary key with it"),
+        ident,
+        errors,
+    );
+    let blob_required = match strategy {
+        Some(Strategy::Blob) => Some(
+            "the blob strategy needs a `#[replicable(blob)]` field on `{}`: mark the `String` field that holds the object key",
+        ),
+        None => None,
+    };
+    let blob = single_role(&fields, "blob", |a| &a.blob, blob_required, ident, errors);
+    let file_store = single_role(&fields, "file_store", |a| &a.file_store, None, ident, errors);
+    let selective_sync = single_role(
+        &fields,
+        "selective_sync",
+        |a| &a.selective_sync,
+        None,
+        ident,
+        errors,
+    );
+
+    let krate = krate.unwrap_or_else(|| syn::parse_quote!(::geo_runtime));
+    Some(ReplicableDef {
+        vis: input.vis.clone(),
+        ident: ident.clone(),
+        krate,
+        strategy: strategy?,
+        feature_flag: format!("geo_{name}_replication"),
+        name,
+        name_plural,
+        model_table,
+        registry_table,
+        foreign_key,
+        verification,
+        enabled_by_default,
+        id: id?,
+        blob,
+        file_store,
+        selective_sync,
+    })
+}
+
+/// The struct's named fields, or an error at the part of the item that is not one.
+pub fn named_fields(input: &syn::DeriveInput, errors: &mut Accumulator) -> Option<Vec<syn::Field>> {
+    let what = |kind: &str| {
+        format!(
+            "#[replicable] applies to a struct with named fields, and `{}` is {kind}",
+            input.ident
+        )
+    };
+    match &input.data {
+        syn::Data::Struct(s) => match &s.fields {
+            syn::Fields::Named(named) => Some(named.named.iter().cloned().collect()),
+            syn::Fields::Unnamed(u) => {
+                errors.push(
+                    Error::custom(what("a tuple struct: name its fields")).with_span(&u.span()),
+                );
+                None
+            }
+            syn::Fields::Unit => {
+                errors.push(Error::custom(what("a unit struct")).with_span(&input.ident));
+                None
+            }
+        },
+        syn::Data::Enum(e) => {
+            errors.push(Error::custom(what("an enum")).with_span(&e.enum_token));
+            None
+        }
+        syn::Data::Union(u) => {
+            errors.push(Error::custom(what("a union")).with_span(&u.union_token));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snake_case_names() {
+        assert_eq!(snake_case("Widget"), "widget");
+        assert_eq!(snake_case("PackageFile"), "package_file");
+        assert_eq!(snake_case("HTTPFile"), "http_file");
+        assert_eq!(snake_case("LfsObject2"), "lfs_object2");
+        assert_eq!(snake_case("CiSecureFile"), "ci_secure_file");
+    }
+
+    #[test]
+    fn plurals() {
+        assert_eq!(plural("widget"), "widgets");
+        assert_eq!(plural("package_file"), "package_files");
+        assert_eq!(plural("repository"), "repositories");
+        assert_eq!(plural("key"), "keys");
+        assert_eq!(plural("box"), "boxes");
+        assert_eq!(plural("status"), "statuses");
+    }
+
+    #[test]
+    fn identifiers() {
+        assert_eq!(identifier_problem("widget_registry"), None);
+        assert!(identifier_problem("Widget").is_some());
+        assert!(identifier_problem("w;drop").is_some());
+        assert!(identifier_problem("w x").is_some());
+        assert!(identifier_problem("w\"x").is_some());
+        assert!(identifier_problem("1w").is_some());
+        assert!(identifier_problem(&"w".repeat(64)).is_some());
+        assert_eq!(identifier_problem(&"w".repeat(63)), None);
+    }
+}

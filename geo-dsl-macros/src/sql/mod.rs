@@ -1,0 +1,296 @@
+//! The SQL of one replicable, for PostgreSQL and SQLite: migrations (DDL) and the per-table
+//! statements the runtime runs. Pure functions of the validated [`ReplicableDef`]; every
+//! identifier was checked against `^[a-z][a-z0-9_]{0,62}$` and is quoted anyway (a table may be
+//! called `user` or `order`). Values are always placeholders.
+//!
+//! The text is part of the schema contract: applied migrations are checksummed, so any change to
+//! what `*_migration` renders must come as a new migration version, never as an edit. The
+//! snapshot tests in `src/tests` catch accidental edits.
+
+mod dialect;
+
+pub use dialect::Dialect;
+
+use crate::replicable::ir::{ReplicableDef, Verification};
+
+/// `"name"`.
+fn q(ident: &str) -> String {
+    format!("\"{ident}\"")
+}
+
+/// An index name of at most 63 bytes: `index_<table>_on_<what>`, shortened with a hash of the
+/// full name when too long, so PostgreSQL never truncates two names into one.
+pub fn index_name(table: &str, what: &str) -> String {
+    let full = format!("index_{table}_on_{what}");
+    if full.len() <= 63 {
+        return full;
+    }
+    // FNV-1a: stable across compilers and platforms, unlike std's hasher.
+    let hash = full
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    let keep = 63 - 9;
+    format!("{}_{:08x}", &full[..keep], hash as u32)
+}
+
+/// The verification columns and their definitions, shared by the registry, the state table and
+/// inline columns.
+fn verification_columns(d: Dialect) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "verification_state",
+            format!(
+                "{} NOT NULL DEFAULT 0 CHECK (\"verification_state\" BETWEEN 0 AND 4)",
+                d.small_int()
+            ),
+        ),
+        ("verification_started_at", d.timestamp().to_owned()),
+        ("verification_retry_at", d.timestamp().to_owned()),
+        ("verified_at", d.timestamp().to_owned()),
+        ("verification_retry_count", "INTEGER NOT NULL DEFAULT 0".to_owned()),
+        ("verification_checksum", d.bytes().to_owned()),
+        ("verification_failure", d.text_255("verification_failure")),
+    ]
+}
+
+/// The order of the verification columns in statements; the runtime binds in this order.
+const VERIFICATION_COLUMN_ORDER: [&str; 7] = [
+    "verification_state",
+    "verification_started_at",
+    "verification_retry_at",
+    "verified_at",
+    "verification_retry_count",
+    "verification_checksum",
+    "verification_failure",
+];
+
+/// The registry columns after `id` and the foreign key; the runtime decodes by these names.
+const REGISTRY_COLUMN_ORDER: [&str; 15] = [
+    "state",
+    "retry_count",
+    "retry_at",
+    "last_synced_at",
+    "last_sync_failure",
+    "created_at",
+    "verification_state",
+    "verification_started_at",
+    "verified_at",
+    "verification_retry_at",
+    "verification_retry_count",
+    "verification_checksum",
+    "verification_checksum_mismatched",
+    "checksum_mismatch",
+    "verification_failure",
+];
+
+fn table_body(columns: &[(&str, String)]) -> String {
+    columns
+        .iter()
+        .map(|(name, def)| format!("    {} {def}", q(name)))
+        .collect::<Vec<_>>()
+        .join(",\n")
+}
+
+/// Migration 1 of the secondary: the registry table and its indexes.
+pub fn registry_migration(def: &ReplicableDef, d: Dialect) -> String {
+    let t = &def.registry_table;
+    let fk = &def.foreign_key;
+    let mut columns = vec![
+        ("id", d.identity_pk().to_owned()),
+        (fk.as_str(), format!("{} NOT NULL", d.big_int())),
+        (
+            "state",
+            format!("{} NOT NULL DEFAULT 0 CHECK (\"state\" BETWEEN 0 AND 3)", d.small_int()),
+        ),
+        ("retry_count", "INTEGER NOT NULL DEFAULT 0".to_owned()),
+        ("retry_at", d.timestamp().to_owned()),
+        ("last_synced_at", d.timestamp().to_owned()),
+        ("last_sync_failure", d.text_255("last_sync_failure")),
+        ("created_at", format!("{} NOT NULL DEFAULT {}", d.timestamp(), d.now())),
+    ];
+    let verification = verification_columns(d);
+    // The registry's verification columns, in Geo's order, with the secondary-only ones.
+    for name in [
+        "verification_state",
+        "verification_started_at",
+        "verified_at",
+        "verification_retry_at",
+        "verification_retry_count",
+        "verification_checksum",
+    ] {
+        if let Some((n, def)) = verification.iter().find(|(n, _)| *n == name) {
+            columns.push((n, def.clone()));
+        }
+    }
+    columns.push(("verification_checksum_mismatched", d.bytes().to_owned()));
+    columns.push(("checksum_mismatch", d.boolean_not_null_false("checksum_mismatch")));
+    columns.push(("verification_failure", d.text_255("verification_failure")));
+
+    let tq = q(t);
+    format!(
+        "CREATE TABLE {tq} (\n{body}\n){strict};\n\
+         CREATE UNIQUE INDEX {i_fk} ON {tq} ({fkq});\n\
+         CREATE INDEX {i_retry} ON {tq} (\"retry_at\");\n\
+         CREATE INDEX {i_state} ON {tq} (\"state\");\n\
+         CREATE INDEX {i_pending} ON {tq} (\"id\") WHERE \"state\" = 0;\n\
+         CREATE INDEX {i_failed} ON {tq} (\"retry_at\") WHERE \"state\" = 3;\n\
+         CREATE INDEX {i_verify} ON {tq} (\"verification_state\", \"verification_retry_at\") WHERE \"state\" = 2;\n",
+        body = table_body(&columns),
+        strict = d.table_suffix(),
+        fkq = q(fk),
+        i_fk = q(&index_name(t, fk)),
+        i_retry = q(&index_name(t, "retry_at")),
+        i_state = q(&index_name(t, "state")),
+        i_pending = q(&index_name(t, "pending")),
+        i_failed = q(&index_name(t, "failed_retry_at")),
+        i_verify = q(&index_name(t, "synced_verification")),
+    )
+}
+
+/// Indexes the verification workers need on the table holding the verification columns.
+fn verification_indexes(table: &str) -> String {
+    let tq = q(table);
+    format!(
+        "CREATE INDEX {i_state} ON {tq} (\"verification_state\");\n\
+         CREATE INDEX {i_pending} ON {tq} (\"verified_at\") WHERE \"verification_state\" = 0;\n\
+         CREATE INDEX {i_failed} ON {tq} (\"verification_retry_at\") WHERE \"verification_state\" = 3;\n\
+         CREATE INDEX {i_succeeded} ON {tq} (\"verified_at\") WHERE \"verification_state\" = 2;\n",
+        i_state = q(&index_name(table, "verification_state")),
+        i_pending = q(&index_name(table, "pending_verification")),
+        i_failed = q(&index_name(table, "failed_verification")),
+        i_succeeded = q(&index_name(table, "verified_at")),
+    )
+}
+
+/// Migration 1 of the primary: the verification state, in a state table or inline.
+pub fn verification_migration(def: &ReplicableDef, d: Dialect) -> String {
+    let model = q(&def.model_table);
+    match &def.verification {
+        Verification::SeparateTable { table } => {
+            let mut columns = vec![(
+                def.foreign_key.as_str(),
+                format!(
+                    "{} PRIMARY KEY REFERENCES {model} ({}) ON DELETE CASCADE",
+                    d.big_int(),
+                    q(&def.id.column)
+                ),
+            )];
+            columns.extend(verification_columns(d));
+            format!(
+                "CREATE TABLE {} (\n{}\n){};\n{}",
+                q(table),
+                table_body(&columns),
+                d.table_suffix(),
+                verification_indexes(table)
+            )
+        }
+        Verification::Inline => {
+            let columns = verification_columns(d);
+            let alter = match d {
+                // One statement: the table is rewritten at most once.
+                Dialect::Postgres => format!(
+                    "ALTER TABLE {model}\n{};\n",
+                    columns
+                        .iter()
+                        .map(|(n, def)| format!("    ADD COLUMN {} {def}", q(n)))
+                        .collect::<Vec<_>>()
+                        .join(",\n")
+                ),
+                // SQLite adds one column per statement.
+                Dialect::Sqlite => columns
+                    .iter()
+                    .map(|(n, def)| format!("ALTER TABLE {model} ADD COLUMN {} {def};\n", q(n)))
+                    .collect(),
+            };
+            format!("{alter}{}", verification_indexes(&def.model_table))
+        }
+    }
+}
+
+/// The statements the runtime runs for this replicable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statements {
+    pub registry_select_by_model_id: String,
+    pub registry_insert_pending: String,
+    pub verification_select: String,
+    pub verification_save: String,
+}
+
+/// Renders [`Statements`] for one dialect.
+pub fn statements(def: &ReplicableDef, d: Dialect) -> Statements {
+    let reg = q(&def.registry_table);
+    let fk = q(&def.foreign_key);
+    let registry_columns = std::iter::once("id")
+        .chain(std::iter::once(def.foreign_key.as_str()))
+        .chain(REGISTRY_COLUMN_ORDER)
+        .map(q)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let vcols: Vec<String> = VERIFICATION_COLUMN_ORDER.iter().map(|c| q(c)).collect();
+    let (vtable, vkey) = match &def.verification {
+        Verification::SeparateTable { table } => (q(table), fk.clone()),
+        Verification::Inline => (q(&def.model_table), q(&def.id.column)),
+    };
+    let verification_save = match &def.verification {
+        Verification::SeparateTable { .. } => format!(
+            "INSERT INTO {vtable} ({vkey}, {cols}) VALUES ({params}) ON CONFLICT ({vkey}) DO UPDATE SET {set}",
+            cols = vcols.join(", "),
+            params = (1..=vcols.len() + 1)
+                .map(|i| d.param(i))
+                .collect::<Vec<_>>()
+                .join(", "),
+            set = vcols
+                .iter()
+                .map(|c| format!("{c} = excluded.{c}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        Verification::Inline => format!(
+            "UPDATE {vtable} SET {set} WHERE {vkey} = {p1}",
+            set = vcols
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{c} = {}", d.param(i + 2)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            p1 = d.param(1),
+        ),
+    };
+    Statements {
+        registry_select_by_model_id: format!(
+            "SELECT {registry_columns} FROM {reg} WHERE {fk} = {}",
+            d.param(1)
+        ),
+        registry_insert_pending: format!(
+            "INSERT INTO {reg} ({fk}, \"created_at\") VALUES ({}, {}) ON CONFLICT ({fk}) DO NOTHING",
+            d.param(1),
+            d.param(2)
+        ),
+        verification_select: format!(
+            "SELECT {} FROM {vtable} WHERE {vkey} = {}",
+            vcols.join(", "),
+            d.param(1)
+        ),
+        verification_save,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::index_name;
+
+    #[test]
+    fn index_names_fit_postgres() {
+        assert_eq!(
+            index_name("widget_registry", "widget_id"),
+            "index_widget_registry_on_widget_id"
+        );
+        let long = "a".repeat(63);
+        let a = index_name(&long, "state");
+        let b = index_name(&long, "retry_at");
+        assert!(a.len() <= 63 && b.len() <= 63);
+        assert_ne!(a, b, "shortened names must stay distinct");
+    }
+}

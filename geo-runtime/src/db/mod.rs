@@ -1,0 +1,199 @@
+//! One [`Database`] type over PostgreSQL and SQLite (no `sqlx::Any`: it mangles timestamps and
+//! binary columns), and the migration runner.
+//!
+//! Dialect differences live in [`dialect`]: how timestamps are stored (PostgreSQL `timestamptz`,
+//! SQLite integer microseconds since the Unix epoch) and how rows are read.
+
+pub mod dialect;
+mod migrate;
+mod schema;
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+pub use migrate::{AppliedMigration, MigrationReport, migrate};
+pub use schema::{BASE_PRIMARY_MIGRATIONS, BASE_SECONDARY_MIGRATIONS, MIGRATIONS_TABLE};
+
+use crate::error::DbError;
+
+/// Which SQL dialect a [`Database`] speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dialect {
+    /// PostgreSQL: production and scale-out.
+    Postgres,
+    /// SQLite: the embedded default.
+    Sqlite,
+}
+
+/// The part a node plays; it decides which tables its database holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NodeRole {
+    /// Owns the models, writes events and checksums, serves data.
+    Primary,
+    /// Tracks registries in its own database and pulls data from the primary.
+    Secondary,
+}
+
+impl NodeRole {
+    /// `primary` / `secondary`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Primary => "primary",
+            NodeRole::Secondary => "secondary",
+        }
+    }
+}
+
+/// How long a SQLite connection waits for another writer before it reports "busy".
+pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A connection pool to the node's database.
+///
+/// On SQLite there are two pools over one file: a single-connection writer, so write
+/// transactions queue in the pool instead of failing with "database is locked", and readers
+/// that run beside it (WAL mode).
+#[derive(Clone)]
+pub struct Database {
+    inner: Inner,
+}
+
+#[derive(Clone)]
+pub(crate) enum Inner {
+    Postgres(PgPool),
+    Sqlite {
+        writer: SqlitePool,
+        readers: SqlitePool,
+    },
+}
+
+impl fmt::Debug for Database {
+    // Never print connection options: they hold the password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Database")
+            .field("dialect", &self.dialect())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Database {
+    /// Opens `postgres://…` / `postgresql://…` or `sqlite://path` (created when missing).
+    pub async fn connect(url: &str) -> Result<Self, DbError> {
+        let scheme = url.split(':').next().unwrap_or_default();
+        match scheme {
+            "postgres" | "postgresql" => {
+                Self::connect_postgres(PgConnectOptions::from_str(url)?).await
+            }
+            "sqlite" if url.starts_with("sqlite::memory:") || url.contains("mode=memory") => {
+                Err(DbError::UnsupportedUrl {
+                    scheme: "sqlite::memory:".into(),
+                })
+            }
+            "sqlite" => Self::connect_sqlite(SqliteConnectOptions::from_str(url)?).await,
+            other => Err(DbError::UnsupportedUrl {
+                scheme: other.to_owned(),
+            }),
+        }
+    }
+
+    /// Opens a PostgreSQL pool with these options (e.g. with a `search_path`). Connections are
+    /// named `geo-runtime` in `pg_stat_activity` unless the options name them.
+    pub async fn connect_postgres(options: PgConnectOptions) -> Result<Self, DbError> {
+        let options = match options.get_application_name() {
+            Some(_) => options,
+            None => options.application_name("geo-runtime"),
+        };
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            // Recycle connections so one poisoned by a cancelled transaction cannot live on
+            // (sqlx#4393).
+            .max_lifetime(Duration::from_secs(30 * 60))
+            .connect_with(options)
+            .await?;
+        Ok(Database {
+            inner: Inner::Postgres(pool),
+        })
+    }
+
+    /// Opens a SQLite database file in WAL mode with a busy timeout and foreign keys on.
+    pub async fn connect_sqlite(options: SqliteConnectOptions) -> Result<Self, DbError> {
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // NORMAL in WAL mode cannot corrupt the database; a power cut may lose the last
+            // commits, which the registry recovers from (rows fall back to pending).
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(SQLITE_BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        Ok(Database {
+            inner: Inner::Sqlite { writer, readers },
+        })
+    }
+
+    /// Wraps an existing PostgreSQL pool (e.g. the application's own).
+    pub fn from_pg_pool(pool: PgPool) -> Self {
+        Database {
+            inner: Inner::Postgres(pool),
+        }
+    }
+
+    /// The dialect this database speaks.
+    pub fn dialect(&self) -> Dialect {
+        match self.inner {
+            Inner::Postgres(_) => Dialect::Postgres,
+            Inner::Sqlite { .. } => Dialect::Sqlite,
+        }
+    }
+
+    /// The PostgreSQL pool, when this is PostgreSQL.
+    pub fn as_postgres(&self) -> Option<&PgPool> {
+        match &self.inner {
+            Inner::Postgres(p) => Some(p),
+            Inner::Sqlite { .. } => None,
+        }
+    }
+
+    /// The SQLite writer pool (one connection), when this is SQLite.
+    pub fn as_sqlite_writer(&self) -> Option<&SqlitePool> {
+        match &self.inner {
+            Inner::Sqlite { writer, .. } => Some(writer),
+            Inner::Postgres(_) => None,
+        }
+    }
+
+    /// The SQLite reader pool, when this is SQLite.
+    pub fn as_sqlite_readers(&self) -> Option<&SqlitePool> {
+        match &self.inner {
+            Inner::Sqlite { readers, .. } => Some(readers),
+            Inner::Postgres(_) => None,
+        }
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+
+    /// Closes every pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        match &self.inner {
+            Inner::Postgres(p) => p.close().await,
+            Inner::Sqlite { writer, readers } => {
+                readers.close().await;
+                writer.close().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! # geo-runtime
+//!
+//! Replicate and verify the data behind your models across sites. Annotate a model with
+//! [`replicable`] and the macro generates its replicator, its registry, its migrations and its
+//! verification accessors; this crate holds the traits that generated code implements, the
+//! state machines, the database layer and the migration runner.
+//!
+//! ```ignore
+//! #[geo_runtime::replicable(strategy = "blob", registry = "widget_registry", table = "widgets")]
+//! pub struct Widget {
+//!     #[replicable(id)]   pub id: i64,
+//!     #[replicable(blob)] pub file: String,
+//!     pub project_id: i64,
+//! }
+//! ```
+//!
+//! The guide "Replicating a new data type" in `docs/` walks through it step by step.
+//!
+//! Module map (one concern each, in GitLab Geo's vocabulary):
+//! - [`replicator`]: the `Replicator` / `BlobReplicator` / `ReplicableModel` traits, the static
+//!   [`ReplicatorDescriptor`] every replicator carries, and link-time registration.
+//! - [`registry`]: the secondary's sync state machine and registry rows.
+//! - [`verification`]: the checksum state machine shared by both sides.
+//! - [`db`]: one [`Database`] type over PostgreSQL and SQLite, and the migration runner.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod db;
+pub mod error;
+pub mod registry;
+pub mod replicator;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod verification;
+
+#[doc(hidden)]
+pub mod __private;
+
+/// Turns a model struct into a replicable: see the crate docs and `docs/replicating-a-new-data-type.md`.
+pub use geo_dsl_macros::replicable;
+
+/// The date-time crate of the registry's timestamps.
+pub use chrono;
+
+pub use db::{Database, Dialect, NodeRole};
+pub use error::{DbError, MigrateError, RegistrationError};
+pub use registry::{RegistryRecord, SyncState};
+pub use replicator::{
+    BlobReplicator, MigrationDef, ReplicableModel, Replicator, ReplicatorDescriptor, ReplicatorSet,
+    Strategy, VerificationStorage,
+};
+pub use verification::{VerificationDetails, VerificationState};

@@ -1,0 +1,9 @@
+//! Verification: the checksum state machine on both sides (pending 0 / started 1 / succeeded 2 /
+//! failed 3 / disabled 4), and the primary's verification details.
+
+mod details;
+mod state;
+pub mod store;
+
+pub use details::{VERIFICATION_COLUMNS, VerificationDetails};
+pub use state::{InvalidVerificationTransition, VerificationEvent, VerificationState};

@@ -1,0 +1,92 @@
+//! Reading and writing the primary's verification columns through the generated SQL, wherever
+//! they live (Geo's delegation from the model to its state table).
+
+use super::VerificationDetails;
+use crate::db::{Database, Inner, dialect};
+use crate::error::DbError;
+use crate::replicator::{ReplicatorDescriptor, VerificationStorage};
+
+/// The verification details of one model record. With a separate state table, a record without
+/// a state row reads as the default (pending); with inline columns the model row must exist.
+pub async fn load(
+    db: &Database,
+    descriptor: &ReplicatorDescriptor,
+    model_record_id: i64,
+) -> Result<VerificationDetails, DbError> {
+    let sql = descriptor.sql(db.dialect()).verification_select;
+    let found = match db.inner() {
+        Inner::Postgres(pool) => {
+            let row = sqlx::query(sql)
+                .bind(model_record_id)
+                .fetch_optional(pool)
+                .await?;
+            row.as_ref().map(VerificationDetails::decode).transpose()?
+        }
+        Inner::Sqlite { readers, .. } => {
+            let row = sqlx::query(sql)
+                .bind(model_record_id)
+                .fetch_optional(readers)
+                .await?;
+            row.as_ref().map(VerificationDetails::decode).transpose()?
+        }
+    };
+    match (found, descriptor.verification) {
+        (Some(details), _) => Ok(details),
+        (None, VerificationStorage::SeparateTable { .. }) => Ok(VerificationDetails::default()),
+        (None, VerificationStorage::Inline) => Err(DbError::RowNotFound {
+            table: descriptor.model_table,
+            id: model_record_id,
+        }),
+    }
+}
+
+/// Writes the verification details of one model record (an upsert into the state table, or an
+/// update of the model row's inline columns). Errors when the model record does not exist.
+pub async fn save(
+    db: &Database,
+    descriptor: &ReplicatorDescriptor,
+    model_record_id: i64,
+    details: &VerificationDetails,
+) -> Result<(), DbError> {
+    let sql = descriptor.sql(db.dialect()).verification_save;
+    let failure = details
+        .verification_failure
+        .as_deref()
+        .map(crate::registry::truncate_failure);
+    let affected = match db.inner() {
+        Inner::Postgres(pool) => sqlx::query(sql)
+            .bind(model_record_id)
+            .bind(details.verification_state.as_i16())
+            .bind(details.verification_started_at)
+            .bind(details.verification_retry_at)
+            .bind(details.verified_at)
+            .bind(details.verification_retry_count)
+            .bind(details.verification_checksum.as_deref())
+            .bind(failure)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+        Inner::Sqlite { writer, .. } => {
+            let ts = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(dialect::timestamp_to_micros);
+            sqlx::query(sql)
+                .bind(model_record_id)
+                .bind(details.verification_state.as_i16())
+                .bind(ts(details.verification_started_at))
+                .bind(ts(details.verification_retry_at))
+                .bind(ts(details.verified_at))
+                .bind(details.verification_retry_count)
+                .bind(details.verification_checksum.as_deref())
+                .bind(failure)
+                .execute(writer)
+                .await?
+                .rows_affected()
+        }
+    };
+    if affected == 0 {
+        return Err(DbError::RowNotFound {
+            table: descriptor.model_table,
+            id: model_record_id,
+        });
+    }
+    Ok(())
+}
