@@ -4,7 +4,9 @@
 
 use std::collections::BTreeSet;
 
-use geo_dsl_tests::models::{Gadget, GadgetReplicator, Widget, WidgetRegistry, WidgetReplicator, app_schema};
+use geo_dsl_tests::models::{
+    Gadget, GadgetReplicator, Widget, WidgetRegistry, WidgetReplicator, app_schema,
+};
 use geo_runtime::db::{self, dialect};
 use geo_runtime::testing::{self, TestDatabase};
 use geo_runtime::{
@@ -90,8 +92,17 @@ async fn indexes(db: &Database, table: &str) -> BTreeSet<(Vec<String>, bool, boo
     }
 }
 
-fn has_index(set: &BTreeSet<(Vec<String>, bool, bool)>, columns: &[&str], unique: bool, partial: bool) -> bool {
-    set.contains(&(columns.iter().map(|c| (*c).to_owned()).collect(), unique, partial))
+fn has_index(
+    set: &BTreeSet<(Vec<String>, bool, bool)>,
+    columns: &[&str],
+    unique: bool,
+    partial: bool,
+) -> bool {
+    set.contains(&(
+        columns.iter().map(|c| (*c).to_owned()).collect(),
+        unique,
+        partial,
+    ))
 }
 
 /// (referenced table, column, referenced column, on delete) of `table`'s foreign keys.
@@ -149,15 +160,21 @@ async fn migrations_apply_once_and_record_themselves() {
             );
 
             let again = db::migrate(&db, role, &set()).await.expect("second run");
-            assert!(again.applied.is_empty(), "{}: re-applied {again:?}", db.label());
+            assert!(
+                again.applied.is_empty(),
+                "{}: re-applied {again:?}",
+                db.label()
+            );
             assert_eq!(again.already_applied, 3);
 
             // Recorded in our own table, not the host application's `_sqlx_migrations`.
             let recorded: i64 = match db.dialect() {
-                Dialect::Postgres => sqlx::query_scalar("SELECT count(*) FROM geo_schema_migrations")
-                    .fetch_one(db.as_postgres().expect("pg"))
-                    .await
-                    .expect("count"),
+                Dialect::Postgres => {
+                    sqlx::query_scalar("SELECT count(*) FROM geo_schema_migrations")
+                        .fetch_one(db.as_postgres().expect("pg"))
+                        .await
+                        .expect("count")
+                }
                 Dialect::Sqlite => sqlx::query_scalar("SELECT count(*) FROM geo_schema_migrations")
                     .fetch_one(db.as_sqlite_readers().expect("sqlite"))
                     .await
@@ -171,41 +188,87 @@ async fn migrations_apply_once_and_record_themselves() {
 #[tokio::test]
 async fn registry_table_has_geos_indexes_and_constraints() {
     for db in testing::all().await {
-        db::migrate(&db, NodeRole::Secondary, &set()).await.expect("migrate");
+        db::migrate(&db, NodeRole::Secondary, &set())
+            .await
+            .expect("migrate");
         let idx = indexes(&db, "widget_registry").await;
         let label = db.label();
-        assert!(has_index(&idx, &["widget_id"], true, false), "{label}: unique model id index missing: {idx:?}");
-        assert!(has_index(&idx, &["retry_at"], false, false), "{label}: retry_at index missing: {idx:?}");
-        assert!(has_index(&idx, &["state"], false, false), "{label}: state index missing: {idx:?}");
-        assert!(has_index(&idx, &["id"], false, true), "{label}: pending partial index missing: {idx:?}");
+        assert!(
+            has_index(&idx, &["widget_id"], true, false),
+            "{label}: unique model id index missing: {idx:?}"
+        );
+        assert!(
+            has_index(&idx, &["retry_at"], false, false),
+            "{label}: retry_at index missing: {idx:?}"
+        );
+        assert!(
+            has_index(&idx, &["state"], false, false),
+            "{label}: state index missing: {idx:?}"
+        );
+        assert!(
+            has_index(&idx, &["id"], false, true),
+            "{label}: pending partial index missing: {idx:?}"
+        );
 
         // The constraints hold: one row per model id, states in range, failures ≤ 255.
-        exec(&db, "INSERT INTO widget_registry (widget_id) VALUES (1)", "INSERT INTO widget_registry (widget_id) VALUES (1)")
-            .await
-            .expect("first row");
-        let dup = exec(&db, "INSERT INTO widget_registry (widget_id) VALUES (1)", "INSERT INTO widget_registry (widget_id) VALUES (1)").await;
-        assert!(dup.is_err(), "{label}: a second row for one model id was accepted");
-        let bad_state = exec(&db, "INSERT INTO widget_registry (widget_id, state) VALUES (2, 4)", "INSERT INTO widget_registry (widget_id, state) VALUES (2, 4)").await;
+        exec(
+            &db,
+            "INSERT INTO widget_registry (widget_id) VALUES (1)",
+            "INSERT INTO widget_registry (widget_id) VALUES (1)",
+        )
+        .await
+        .expect("first row");
+        let dup = exec(
+            &db,
+            "INSERT INTO widget_registry (widget_id) VALUES (1)",
+            "INSERT INTO widget_registry (widget_id) VALUES (1)",
+        )
+        .await;
+        assert!(
+            dup.is_err(),
+            "{label}: a second row for one model id was accepted"
+        );
+        let bad_state = exec(
+            &db,
+            "INSERT INTO widget_registry (widget_id, state) VALUES (2, 4)",
+            "INSERT INTO widget_registry (widget_id, state) VALUES (2, 4)",
+        )
+        .await;
         assert!(bad_state.is_err(), "{label}: state 4 was accepted");
         let long = "x".repeat(256);
         let too_long = exec(
             &db,
-            &format!("INSERT INTO widget_registry (widget_id, last_sync_failure) VALUES (3, '{long}')"),
-            &format!("INSERT INTO widget_registry (widget_id, last_sync_failure) VALUES (3, '{long}')"),
+            &format!(
+                "INSERT INTO widget_registry (widget_id, last_sync_failure) VALUES (3, '{long}')"
+            ),
+            &format!(
+                "INSERT INTO widget_registry (widget_id, last_sync_failure) VALUES (3, '{long}')"
+            ),
         )
         .await;
-        assert!(too_long.is_err(), "{label}: a 256-character failure was accepted");
+        assert!(
+            too_long.is_err(),
+            "{label}: a 256-character failure was accepted"
+        );
     }
 }
 
 #[tokio::test]
 async fn registry_rows_round_trip_through_the_generated_type() {
     for db in testing::all().await {
-        db::migrate(&db, NodeRole::Secondary, &set()).await.expect("migrate");
+        db::migrate(&db, NodeRole::Secondary, &set())
+            .await
+            .expect("migrate");
         let before = dialect::now();
-        assert!(WidgetRegistry::insert_pending(&db, 42).await.expect("insert"));
         assert!(
-            !WidgetRegistry::insert_pending(&db, 42).await.expect("insert again"),
+            WidgetRegistry::insert_pending(&db, 42)
+                .await
+                .expect("insert")
+        );
+        assert!(
+            !WidgetRegistry::insert_pending(&db, 42)
+                .await
+                .expect("insert again"),
             "{}: a known id must not get a second row",
             db.label()
         );
@@ -220,14 +283,36 @@ async fn registry_rows_round_trip_through_the_generated_type() {
         assert_eq!(row.retry_at, None);
         assert_eq!(row.verification_state, VerificationState::Pending);
         assert!(!row.checksum_mismatch);
-        assert!(row.created_at >= before, "{}: created_at {} < {before}", db.label(), row.created_at);
-        assert_eq!(WidgetRegistry::find_by_model_id(&db, 43).await.expect("find"), None);
+        assert!(
+            row.created_at >= before,
+            "{}: created_at {} < {before}",
+            db.label(),
+            row.created_at
+        );
+        assert_eq!(
+            WidgetRegistry::find_by_model_id(&db, 43)
+                .await
+                .expect("find"),
+            None
+        );
 
         // The generated FromRow impls decode rows of the user's own queries.
-        let sql = WidgetReplicator::DESCRIPTOR.sql(db.dialect()).registry_select_by_model_id;
+        let sql = WidgetReplicator::DESCRIPTOR
+            .sql(db.dialect())
+            .registry_select_by_model_id;
         let decoded: WidgetRegistry = match db.dialect() {
-            Dialect::Postgres => sqlx::query_as(sql).bind(42_i64).fetch_one(db.as_postgres().expect("pg")).await,
-            Dialect::Sqlite => sqlx::query_as(sql).bind(42_i64).fetch_one(db.as_sqlite_readers().expect("sqlite")).await,
+            Dialect::Postgres => {
+                sqlx::query_as(sql)
+                    .bind(42_i64)
+                    .fetch_one(db.as_postgres().expect("pg"))
+                    .await
+            }
+            Dialect::Sqlite => {
+                sqlx::query_as(sql)
+                    .bind(42_i64)
+                    .fetch_one(db.as_sqlite_readers().expect("sqlite"))
+                    .await
+            }
         }
         .expect("decode through FromRow");
         assert_eq!(decoded, row);
@@ -242,7 +327,10 @@ async fn registry_rows_round_trip_through_the_generated_type() {
             )
             .await
             .expect("update");
-            let row = WidgetRegistry::find_by_model_id(&db, 42).await.expect("find").expect("row");
+            let row = WidgetRegistry::find_by_model_id(&db, 42)
+                .await
+                .expect("find")
+                .expect("row");
             assert_eq!(row.state, state);
             assert_eq!(row.retry_count, 3);
             assert_eq!(row.last_sync_failure.as_deref(), Some("boom"));
@@ -269,43 +357,87 @@ async fn separate_state_table_delegates_and_cascades() {
         primary(&db).await;
         let label = db.label().to_owned();
         let idx = indexes(&db, "widget_states").await;
-        assert!(has_index(&idx, &["verification_state"], false, false), "{label}: {idx:?}");
+        assert!(
+            has_index(&idx, &["verification_state"], false, false),
+            "{label}: {idx:?}"
+        );
         assert_eq!(
             foreign_keys(&db, "widget_states").await,
-            [("widgets".to_owned(), "widget_id".to_owned(), "id".to_owned(), "CASCADE".to_owned())],
+            [(
+                "widgets".to_owned(),
+                "widget_id".to_owned(),
+                "id".to_owned(),
+                "CASCADE".to_owned()
+            )],
             "{label}"
         );
 
-        exec(&db, "INSERT INTO widgets VALUES (1, 'a/1', NULL, 9)", "INSERT INTO widgets VALUES (1, 'a/1', NULL, 9)")
-            .await
-            .expect("insert widget");
-        let widget = Widget { id: 1, file: "a/1".into(), file_store: None, project_id: 9 };
+        exec(
+            &db,
+            "INSERT INTO widgets VALUES (1, 'a/1', NULL, 9)",
+            "INSERT INTO widgets VALUES (1, 'a/1', NULL, 9)",
+        )
+        .await
+        .expect("insert widget");
+        let widget = Widget {
+            id: 1,
+            file: "a/1".into(),
+            file_store: None,
+            project_id: 9,
+        };
         assert_eq!(
             widget.verification_details(&db).await.expect("read"),
             VerificationDetails::default(),
             "{label}: no state row reads as pending"
         );
         let details = succeeded(7);
-        widget.set_verification_details(&db, &details).await.expect("write");
-        assert_eq!(widget.verification_details(&db).await.expect("read"), details, "{label}");
+        widget
+            .set_verification_details(&db, &details)
+            .await
+            .expect("write");
+        assert_eq!(
+            widget.verification_details(&db).await.expect("read"),
+            details,
+            "{label}"
+        );
         // An update of an existing state row.
         let mut failed = details.clone();
         failed.verification_state = VerificationState::Failed;
         failed.verification_failure = Some("é".repeat(300));
         failed.verification_retry_count = 2;
-        widget.set_verification_details(&db, &failed).await.expect("update");
+        widget
+            .set_verification_details(&db, &failed)
+            .await
+            .expect("update");
         let read = widget.verification_details(&db).await.expect("read");
         assert_eq!(read.verification_state, VerificationState::Failed);
         assert_eq!(read.verification_retry_count, 2);
-        assert_eq!(read.verification_failure.map(|f| f.chars().count()), Some(255), "{label}: failure truncated to 255 characters");
+        assert_eq!(
+            read.verification_failure.map(|f| f.chars().count()),
+            Some(255),
+            "{label}: failure truncated to 255 characters"
+        );
 
         // The state row goes with the model row.
-        exec(&db, "DELETE FROM widgets WHERE id = 1", "DELETE FROM widgets WHERE id = 1").await.expect("delete");
-        assert_eq!(widget.verification_details(&db).await.expect("read"), VerificationDetails::default(), "{label}: state row not deleted with its model");
+        exec(
+            &db,
+            "DELETE FROM widgets WHERE id = 1",
+            "DELETE FROM widgets WHERE id = 1",
+        )
+        .await
+        .expect("delete");
+        assert_eq!(
+            widget.verification_details(&db).await.expect("read"),
+            VerificationDetails::default(),
+            "{label}: state row not deleted with its model"
+        );
 
         // No state for a model row that does not exist.
         let ghost = Widget { id: 99, ..widget };
-        assert!(ghost.set_verification_details(&db, &details).await.is_err(), "{label}: state written for a missing model row");
+        assert!(
+            ghost.set_verification_details(&db, &details).await.is_err(),
+            "{label}: state written for a missing model row"
+        );
     }
 }
 
@@ -315,24 +447,50 @@ async fn inline_verification_columns_live_on_the_model_table() {
         primary(&db).await;
         let label = db.label().to_owned();
         let idx = indexes(&db, "gadgets").await;
-        assert!(has_index(&idx, &["verification_state"], false, false), "{label}: {idx:?}");
-        exec(&db, "INSERT INTO gadgets (id, path) VALUES (5, 'g/5')", "INSERT INTO gadgets (id, path) VALUES (5, 'g/5')")
-            .await
-            .expect("insert gadget");
-        let gadget = Gadget { id: 5, path: Some("g/5".into()) };
-        assert_eq!(gadget.verification_details(&db).await.expect("read"), VerificationDetails::default());
+        assert!(
+            has_index(&idx, &["verification_state"], false, false),
+            "{label}: {idx:?}"
+        );
+        exec(
+            &db,
+            "INSERT INTO gadgets (id, path) VALUES (5, 'g/5')",
+            "INSERT INTO gadgets (id, path) VALUES (5, 'g/5')",
+        )
+        .await
+        .expect("insert gadget");
+        let gadget = Gadget {
+            id: 5,
+            path: Some("g/5".into()),
+        };
+        assert_eq!(
+            gadget.verification_details(&db).await.expect("read"),
+            VerificationDetails::default()
+        );
         let details = succeeded(3);
-        gadget.set_verification_details(&db, &details).await.expect("write");
-        assert_eq!(gadget.verification_details(&db).await.expect("read"), details, "{label}");
+        gadget
+            .set_verification_details(&db, &details)
+            .await
+            .expect("write");
+        assert_eq!(
+            gadget.verification_details(&db).await.expect("read"),
+            details,
+            "{label}"
+        );
 
         let ghost = Gadget { id: 6, path: None };
         assert!(matches!(
             ghost.verification_details(&db).await,
-            Err(geo_runtime::DbError::RowNotFound { table: "gadgets", id: 6 })
+            Err(geo_runtime::DbError::RowNotFound {
+                table: "gadgets",
+                id: 6
+            })
         ));
         assert!(matches!(
             ghost.set_verification_details(&db, &details).await,
-            Err(geo_runtime::DbError::RowNotFound { table: "gadgets", id: 6 })
+            Err(geo_runtime::DbError::RowNotFound {
+                table: "gadgets",
+                id: 6
+            })
         ));
         assert_eq!(GadgetReplicator::DESCRIPTOR.verification_table(), "gadgets");
     }
@@ -352,9 +510,15 @@ static EDITED: ReplicatorDescriptor = ReplicatorDescriptor {
 #[tokio::test]
 async fn an_edited_applied_migration_is_refused() {
     for db in testing::all().await {
-        let original = ReplicatorSet::empty().register::<WidgetReplicator>().expect("set");
-        db::migrate(&db, NodeRole::Secondary, &original).await.expect("migrate");
-        let edited = ReplicatorSet::empty().with_descriptor(&EDITED).expect("set");
+        let original = ReplicatorSet::empty()
+            .register::<WidgetReplicator>()
+            .expect("set");
+        db::migrate(&db, NodeRole::Secondary, &original)
+            .await
+            .expect("migrate");
+        let edited = ReplicatorSet::empty()
+            .with_descriptor(&EDITED)
+            .expect("set");
         let err = db::migrate(&db, NodeRole::Secondary, &edited)
             .await
             .expect_err("an edited migration must be refused");
@@ -386,8 +550,12 @@ static BROKEN: ReplicatorDescriptor = ReplicatorDescriptor {
 #[tokio::test]
 async fn a_failing_migration_applies_nothing() {
     for db in testing::all().await {
-        let set = ReplicatorSet::empty().with_descriptor(&BROKEN).expect("set");
-        let err = db::migrate(&db, NodeRole::Secondary, &set).await.expect_err("must fail");
+        let set = ReplicatorSet::empty()
+            .with_descriptor(&BROKEN)
+            .expect("set");
+        let err = db::migrate(&db, NodeRole::Secondary, &set)
+            .await
+            .expect_err("must fail");
         assert!(
             matches!(&err, MigrateError::Apply { version: 2, .. }),
             "{}: {err:?}",
@@ -407,7 +575,9 @@ async fn a_failing_migration_applies_nothing() {
                 .expect("tables"),
         };
         assert!(
-            !tables.iter().any(|t| t == "widget_registry" || t == "geo_event_cursor"),
+            !tables
+                .iter()
+                .any(|t| t == "widget_registry" || t == "geo_event_cursor"),
             "{}: tables left behind: {tables:?}",
             db.label()
         );
@@ -416,7 +586,9 @@ async fn a_failing_migration_applies_nothing() {
 
 #[tokio::test]
 async fn concurrent_runners_apply_each_migration_once() {
-    let Some(db) = testing::postgres().await else { return };
+    let Some(db) = testing::postgres().await else {
+        return;
+    };
     let schema = db.pg_schema().expect("schema").to_owned();
     let url = std::env::var(testing::DATABASE_URL_VAR).expect("url");
     let mut runners = Vec::new();
@@ -426,7 +598,9 @@ async fn concurrent_runners_apply_each_migration_once() {
             .await
             .expect("connect");
         runners.push(tokio::spawn(async move {
-            db::migrate(&other, NodeRole::Secondary, &set()).await.map(|r| r.applied.len())
+            db::migrate(&other, NodeRole::Secondary, &set())
+                .await
+                .map(|r| r.applied.len())
         }));
     }
     let mut applied = Vec::new();
@@ -434,15 +608,29 @@ async fn concurrent_runners_apply_each_migration_once() {
         applied.push(r.await.expect("join").expect("migrate"));
     }
     applied.sort_unstable();
-    assert_eq!(applied, [0, 0, 0, 3], "exactly one runner applies the migrations");
+    assert_eq!(
+        applied,
+        [0, 0, 0, 3],
+        "exactly one runner applies the migrations"
+    );
 }
 
 #[test]
 fn linked_set_lists_every_model_in_name_order() {
     let set = set();
-    let names: Vec<&str> = set.descriptors().iter().map(|d| d.replicable_name).collect();
+    let names: Vec<&str> = set
+        .descriptors()
+        .iter()
+        .map(|d| d.replicable_name)
+        .collect();
     assert_eq!(names, ["gadget", "widget"]);
     assert_eq!(set.get("widget"), Some(WidgetReplicator::DESCRIPTOR));
     // Registering a linked replicator again changes nothing.
-    assert_eq!(set.clone().register::<GadgetReplicator>().expect("idempotent").len(), 2);
+    assert_eq!(
+        set.clone()
+            .register::<GadgetReplicator>()
+            .expect("idempotent")
+            .len(),
+        2
+    );
 }

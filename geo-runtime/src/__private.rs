@@ -26,7 +26,9 @@ pub use crate::replicator::{
 };
 pub use crate::verification::{VerificationDetails, VerificationState};
 
-pub use crate::registry::store::{find_by_model_id as registry_find_by_model_id, insert_pending as registry_insert_pending};
+pub use crate::registry::store::{
+    find_by_model_id as registry_find_by_model_id, insert_pending as registry_insert_pending,
+};
 pub use crate::verification::store::{load as load_verification, save as save_verification};
 
 /// Decodes a registry row for the generated `FromRow` impls.
@@ -122,12 +124,6 @@ impl SelectiveSyncColumn for Option<i32> {}
 impl SelectiveSyncColumn for Option<i64> {}
 impl SelectiveSyncColumn for Option<String> {}
 
-/// Compile-time check that a field's type fits its role; the macro calls it with the field's
-/// span so a mismatch is reported at the field.
-pub const fn assert_id_column<T: IdColumn + ?Sized>() {}
-/// See [`assert_id_column`].
-pub const fn assert_blob_key_column<T: BlobKeyColumn + ?Sized>() {}
-/// See [`assert_id_column`].
-pub const fn assert_file_store_column<T: FileStoreColumn + ?Sized>() {}
-/// See [`assert_id_column`].
+/// Compile-time check that a `#[replicable(selective_sync)]` field's type fits; the macro calls
+/// it with the field's span so a mismatch is reported at the field.
 pub const fn assert_selective_sync_column<T: SelectiveSyncColumn + ?Sized>() {}

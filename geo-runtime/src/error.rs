@@ -59,7 +59,9 @@ pub enum MigrateError {
         current: String,
     },
     /// A migration's SQL failed to apply; nothing of this run was committed.
-    #[error("migration {scope} v{version} ({description}) failed; nothing of this run was applied: {source}")]
+    #[error(
+        "migration {scope} v{version} ({description}) failed; nothing of this run was applied: {source}"
+    )]
     Apply {
         /// Who owns the migration.
         scope: String,
@@ -121,7 +123,9 @@ pub enum RegistrationError {
         second_role: &'static str,
     },
     /// A descriptor's migrations are not numbered 1, 2, 3… in order.
-    #[error("{model}: {role} migration version {version} is out of order: versions start at 1 and strictly increase")]
+    #[error(
+        "{model}: {role} migration version {version} is out of order: versions start at 1 and strictly increase"
+    )]
     MigrationOrder {
         /// Rust type of the replicator's model.
         model: &'static str,

@@ -161,8 +161,8 @@ pub async fn postgres() -> Option<TestDatabase> {
             .options([("search_path", schema.as_str())])
             .application_name(&schema),
     )
-        .await
-        .expect("connect to the test schema");
+    .await
+    .expect("connect to the test schema");
     Some(TestDatabase {
         db,
         label: format!("postgres (schema {schema})"),

@@ -104,8 +104,8 @@ pub fn expand(def: &ReplicableDef, names: &Names) -> TokenStream {
     }
 }
 
-/// Link-time registration and one const assertion per role field, spanned at the field's type so
-/// a wrong type is reported there.
+/// Link-time registration, and a const assertion for the role fields no generated code reads (the
+/// others are checked where they are read), spanned at the field's type.
 pub fn registration_and_checks(def: &ReplicableDef, names: &Names) -> TokenStream {
     let Names { p, replicator, .. } = names;
     let mut checks = Vec::new();
@@ -115,13 +115,6 @@ pub fn registration_and_checks(def: &ReplicableDef, names: &Names) -> TokenStrea
             const _: () = #p::#assert::<#ty>();
         });
     };
-    check(&def.id.ty, "assert_id_column");
-    if let Some(f) = &def.blob {
-        check(&f.ty, "assert_blob_key_column");
-    }
-    if let Some(f) = &def.file_store {
-        check(&f.ty, "assert_file_store_column");
-    }
     if let Some(f) = &def.selective_sync {
         check(&f.ty, "assert_selective_sync_column");
     }

@@ -1,7 +1,8 @@
 //! `WidgetReplicator` and `impl ReplicableModel for Widget`.
 
 use proc_macro2::TokenStream;
-use quote::quote;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
 
 use super::Names;
 use super::descriptor;
@@ -16,7 +17,6 @@ pub fn expand(def: &ReplicableDef, names: &Names) -> TokenStream {
     let ReplicableDef {
         vis, ident, name, ..
     } = def;
-    let id = &def.id.ident;
     let replicator_str = replicator.to_string();
     let doc = format!(
         " Replicator for [`{ident}`]: replicable `{name}`, strategy `blob`, registry table \
@@ -28,6 +28,7 @@ pub fn expand(def: &ReplicableDef, names: &Names) -> TokenStream {
         on = def.enabled_by_default,
     );
     let descriptor = descriptor::expand(def, names);
+    let field_access = field_access(def, names);
     let strategy_impl = match def.strategy {
         Strategy::Blob => blob_strategy(def, names),
     };
@@ -50,6 +51,8 @@ pub fn expand(def: &ReplicableDef, names: &Names) -> TokenStream {
             }
         }
 
+        #field_access
+
         #[automatically_derived]
         impl #p::Replicator for #replicator {
             type Model = #ident;
@@ -66,7 +69,7 @@ pub fn expand(def: &ReplicableDef, names: &Names) -> TokenStream {
 
             fn from_model_record(model_record: #ident) -> Self {
                 #replicator {
-                    model_record_id: #p::IdColumn::model_record_id(&model_record.#id),
+                    model_record_id: #replicator::__geo_model_record_id(&model_record),
                     model_record: #p::Some(model_record),
                 }
             }
@@ -91,7 +94,7 @@ pub fn expand(def: &ReplicableDef, names: &Names) -> TokenStream {
             type Replicator = #replicator;
 
             fn model_record_id(&self) -> #p::i64 {
-                #p::IdColumn::model_record_id(&self.#id)
+                #replicator::__geo_model_record_id(self)
             }
         }
     }
@@ -100,23 +103,17 @@ pub fn expand(def: &ReplicableDef, names: &Names) -> TokenStream {
 fn blob_strategy(def: &ReplicableDef, names: &Names) -> TokenStream {
     let Names { p, replicator, .. } = names;
     let object_key = match &def.blob {
-        Some(blob) => {
-            let field = &blob.ident;
-            quote!(self
-                .model_record
-                .as_ref()
-                .and_then(|m| #p::BlobKeyColumn::object_key(&m.#field)))
-        }
+        Some(_) => quote!(self
+            .model_record
+            .as_ref()
+            .and_then(#replicator::__geo_object_key)),
         None => quote!(#p::None),
     };
     let is_local = match &def.file_store {
-        Some(fs) => {
-            let field = &fs.ident;
-            quote!(self
-                .model_record
-                .as_ref()
-                .is_none_or(|m| #p::FileStoreColumn::is_local(&m.#field)))
-        }
+        Some(_) => quote!(self
+            .model_record
+            .as_ref()
+            .is_none_or(#replicator::__geo_is_local)),
         None => quote!(true),
     };
     quote! {
@@ -129,6 +126,45 @@ fn blob_strategy(def: &ReplicableDef, names: &Names) -> TokenStream {
             fn is_local(&self) -> #p::bool {
                 #is_local
             }
+        }
+    }
+}
+
+/// The only places that read the role fields through their traits, each spanned at the field's
+/// type: a field of the wrong type is one error, at the field, with the trait's message.
+fn field_access(def: &ReplicableDef, names: &Names) -> TokenStream {
+    let Names { p, replicator, .. } = names;
+    let model = &def.ident;
+    let id = &def.id.ident;
+    let id_fn = quote_spanned! {def.id.ty.span()=>
+        #[doc(hidden)]
+        fn __geo_model_record_id(model: &#model) -> #p::i64 {
+            #p::IdColumn::model_record_id(&model.#id)
+        }
+    };
+    let blob_fn = def.blob.as_ref().map(|blob| {
+        let field = &blob.ident;
+        quote_spanned! {blob.ty.span()=>
+            #[doc(hidden)]
+            fn __geo_object_key(model: &#model) -> #p::Option<&#p::str> {
+                #p::BlobKeyColumn::object_key(&model.#field)
+            }
+        }
+    });
+    let file_store_fn = def.file_store.as_ref().map(|fs| {
+        let field = &fs.ident;
+        quote_spanned! {fs.ty.span()=>
+            #[doc(hidden)]
+            fn __geo_is_local(model: &#model) -> #p::bool {
+                #p::FileStoreColumn::is_local(&model.#field)
+            }
+        }
+    });
+    quote! {
+        impl #replicator {
+            #id_fn
+            #blob_fn
+            #file_store_fn
         }
     }
 }

@@ -10,7 +10,6 @@ use crate::replicable::ir::{ReplicableDef, Verification};
 pub fn expand(def: &ReplicableDef, names: &Names) -> TokenStream {
     let Names { p, replicator, .. } = names;
     let ReplicableDef { vis, ident, .. } = def;
-    let id = &def.id.ident;
     let place = match &def.verification {
         Verification::Inline => format!("the verification columns of `{}`", def.model_table),
         Verification::SeparateTable { table } => format!(
@@ -34,7 +33,7 @@ pub fn expand(def: &ReplicableDef, names: &Names) -> TokenStream {
                 #p::load_verification(
                     db,
                     <#replicator as #p::Replicator>::DESCRIPTOR,
-                    #p::IdColumn::model_record_id(&self.#id),
+                    #replicator::__geo_model_record_id(self),
                 )
                 .await
             }
@@ -48,7 +47,7 @@ pub fn expand(def: &ReplicableDef, names: &Names) -> TokenStream {
                 #p::save_verification(
                     db,
                     <#replicator as #p::Replicator>::DESCRIPTOR,
-                    #p::IdColumn::model_record_id(&self.#id),
+                    #replicator::__geo_model_record_id(self),
                     details,
                 )
                 .await

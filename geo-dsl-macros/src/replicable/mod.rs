@@ -28,7 +28,32 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
 
     let field_args = take_field_attrs(&mut input, &mut errors);
     let args = match NestedMeta::parse_meta_list(args) {
-        Ok(items) => errors.handle(ReplicableArgs::from_list(&items)),
+        Ok(items) => {
+            // Unknown keys are reported here, so that darling still parses the known ones and
+            // their mistakes are reported in the same compile.
+            let known: Vec<NestedMeta> = items
+                .into_iter()
+                .filter(|item| {
+                    let path = match item {
+                        NestedMeta::Meta(meta) => meta.path(),
+                        NestedMeta::NameValueInvalidExpr(invalid) => &invalid.path,
+                        // darling reports stray literals itself.
+                        NestedMeta::Lit(_) => return true,
+                    };
+                    {
+                        let ok = args::KEYS.iter().any(|k| path.is_ident(k));
+                        if !ok {
+                            errors.push(
+                                darling::Error::unknown_field_path_with_alts(path, args::KEYS)
+                                    .with_span(path),
+                            );
+                        }
+                        ok
+                    }
+                })
+                .collect();
+            errors.handle(ReplicableArgs::from_list(&known))
+        }
         Err(e) => {
             errors.push(darling::Error::from(e));
             None
@@ -73,7 +98,13 @@ fn take_field_attrs(
         let mut args = FieldArgs::default();
         let mut seen = false;
         field.attrs.retain(|attr| {
-            if !attr.path().is_ident("replicable") {
+            // `#[replicable(..)]`, or a path to it (`#[geo_runtime::replicable(..)]`).
+            let ours = attr
+                .path()
+                .segments
+                .last()
+                .is_some_and(|s| s.ident == "replicable");
+            if !ours {
                 return true;
             }
             if keep {
@@ -83,7 +114,7 @@ fn take_field_attrs(
                         darling::Error::custom(
                             "one `#[replicable(...)]` per field: a field has a single role",
                         )
-                        .with_span(attr),
+                        .with_span(&attr.meta),
                     );
                 } else {
                     args = more;

@@ -27,15 +27,14 @@ pub fn identifier_problem(s: &str) -> Option<&'static str> {
         Some("it is empty")
     } else if b.len() > MAX_IDENT {
         Some("it is longer than 63 characters, PostgreSQL's limit")
+    } else if !b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_') {
+        Some(
+            "only a-z, 0-9 and _ are allowed (names are checked at compile time so they can never inject SQL)",
+        )
     } else if b.iter().any(u8::is_ascii_uppercase) {
         Some("it has upper-case letters; use lower case")
     } else if !b[0].is_ascii_lowercase() {
         Some("it must start with a letter a-z")
-    } else if !b
-        .iter()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
-    {
-        Some("only a-z, 0-9 and _ are allowed (names are checked at compile time so they can never inject SQL)")
     } else {
         None
     }
@@ -90,7 +89,10 @@ pub fn plural(name: &str) -> String {
             .is_some_and(|c| "aeiou".contains(c));
     if consonant_y {
         format!("{}ies", &name[..name.len() - 1])
-    } else if ["s", "x", "z", "ch", "sh"].iter().any(|e| name.ends_with(e)) {
+    } else if ["s", "x", "z", "ch", "sh"]
+        .iter()
+        .any(|e| name.ends_with(e))
+    {
         format!("{name}es")
     } else {
         format!("{name}s")
@@ -260,14 +262,15 @@ pub fn validate(
         };
 
     // Names.
-    let name = match &name_arg {
+    let (name, name_ok) = match &name_arg {
         Some(n) => {
-            check_identifier(errors, "replicable name", n, n.span());
-            n.to_string()
+            let ok = check_identifier(errors, "replicable name", n, n.span());
+            (n.to_string(), ok)
         }
         None => {
             let derived = snake_case(&ident.to_string());
-            if let Some(problem) = identifier_problem(&derived) {
+            let problem = identifier_problem(&derived);
+            if let Some(problem) = problem {
                 errors.push(
                     Error::custom(format!(
                         "cannot derive a replicable name from `{ident}` (`{derived}`: {problem}); set `name = \"…\"`"
@@ -275,17 +278,22 @@ pub fn validate(
                     .with_span(ident),
                 );
             }
-            derived
+            (derived, problem.is_none())
         }
     };
     let name_span = name_arg.as_ref().map_or_else(|| ident.span(), |n| n.span());
     let name_plural = plural(&name);
 
-    let derived_ident = |errors: &mut Accumulator, what: &str, value: String, key: &str| {
-        if let Some(problem) = identifier_problem(&value) {
+    // Names derived from `name`; when `name` itself is invalid it was reported once already.
+    let derived_ident = |errors: &mut Accumulator, what: &str, value: String, key: Option<&str>| {
+        if let (true, Some(problem)) = (name_ok, identifier_problem(&value)) {
+            let fix = match key {
+                Some(key) => format!("set `{key} = \"…\"` or a shorter `name`"),
+                None => "set a shorter `name`".to_owned(),
+            };
             errors.push(
                 Error::custom(format!(
-                    "the default {what} `{value}` is not valid ({problem}); set `{key} = \"…\"` or a shorter `name`"
+                    "the default {what} `{value}` is not valid ({problem}); {fix}"
                 ))
                 .with_span(&name_span),
             );
@@ -298,20 +306,30 @@ pub fn validate(
             check_identifier(errors, "table name", t, t.span());
             t.to_string()
         }
-        None => derived_ident(errors, "table name", name_plural.clone(), "table"),
+        None => derived_ident(errors, "table name", name_plural.clone(), Some("table")),
     };
     let registry_table = match &registry_arg {
         Some(r) => {
             check_identifier(errors, "registry table name", r, r.span());
             r.to_string()
         }
-        None => derived_ident(errors, "registry table name", format!("{name}_registry"), "registry"),
+        None => derived_ident(
+            errors,
+            "registry table name",
+            format!("{name}_registry"),
+            Some("registry"),
+        ),
     };
-    let foreign_key = derived_ident(errors, "registry foreign key", format!("{name}_id"), "name");
+    let foreign_key = derived_ident(errors, "registry foreign key", format!("{name}_id"), None);
     let verification = match verification_arg.as_deref() {
         Some(VerificationArg::Inline) => Verification::Inline,
         Some(VerificationArg::SeparateTable) | None => Verification::SeparateTable {
-            table: derived_ident(errors, "verification state table", format!("{name}_states"), "name"),
+            table: derived_ident(
+                errors,
+                "verification state table",
+                format!("{name}_states"),
+                None,
+            ),
         },
     };
 
@@ -354,7 +372,14 @@ pub fn validate(
         None => None,
     };
     let blob = single_role(&fields, "blob", |a| &a.blob, blob_required, ident, errors);
-    let file_store = single_role(&fields, "file_store", |a| &a.file_store, None, ident, errors);
+    let file_store = single_role(
+        &fields,
+        "file_store",
+        |a| &a.file_store,
+        None,
+        ident,
+        errors,
+    );
     let selective_sync = single_role(
         &fields,
         "selective_sync",

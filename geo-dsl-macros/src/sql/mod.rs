@@ -26,11 +26,9 @@ pub fn index_name(table: &str, what: &str) -> String {
         return full;
     }
     // FNV-1a: stable across compilers and platforms, unlike std's hasher.
-    let hash = full
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
+    let hash = full.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
     let keep = 63 - 9;
     format!("{}_{:08x}", &full[..keep], hash as u32)
 }
@@ -49,7 +47,10 @@ fn verification_columns(d: Dialect) -> Vec<(&'static str, String)> {
         ("verification_started_at", d.timestamp().to_owned()),
         ("verification_retry_at", d.timestamp().to_owned()),
         ("verified_at", d.timestamp().to_owned()),
-        ("verification_retry_count", "INTEGER NOT NULL DEFAULT 0".to_owned()),
+        (
+            "verification_retry_count",
+            "INTEGER NOT NULL DEFAULT 0".to_owned(),
+        ),
         ("verification_checksum", d.bytes().to_owned()),
         ("verification_failure", d.text_255("verification_failure")),
     ]
@@ -102,13 +103,19 @@ pub fn registry_migration(def: &ReplicableDef, d: Dialect) -> String {
         (fk.as_str(), format!("{} NOT NULL", d.big_int())),
         (
             "state",
-            format!("{} NOT NULL DEFAULT 0 CHECK (\"state\" BETWEEN 0 AND 3)", d.small_int()),
+            format!(
+                "{} NOT NULL DEFAULT 0 CHECK (\"state\" BETWEEN 0 AND 3)",
+                d.small_int()
+            ),
         ),
         ("retry_count", "INTEGER NOT NULL DEFAULT 0".to_owned()),
         ("retry_at", d.timestamp().to_owned()),
         ("last_synced_at", d.timestamp().to_owned()),
         ("last_sync_failure", d.text_255("last_sync_failure")),
-        ("created_at", format!("{} NOT NULL DEFAULT {}", d.timestamp(), d.now())),
+        (
+            "created_at",
+            format!("{} NOT NULL DEFAULT {}", d.timestamp(), d.now()),
+        ),
     ];
     let verification = verification_columns(d);
     // The registry's verification columns, in Geo's order, with the secondary-only ones.
@@ -125,7 +132,10 @@ pub fn registry_migration(def: &ReplicableDef, d: Dialect) -> String {
         }
     }
     columns.push(("verification_checksum_mismatched", d.bytes().to_owned()));
-    columns.push(("checksum_mismatch", d.boolean_not_null_false("checksum_mismatch")));
+    columns.push((
+        "checksum_mismatch",
+        d.boolean_not_null_false("checksum_mismatch"),
+    ));
     columns.push(("verification_failure", d.text_255("verification_failure")));
 
     let tq = q(t);

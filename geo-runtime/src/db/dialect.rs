@@ -111,7 +111,10 @@ mod tests {
     #[test]
     fn micros_round_trip() {
         let t = now();
-        assert_eq!(micros_to_timestamp("t", timestamp_to_micros(t)).ok(), Some(t));
+        assert_eq!(
+            micros_to_timestamp("t", timestamp_to_micros(t)).ok(),
+            Some(t)
+        );
         assert!(micros_to_timestamp("t", i64::MAX).is_err());
     }
 }

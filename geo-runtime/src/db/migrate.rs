@@ -126,7 +126,8 @@ const CREATE_TABLE_SQLITE: &str = r#"CREATE TABLE IF NOT EXISTS "geo_schema_migr
     "applied_at" INTEGER NOT NULL,
     PRIMARY KEY ("scope", "version")
 ) STRICT"#;
-const SELECT_RECORDED: &str = r#"SELECT "scope", "version", "checksum" FROM "geo_schema_migrations""#;
+const SELECT_RECORDED: &str =
+    r#"SELECT "scope", "version", "checksum" FROM "geo_schema_migrations""#;
 
 /// Applies the base schema and every replicator's migrations for `role`, idempotently.
 ///
@@ -190,7 +191,9 @@ pub async fn migrate(
             let mut tx = pool.begin().await?;
             run!(
                 tx,
-                Some("SELECT pg_advisory_xact_lock(hashtext('geo_schema_migrations'), hashtext(current_schema()))"),
+                Some(
+                    "SELECT pg_advisory_xact_lock(hashtext('geo_schema_migrations'), hashtext(current_schema()))"
+                ),
                 CREATE_TABLE_POSTGRES,
                 r#"INSERT INTO "geo_schema_migrations" ("scope", "version", "description", "checksum", "applied_at") VALUES ($1, $2, $3, $4, $5)"#,
                 dialect::now()

@@ -115,7 +115,10 @@ fn tables(d: &ReplicatorDescriptor) -> Vec<(&'static str, &'static str)> {
     t
 }
 
-fn check_clash(a: &ReplicatorDescriptor, b: &ReplicatorDescriptor) -> Result<(), RegistrationError> {
+fn check_clash(
+    a: &ReplicatorDescriptor,
+    b: &ReplicatorDescriptor,
+) -> Result<(), RegistrationError> {
     if a.replicable_name == b.replicable_name {
         return Err(RegistrationError::DuplicateName {
             name: a.replicable_name,

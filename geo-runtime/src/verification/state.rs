@@ -100,7 +100,9 @@ impl VerificationEvent {
             (VerificationEvent::Succeed, VerificationState::Started) => {
                 Ok(VerificationState::Succeeded)
             }
-            (VerificationEvent::Succeed, _) => Err(InvalidVerificationTransition { from, event: self }),
+            (VerificationEvent::Succeed, _) => {
+                Err(InvalidVerificationTransition { from, event: self })
+            }
             (VerificationEvent::Start, _) => Ok(VerificationState::Started),
             (VerificationEvent::Fail, _) => Ok(VerificationState::Failed),
             (VerificationEvent::Disable, _) => Ok(VerificationState::Disabled),
@@ -115,7 +117,10 @@ mod tests {
 
     #[test]
     fn numeric_values_are_geos() {
-        assert_eq!(VerificationState::ALL.map(VerificationState::as_i16), [0, 1, 2, 3, 4]);
+        assert_eq!(
+            VerificationState::ALL.map(VerificationState::as_i16),
+            [0, 1, 2, 3, 4]
+        );
         for s in VerificationState::ALL {
             assert_eq!(VerificationState::from_i16(s.as_i16()), Some(s));
         }
@@ -131,8 +136,14 @@ mod tests {
             } else {
                 assert!(r.is_err(), "succeed from {from} must be refused");
             }
-            assert_eq!(VerificationEvent::Fail.apply(from), Ok(VerificationState::Failed));
-            assert_eq!(VerificationEvent::Start.apply(from), Ok(VerificationState::Started));
+            assert_eq!(
+                VerificationEvent::Fail.apply(from),
+                Ok(VerificationState::Failed)
+            );
+            assert_eq!(
+                VerificationEvent::Start.apply(from),
+                Ok(VerificationState::Started)
+            );
         }
     }
 }

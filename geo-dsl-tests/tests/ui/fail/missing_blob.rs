@@ -1,0 +1,8 @@
+#[geo_runtime::replicable(strategy = "blob")]
+pub struct Widget {
+    #[replicable(id)]
+    pub id: i64,
+    pub file: String,
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+#[geo_runtime::replicable(strategy = "blob")]
+pub struct Widget {
+    pub id: i64,
+    #[replicable(blob)]
+    pub file: String,
+}
+
+fn main() {}

@@ -1,0 +1,7 @@
+#[geo_runtime::replicable(strategy = "blob")]
+pub enum Widget {
+    Small { id: i64 },
+    Large { id: i64 },
+}
+
+fn main() {}

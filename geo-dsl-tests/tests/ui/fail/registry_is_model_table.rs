@@ -1,0 +1,9 @@
+#[geo_runtime::replicable(strategy = "blob", registry = "widgets", table = "widgets")]
+pub struct Widget {
+    #[replicable(id)]
+    pub id: i64,
+    #[replicable(blob)]
+    pub file: String,
+}
+
+fn main() {}

@@ -1,0 +1,11 @@
+#[geo_runtime::replicable(strategy = "blob")]
+pub struct Widget {
+    #[replicable(id)]
+    pub id: i64,
+    #[replicable(id)]
+    pub other_id: i64,
+    #[replicable(blob)]
+    pub file: String,
+}
+
+fn main() {}
