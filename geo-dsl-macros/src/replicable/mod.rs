@@ -24,9 +24,45 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
             return quote!(#item #e);
         }
     };
+    let (errors, def) = analyse(args, &mut input);
+    let generated = match (errors, def) {
+        (Ok(()), Some(def)) => crate::codegen::expand(&def),
+        (Err(e), _) => {
+            let stubs = stubs(&input);
+            let e = e.write_errors();
+            quote!(#e #stubs)
+        }
+        // analyse returns no definition only after reporting an error; be safe anyway.
+        (Ok(()), None) => {
+            let stubs = stubs(&input);
+            quote!(::core::compile_error!("#[replicable] could not expand this item"); #stubs)
+        }
+    };
+    quote! {
+        #input
+        #generated
+    }
+}
+
+/// The validated definition, or every error (for tests of the SQL).
+#[cfg(test)]
+pub fn validated(args: TokenStream, item: TokenStream) -> darling::Result<ir::ReplicableDef> {
+    let mut input: syn::DeriveInput = syn::parse2(item)?;
+    match analyse(args, &mut input) {
+        (Ok(()), Some(def)) => Ok(def),
+        (Err(e), _) => Err(e),
+        (Ok(()), None) => Err(darling::Error::custom("no definition")),
+    }
+}
+
+/// Strips our field attributes from `input` and validates everything; all errors together.
+fn analyse(
+    args: TokenStream,
+    input: &mut syn::DeriveInput,
+) -> (darling::Result<()>, Option<ir::ReplicableDef>) {
     let mut errors = darling::Error::accumulator();
 
-    let field_args = take_field_attrs(&mut input, &mut errors);
+    let field_args = take_field_attrs(input, &mut errors);
     let args = match NestedMeta::parse_meta_list(args) {
         Ok(items) => {
             // Unknown keys are reported here, so that darling still parses the known ones and
@@ -59,32 +95,15 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
             None
         }
     };
-    let fields = validate::named_fields(&input, &mut errors).map(|fields| {
+    let fields = validate::named_fields(input, &mut errors).map(|fields| {
         fields
             .into_iter()
             .zip(field_args)
             .map(|(field, args)| FieldInfo { field, args })
             .collect()
     });
-    let def = validate::validate(&input, args, fields, &mut errors);
-
-    let generated = match (errors.finish(), def) {
-        (Ok(()), Some(def)) => crate::codegen::expand(&def),
-        (Err(e), _) => {
-            let stubs = stubs(&input);
-            let e = e.write_errors();
-            quote!(#e #stubs)
-        }
-        // validate returns None only after reporting an error; be safe anyway.
-        (Ok(()), None) => {
-            let stubs = stubs(&input);
-            quote!(::core::compile_error!("#[replicable] could not expand this item"); #stubs)
-        }
-    };
-    quote! {
-        #input
-        #generated
-    }
+    let def = validate::validate(input, args, fields, &mut errors);
+    (errors.finish(), def)
 }
 
 /// Removes every `#[replicable(...)]` from the fields (rustc does not know it as a field

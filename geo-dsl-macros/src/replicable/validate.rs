@@ -344,8 +344,10 @@ pub fn validate(
             .with_span(&span),
         );
     }
-    if let Verification::SeparateTable { table } = &verification {
-        if table == &model_table || table == &registry_table {
+    if let Verification::SeparateTable { table } = &verification
+        && (table == &model_table || table == &registry_table)
+    {
+        {
             errors.push(
                 Error::custom(format!(
                     "the verification state table `{table}` would be the same table as the model or the registry; choose another `table`/`registry`, or `verification = \"inline\"`"
@@ -365,12 +367,10 @@ pub fn validate(
         ident,
         errors,
     );
-    let blob_required = match strategy {
-        Some(Strategy::Blob) => Some(
-            "the blob strategy needs a `#[replicable(blob)]` field on `{}`: mark the `String` field that holds the object key",
-        ),
-        None => None,
-    };
+    // Strategies that need a blob field (all of them, for now).
+    let blob_required = strategy.map(|Strategy::Blob| {
+        "the blob strategy needs a `#[replicable(blob)]` field on `{}`: mark the `String` field that holds the object key"
+    });
     let blob = single_role(&fields, "blob", |a| &a.blob, blob_required, ident, errors);
     let file_store = single_role(
         &fields,

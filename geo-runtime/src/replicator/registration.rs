@@ -37,9 +37,16 @@ impl ReplicatorSet {
     /// A replicator defined in another crate is linked only if that crate is used; write
     /// `use my_models as _;` in the binary when nothing else names it.
     pub fn linked() -> Result<Self, RegistrationError> {
+        // Link order is not defined; sort first so that errors are the same on every build.
+        let mut linked: Vec<&'static ReplicatorDescriptor> =
+            inventory::iter::<RegisteredReplicator>
+                .into_iter()
+                .map(|r| r.descriptor)
+                .collect();
+        linked.sort_by_key(|d| (d.replicable_name, d.replicator_type));
         let mut set = ReplicatorSet::default();
-        for registered in inventory::iter::<RegisteredReplicator> {
-            set = set.with_descriptor(registered.descriptor)?;
+        for descriptor in linked {
+            set = set.with_descriptor(descriptor)?;
         }
         if set.descriptors.is_empty() {
             return Err(RegistrationError::Empty);
@@ -63,7 +70,7 @@ impl ReplicatorSet {
         mut self,
         descriptor: &'static ReplicatorDescriptor,
     ) -> Result<Self, RegistrationError> {
-        if self.descriptors.iter().any(|d| *d == descriptor) {
+        if self.descriptors.contains(&descriptor) {
             return Ok(self);
         }
         validate_identifiers(descriptor)?;
