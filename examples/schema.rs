@@ -67,8 +67,8 @@ async fn main() -> Result<()> {
     let set = ReplicatorSet::linked()?;
     println!("Replicators linked into this binary ({}):", set.len());
     println!(
-        "  {:<14} {:<22} {:<16} {:<30} {}",
-        "name", "registry (secondary)", "model table", "verification (primary)", "feature flag"
+        "  {:<14} {:<22} {:<16} {:<30} feature flag",
+        "name", "registry (secondary)", "model table", "verification (primary)"
     );
     for d in set.descriptors() {
         let verification = match d.verification {
