@@ -5,13 +5,22 @@
 //! verification accessors; this crate holds the traits that generated code implements, the
 //! state machines, the database layer and the migration runner.
 //!
-//! ```ignore
+//! ```
+//! use geo_runtime::{BlobReplicator, ReplicableModel, Replicator};
+//!
 //! #[geo_runtime::replicable(strategy = "blob", registry = "widget_registry", table = "widgets")]
+//! #[derive(Debug, Clone)]
 //! pub struct Widget {
 //!     #[replicable(id)]   pub id: i64,
 //!     #[replicable(blob)] pub file: String,
 //!     pub project_id: i64,
 //! }
+//!
+//! let widget = Widget { id: 1, file: "widgets/1.png".into(), project_id: 7 };
+//! let replicator = widget.replicator();
+//! assert_eq!(replicator.object_key(), Some("widgets/1.png"));
+//! assert_eq!(WidgetReplicator::feature_flag_name(), "geo_widget_replication");
+//! assert_eq!(WidgetRegistry::TABLE_NAME, "widget_registry");
 //! ```
 //!
 //! The guide "Replicating a new data type" in `docs/` walks through it step by step.
