@@ -5,7 +5,7 @@
 //!
 //! Phases, one module each: [`replicable::args`] (darling) → [`replicable::validate`] (checks,
 //! every error accumulated with its span) → [`replicable::ir`] (the validated model) →
-//! [`codegen`] (tokens) and [`sql`] (DDL and statements for both dialects).
+//! [`codegen`] (tokens) and [`sql`] (the migrations for both dialects).
 
 mod codegen;
 mod replicable;

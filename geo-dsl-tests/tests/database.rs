@@ -297,9 +297,12 @@ async fn registry_rows_round_trip_through_the_generated_type() {
         );
 
         // The generated FromRow impls decode rows of the user's own queries.
-        let sql = WidgetReplicator::DESCRIPTOR
-            .sql(db.dialect())
-            .registry_select_by_model_id;
+        let sql = geo_runtime::registry::sql::RegistrySql::new(
+            WidgetReplicator::DESCRIPTOR,
+            db.dialect(),
+        )
+        .select_by_model_id;
+        let sql = AssertSqlSafe(sql.as_str());
         let decoded: WidgetRegistry = match db.dialect() {
             Dialect::Postgres => {
                 sqlx::query_as(sql)

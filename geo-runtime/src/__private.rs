@@ -8,6 +8,7 @@ pub use ::core::{
     primitive::{bool, i16, i32, i64, str, u8},
     result::Result::{self, Err, Ok},
 };
+pub use ::std::borrow::ToOwned;
 pub use ::std::string::String;
 pub use ::std::vec::Vec;
 
@@ -19,17 +20,38 @@ pub use ::sqlx;
 pub use crate::db::Database;
 pub use crate::db::dialect::RowReader;
 pub use crate::error::DbError;
+pub use crate::events::EventPayload;
 pub use crate::registry::{RegistryRecord, SyncState};
 pub use crate::replicator::{
-    BlobReplicator, DialectSql, MigrationDef, RegisteredReplicator, RegistryRow, ReplicableModel,
-    Replicator, ReplicatorDescriptor, Strategy, VerificationStorage,
+    BlobReplicator, MigrationDef, RegisteredReplicator, RegistryRow, ReplicableModel, Replicator,
+    ReplicatorDescriptor, Strategy, VerificationStorage,
 };
 pub use crate::verification::{VerificationDetails, VerificationState};
 
-pub use crate::registry::store::{
-    find_by_model_id as registry_find_by_model_id, insert_pending as registry_insert_pending,
-};
 pub use crate::verification::store::{load as load_verification, save as save_verification};
+
+/// `WidgetRegistry::find_by_model_id`.
+pub async fn registry_find_by_model_id(
+    db: &Database,
+    descriptor: &'static ReplicatorDescriptor,
+    model_record_id: i64,
+) -> Result<Option<RegistryRecord>, DbError> {
+    crate::registry::Registry::new(db, descriptor)
+        .find_by_model_id(model_record_id)
+        .await
+}
+
+/// `WidgetRegistry::insert_pending`.
+pub async fn registry_insert_pending(
+    db: &Database,
+    descriptor: &'static ReplicatorDescriptor,
+    model_record_id: i64,
+) -> Result<bool, DbError> {
+    let created = crate::registry::Registry::new(db, descriptor)
+        .insert_pending(&[model_record_id], crate::db::dialect::now())
+        .await?;
+    Ok(created == 1)
+}
 
 /// Decodes a registry row for the generated `FromRow` impls.
 pub fn registry_from_row<R: RowReader>(

@@ -36,11 +36,14 @@
 
 pub mod db;
 pub mod error;
+pub mod events;
+pub mod flags;
 pub mod registry;
 pub mod replicator;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod verification;
+pub mod worker;
 
 #[doc(hidden)]
 pub mod __private;

@@ -1,4 +1,4 @@
-//! The static `ReplicatorDescriptor` (with the migrations and statements of both dialects),
+//! The static `ReplicatorDescriptor` (with the migrations of both dialects),
 //! link-time registration, and the compile-time checks of the field types.
 
 use proc_macro2::TokenStream;
@@ -13,23 +13,6 @@ fn opt_str(s: Option<&str>, p: &TokenStream) -> TokenStream {
     match s {
         Some(s) => quote!(#p::Some(#s)),
         None => quote!(#p::None),
-    }
-}
-
-fn dialect_sql(def: &ReplicableDef, d: Dialect, p: &TokenStream) -> TokenStream {
-    let sql::Statements {
-        registry_select_by_model_id,
-        registry_insert_pending,
-        verification_select,
-        verification_save,
-    } = sql::statements(def, d);
-    quote! {
-        #p::DialectSql {
-            registry_select_by_model_id: #registry_select_by_model_id,
-            registry_insert_pending: #registry_insert_pending,
-            verification_select: #verification_select,
-            verification_save: #verification_save,
-        }
     }
 }
 
@@ -67,8 +50,6 @@ pub fn expand(def: &ReplicableDef, names: &Names) -> TokenStream {
     let secondary_pg = sql::registry_migration(def, Dialect::Postgres);
     let secondary_sqlite = sql::registry_migration(def, Dialect::Sqlite);
     let secondary_description = format!("registry table {registry_table}");
-    let postgres = dialect_sql(def, Dialect::Postgres, p);
-    let sqlite = dialect_sql(def, Dialect::Sqlite, p);
     quote! {
         #p::ReplicatorDescriptor {
             replicable_name: #name,
@@ -98,8 +79,6 @@ pub fn expand(def: &ReplicableDef, names: &Names) -> TokenStream {
                 postgres: #secondary_pg,
                 sqlite: #secondary_sqlite,
             }],
-            postgres: &#postgres,
-            sqlite: &#sqlite,
         }
     }
 }

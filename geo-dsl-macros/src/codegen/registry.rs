@@ -41,6 +41,8 @@ pub fn expand(def: &ReplicableDef, names: &Names) -> TokenStream {
             pub retry_at: #ts,
             /// Start of the latest attempt; cleared when the row goes back to pending.
             pub last_synced_at: #ts,
+            /// Number of the latest attempt; only that attempt may mark the row synced or failed.
+            pub sync_attempt: #p::i64,
             /// Why the latest attempt failed (at most 255 characters).
             pub last_sync_failure: #p::Option<#p::String>,
             /// When the row was created.
@@ -110,6 +112,7 @@ pub fn expand(def: &ReplicableDef, names: &Names) -> TokenStream {
                     retry_count: r.retry_count,
                     retry_at: r.retry_at,
                     last_synced_at: r.last_synced_at,
+                    sync_attempt: r.sync_attempt,
                     last_sync_failure: r.last_sync_failure,
                     created_at: r.created_at,
                     verification_state: r.verification_state,

@@ -29,6 +29,14 @@ pub fn expand(def: &ReplicableDef, names: &Names) -> TokenStream {
     );
     let descriptor = descriptor::expand(def, names);
     let field_access = field_access(def, names);
+    let payload_key = match &def.blob {
+        Some(_) => quote!(#replicator::__geo_object_key(self).map(#p::ToOwned::to_owned)),
+        None => quote!(#p::None),
+    };
+    let payload_local = match &def.file_store {
+        Some(_) => quote!(#replicator::__geo_is_local(self)),
+        None => quote!(true),
+    };
     let strategy_impl = match def.strategy {
         Strategy::Blob => blob_strategy(def, names),
     };
@@ -95,6 +103,13 @@ pub fn expand(def: &ReplicableDef, names: &Names) -> TokenStream {
 
             fn model_record_id(&self) -> #p::i64 {
                 #replicator::__geo_model_record_id(self)
+            }
+
+            fn event_payload(&self) -> #p::EventPayload {
+                #p::EventPayload {
+                    object_key: #payload_key,
+                    local: #payload_local,
+                }
             }
         }
     }

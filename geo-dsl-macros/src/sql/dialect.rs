@@ -67,11 +67,4 @@ impl Dialect {
             Dialect::Sqlite => " STRICT",
         }
     }
-    /// The n-th (from 1) bound parameter.
-    pub fn param(self, n: usize) -> String {
-        match self {
-            Dialect::Postgres => format!("${n}"),
-            Dialect::Sqlite => format!("?{n}"),
-        }
-    }
 }

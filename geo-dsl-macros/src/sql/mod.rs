@@ -1,5 +1,5 @@
-//! The SQL of one replicable, for PostgreSQL and SQLite: migrations (DDL) and the per-table
-//! statements the runtime runs. Pure functions of the validated [`ReplicableDef`]; every
+//! The migrations (DDL) of one replicable, for PostgreSQL and SQLite. (The statements that read
+//! and write these tables are rendered by the runtime from the same validated names.) Pure functions of the validated [`ReplicableDef`]; every
 //! identifier was checked against `^[a-z][a-z0-9_]{0,62}$` and is quoted anyway (a table may be
 //! called `user` or `order`). Values are always placeholders.
 //!
@@ -56,36 +56,6 @@ fn verification_columns(d: Dialect) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// The order of the verification columns in statements; the runtime binds in this order.
-const VERIFICATION_COLUMN_ORDER: [&str; 7] = [
-    "verification_state",
-    "verification_started_at",
-    "verification_retry_at",
-    "verified_at",
-    "verification_retry_count",
-    "verification_checksum",
-    "verification_failure",
-];
-
-/// The registry columns after `id` and the foreign key; the runtime decodes by these names.
-const REGISTRY_COLUMN_ORDER: [&str; 15] = [
-    "state",
-    "retry_count",
-    "retry_at",
-    "last_synced_at",
-    "last_sync_failure",
-    "created_at",
-    "verification_state",
-    "verification_started_at",
-    "verified_at",
-    "verification_retry_at",
-    "verification_retry_count",
-    "verification_checksum",
-    "verification_checksum_mismatched",
-    "checksum_mismatch",
-    "verification_failure",
-];
-
 fn table_body(columns: &[(&str, String)]) -> String {
     columns
         .iter()
@@ -111,6 +81,11 @@ pub fn registry_migration(def: &ReplicableDef, d: Dialect) -> String {
         ("retry_count", "INTEGER NOT NULL DEFAULT 0".to_owned()),
         ("retry_at", d.timestamp().to_owned()),
         ("last_synced_at", d.timestamp().to_owned()),
+        // Numbers each attempt, so that only the attempt that started a sync can finish it.
+        (
+            "sync_attempt",
+            format!("{} NOT NULL DEFAULT 0", d.big_int()),
+        ),
         ("last_sync_failure", d.text_255("last_sync_failure")),
         (
             "created_at",
@@ -216,74 +191,6 @@ pub fn verification_migration(def: &ReplicableDef, d: Dialect) -> String {
             };
             format!("{alter}{}", verification_indexes(&def.model_table))
         }
-    }
-}
-
-/// The statements the runtime runs for this replicable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Statements {
-    pub registry_select_by_model_id: String,
-    pub registry_insert_pending: String,
-    pub verification_select: String,
-    pub verification_save: String,
-}
-
-/// Renders [`Statements`] for one dialect.
-pub fn statements(def: &ReplicableDef, d: Dialect) -> Statements {
-    let reg = q(&def.registry_table);
-    let fk = q(&def.foreign_key);
-    let registry_columns = std::iter::once("id")
-        .chain(std::iter::once(def.foreign_key.as_str()))
-        .chain(REGISTRY_COLUMN_ORDER)
-        .map(q)
-        .collect::<Vec<_>>()
-        .join(", ");
-    let vcols: Vec<String> = VERIFICATION_COLUMN_ORDER.iter().map(|c| q(c)).collect();
-    let (vtable, vkey) = match &def.verification {
-        Verification::SeparateTable { table } => (q(table), fk.clone()),
-        Verification::Inline => (q(&def.model_table), q(&def.id.column)),
-    };
-    let verification_save = match &def.verification {
-        Verification::SeparateTable { .. } => format!(
-            "INSERT INTO {vtable} ({vkey}, {cols}) VALUES ({params}) ON CONFLICT ({vkey}) DO UPDATE SET {set}",
-            cols = vcols.join(", "),
-            params = (1..=vcols.len() + 1)
-                .map(|i| d.param(i))
-                .collect::<Vec<_>>()
-                .join(", "),
-            set = vcols
-                .iter()
-                .map(|c| format!("{c} = excluded.{c}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-        ),
-        Verification::Inline => format!(
-            "UPDATE {vtable} SET {set} WHERE {vkey} = {p1}",
-            set = vcols
-                .iter()
-                .enumerate()
-                .map(|(i, c)| format!("{c} = {}", d.param(i + 2)))
-                .collect::<Vec<_>>()
-                .join(", "),
-            p1 = d.param(1),
-        ),
-    };
-    Statements {
-        registry_select_by_model_id: format!(
-            "SELECT {registry_columns} FROM {reg} WHERE {fk} = {}",
-            d.param(1)
-        ),
-        registry_insert_pending: format!(
-            "INSERT INTO {reg} ({fk}, \"created_at\") VALUES ({}, {}) ON CONFLICT ({fk}) DO NOTHING",
-            d.param(1),
-            d.param(2)
-        ),
-        verification_select: format!(
-            "SELECT {} FROM {vtable} WHERE {vkey} = {}",
-            vcols.join(", "),
-            d.param(1)
-        ),
-        verification_save,
     }
 }
 

@@ -118,3 +118,147 @@ mod tests {
         assert!(micros_to_timestamp("t", i64::MAX).is_err());
     }
 }
+
+// ----- Binding values the same way on both dialects -------------------------------------------
+
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo, Postgres};
+use sqlx::sqlite::{Sqlite, SqliteArgumentsBuffer, SqliteTypeInfo};
+use sqlx::{Encode, Type};
+
+/// A timestamp bound as `timestamptz` on PostgreSQL and as integer microseconds on SQLite, so
+/// one query body binds it on both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ts(pub DateTime<Utc>);
+
+impl Type<Postgres> for Ts {
+    fn type_info() -> PgTypeInfo {
+        <DateTime<Utc> as Type<Postgres>>::type_info()
+    }
+}
+
+impl Encode<'_, Postgres> for Ts {
+    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        <DateTime<Utc> as Encode<'_, Postgres>>::encode_by_ref(&self.0, buf)
+    }
+}
+
+impl Type<Sqlite> for Ts {
+    fn type_info() -> SqliteTypeInfo {
+        <i64 as Type<Sqlite>>::type_info()
+    }
+}
+
+impl Encode<'_, Sqlite> for Ts {
+    fn encode_by_ref(&self, buf: &mut SqliteArgumentsBuffer) -> Result<IsNull, BoxDynError> {
+        <i64 as Encode<'_, Sqlite>>::encode_by_ref(&timestamp_to_micros(self.0), buf)
+    }
+}
+
+/// A list of ids bound as `bigint[]` on PostgreSQL (`= ANY($n)`, `unnest($n)`) and as a JSON
+/// array on SQLite (`json_each(?n)`): one parameter, however many ids.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IdList(pub Vec<i64>);
+
+impl Type<Postgres> for IdList {
+    fn type_info() -> PgTypeInfo {
+        <Vec<i64> as Type<Postgres>>::type_info()
+    }
+}
+
+impl Encode<'_, Postgres> for IdList {
+    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        <Vec<i64> as Encode<'_, Postgres>>::encode_by_ref(&self.0, buf)
+    }
+}
+
+impl Type<Sqlite> for IdList {
+    fn type_info() -> SqliteTypeInfo {
+        <String as Type<Sqlite>>::type_info()
+    }
+}
+
+impl Encode<'_, Sqlite> for IdList {
+    fn encode_by_ref(&self, buf: &mut SqliteArgumentsBuffer) -> Result<IsNull, BoxDynError> {
+        let mut json = String::with_capacity(self.0.len() * 8 + 2);
+        json.push('[');
+        for (i, id) in self.0.iter().enumerate() {
+            if i > 0 {
+                json.push(',');
+            }
+            json.push_str(&id.to_string());
+        }
+        json.push(']');
+        <String as Encode<'_, Sqlite>>::encode(json, buf)
+    }
+}
+
+/// `"ident"`.
+pub fn quote(ident: &str) -> String {
+    format!("\"{ident}\"")
+}
+
+/// The n-th (from 1) parameter: `$n` on PostgreSQL, `?n` on SQLite.
+pub fn param(dialect: super::Dialect, n: usize) -> String {
+    match dialect {
+        super::Dialect::Postgres => format!("${n}"),
+        super::Dialect::Sqlite => format!("?{n}"),
+    }
+}
+
+/// `column` is one of the ids in the [`IdList`] bound as parameter `n`.
+pub fn in_id_list(dialect: super::Dialect, column: &str, n: usize) -> String {
+    match dialect {
+        super::Dialect::Postgres => format!("{column} = ANY(${n})"),
+        super::Dialect::Sqlite => format!("{column} IN (SELECT value FROM json_each(?{n}))"),
+    }
+}
+
+/// A row source of the ids in the [`IdList`] parameter `n`, as a column named `id`.
+pub fn id_list_rows(dialect: super::Dialect, n: usize) -> String {
+    match dialect {
+        super::Dialect::Postgres => format!("SELECT unnest(${n}::bigint[]) AS id"),
+        super::Dialect::Sqlite => format!("SELECT value AS id FROM json_each(?{n})"),
+    }
+}
+
+/// Rows `(id, attempt)` zipped from the [`IdList`] parameters `a` and `b`.
+pub fn id_pair_rows(dialect: super::Dialect, a: usize, b: usize) -> String {
+    match dialect {
+        super::Dialect::Postgres => {
+            format!("SELECT * FROM unnest(${a}::bigint[], ${b}::bigint[]) AS t(id, attempt)")
+        }
+        super::Dialect::Sqlite => format!(
+            "SELECT x.value AS id, y.value AS attempt FROM json_each(?{a}) x JOIN json_each(?{b}) y ON x.key = y.key"
+        ),
+    }
+}
+
+/// A JSON document bound as `jsonb` on PostgreSQL and as text on SQLite.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonDoc(pub serde_json::Value);
+
+impl Type<Postgres> for JsonDoc {
+    fn type_info() -> PgTypeInfo {
+        <serde_json::Value as Type<Postgres>>::type_info()
+    }
+}
+
+impl Encode<'_, Postgres> for JsonDoc {
+    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        <serde_json::Value as Encode<'_, Postgres>>::encode_by_ref(&self.0, buf)
+    }
+}
+
+impl Type<Sqlite> for JsonDoc {
+    fn type_info() -> SqliteTypeInfo {
+        <String as Type<Sqlite>>::type_info()
+    }
+}
+
+impl Encode<'_, Sqlite> for JsonDoc {
+    fn encode_by_ref(&self, buf: &mut SqliteArgumentsBuffer) -> Result<IsNull, BoxDynError> {
+        <String as Encode<'_, Sqlite>>::encode(self.0.to_string(), buf)
+    }
+}

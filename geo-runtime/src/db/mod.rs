@@ -5,6 +5,7 @@
 //! SQLite integer microseconds since the Unix epoch) and how rows are read.
 
 pub mod dialect;
+pub mod lease;
 mod migrate;
 mod schema;
 
@@ -197,3 +198,116 @@ impl Database {
         }
     }
 }
+
+/// A connection of either dialect, borrowed from a transaction or a pool connection: what the
+/// runtime's multi-statement operations run on, so they can share the caller's transaction.
+#[derive(Debug)]
+pub enum Conn<'c> {
+    /// PostgreSQL.
+    Postgres(&'c mut sqlx::PgConnection),
+    /// SQLite.
+    Sqlite(&'c mut sqlx::SqliteConnection),
+}
+
+impl<'c> From<&'c mut sqlx::PgConnection> for Conn<'c> {
+    fn from(c: &'c mut sqlx::PgConnection) -> Self {
+        Conn::Postgres(c)
+    }
+}
+
+impl<'c> From<&'c mut sqlx::SqliteConnection> for Conn<'c> {
+    fn from(c: &'c mut sqlx::SqliteConnection) -> Self {
+        Conn::Sqlite(c)
+    }
+}
+
+impl Conn<'_> {
+    /// The dialect of this connection.
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Conn::Postgres(_) => Dialect::Postgres,
+            Conn::Sqlite(_) => Dialect::Sqlite,
+        }
+    }
+
+    /// Reborrows, for passing on without giving the connection away.
+    pub fn reborrow(&mut self) -> Conn<'_> {
+        match self {
+            Conn::Postgres(c) => Conn::Postgres(c),
+            Conn::Sqlite(c) => Conn::Sqlite(c),
+        }
+    }
+}
+
+/// A write transaction that holds the write lock from its first statement (SQLite:
+/// `BEGIN IMMEDIATE`, so it never fails half-way with "database is locked"; PostgreSQL: an
+/// ordinary transaction). Dropped without [`WriteTx::commit`], it rolls back.
+#[derive(Debug)]
+pub enum WriteTx {
+    /// PostgreSQL.
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+    /// SQLite.
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+}
+
+impl WriteTx {
+    /// The transaction's connection.
+    pub fn conn(&mut self) -> Conn<'_> {
+        match self {
+            WriteTx::Postgres(tx) => Conn::Postgres(tx),
+            WriteTx::Sqlite(tx) => Conn::Sqlite(tx),
+        }
+    }
+
+    /// Commits.
+    pub async fn commit(self) -> Result<(), DbError> {
+        match self {
+            WriteTx::Postgres(tx) => tx.commit().await?,
+            WriteTx::Sqlite(tx) => tx.commit().await?,
+        }
+        Ok(())
+    }
+}
+
+impl Database {
+    /// Begins a [`WriteTx`].
+    pub async fn begin_write(&self) -> Result<WriteTx, DbError> {
+        Ok(match &self.inner {
+            Inner::Postgres(pool) => WriteTx::Postgres(pool.begin().await?),
+            Inner::Sqlite { writer, .. } => {
+                WriteTx::Sqlite(writer.begin_with("BEGIN IMMEDIATE").await?)
+            }
+        })
+    }
+}
+
+/// Runs `$body` with `$c` bound to the typed connection of either dialect. The body is
+/// type-checked once per dialect, so it must bind values that encode on both (see
+/// [`dialect::Ts`], [`dialect::IdList`]).
+macro_rules! on_conn {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            $crate::db::Conn::Postgres($c) => $body,
+            $crate::db::Conn::Sqlite($c) => $body,
+        }
+    };
+}
+pub(crate) use on_conn;
+
+/// Like [`on_conn!`] on a pool: PostgreSQL's pool, or SQLite's writer (`write`) or readers
+/// (`read`).
+macro_rules! on_pool {
+    ($db:expr, write, $p:ident => $body:expr) => {
+        match $db.inner() {
+            $crate::db::Inner::Postgres($p) => $body,
+            $crate::db::Inner::Sqlite { writer: $p, .. } => $body,
+        }
+    };
+    ($db:expr, read, $p:ident => $body:expr) => {
+        match $db.inner() {
+            $crate::db::Inner::Postgres($p) => $body,
+            $crate::db::Inner::Sqlite { readers: $p, .. } => $body,
+        }
+    };
+}
+pub(crate) use on_pool;

@@ -1,56 +1,357 @@
-//! Reading and creating registry rows through the generated SQL.
+//! Registry operations on the database: Geo's state machine as set-based statements.
+//!
+//! - [`Registry::claim`] leases due rows (pending first, then failed rows whose `retry_at` has
+//!   come) with `FOR UPDATE SKIP LOCKED` on PostgreSQL, so two workers never claim one row; each
+//!   claim numbers the attempt.
+//! - [`Registry::mark_synced`] / [`Registry::mark_failed`] finish only the attempt that is still
+//!   running: a row reset to pending (or re-claimed) meanwhile is left alone, so a stale sync can
+//!   never be marked synced.
+//! - [`Registry::fail_timed_out`] is the sweeper for rows stuck in `started`.
 
-use super::RegistryRecord;
-use crate::db::{Database, Inner, dialect};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use sqlx::Row;
+
+use super::sql::RegistrySql;
+use super::{RegistryRecord, SyncState, backoff, truncate_failure};
+use crate::db::dialect::{IdList, RowReader, Ts};
+use crate::db::{Conn, Database, on_conn, on_pool};
 use crate::error::DbError;
 use crate::replicator::ReplicatorDescriptor;
+use sqlx::AssertSqlSafe;
 
-/// The registry row tracking `model_record_id`, if any.
-pub async fn find_by_model_id(
-    db: &Database,
-    descriptor: &ReplicatorDescriptor,
-    model_record_id: i64,
-) -> Result<Option<RegistryRecord>, DbError> {
-    let sql = descriptor.sql(db.dialect()).registry_select_by_model_id;
-    let fk = descriptor.model_foreign_key;
-    match db.inner() {
-        Inner::Postgres(pool) => sqlx::query(sql)
-            .bind(model_record_id)
-            .fetch_optional(pool)
-            .await?
-            .map(|row| RegistryRecord::decode(&row, fk))
-            .transpose(),
-        Inner::Sqlite { readers, .. } => sqlx::query(sql)
-            .bind(model_record_id)
-            .fetch_optional(readers)
-            .await?
-            .map(|row| RegistryRecord::decode(&row, fk))
-            .transpose(),
+/// A row a worker has claimed: its identity and the attempt it must finish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClaimedRow {
+    /// Registry row id.
+    pub id: i64,
+    /// The model record to sync.
+    pub model_record_id: i64,
+    /// Consecutive failures before this attempt.
+    pub retry_count: i32,
+    /// This attempt's number.
+    pub sync_attempt: i64,
+}
+
+impl ClaimedRow {
+    /// The failure of this attempt.
+    pub fn failed(&self, message: impl Into<String>, missing_on_primary: bool) -> SyncFailure {
+        SyncFailure {
+            row: *self,
+            message: message.into(),
+            missing_on_primary,
+        }
     }
 }
 
-/// Creates a pending registry row for `model_record_id`; returns false when one already exists
-/// (the row is left as it is).
-pub async fn insert_pending(
-    db: &Database,
-    descriptor: &ReplicatorDescriptor,
-    model_record_id: i64,
-) -> Result<bool, DbError> {
-    let sql = descriptor.sql(db.dialect()).registry_insert_pending;
-    let now = dialect::now();
-    let affected = match db.inner() {
-        Inner::Postgres(pool) => sqlx::query(sql)
-            .bind(model_record_id)
-            .bind(now)
+/// A failed attempt, to record with [`Registry::mark_failed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncFailure {
+    /// The claimed row.
+    pub row: ClaimedRow,
+    /// Why; cut to 255 characters.
+    pub message: String,
+    /// The primary said the object does not exist (longer backoff cap).
+    pub missing_on_primary: bool,
+}
+
+/// Rows per sync state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateCounts {
+    /// Pending rows.
+    pub pending: i64,
+    /// Started rows.
+    pub started: i64,
+    /// Synced rows.
+    pub synced: i64,
+    /// Failed rows.
+    pub failed: i64,
+}
+
+impl StateCounts {
+    /// All rows.
+    pub fn total(&self) -> i64 {
+        self.pending + self.started + self.synced + self.failed
+    }
+}
+
+/// The registry of one replicable in one tracking database.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    db: Database,
+    descriptor: &'static ReplicatorDescriptor,
+    sql: Arc<RegistrySql>,
+}
+
+fn decode_claimed<R: RowReader>(row: &R) -> Result<ClaimedRow, DbError> {
+    Ok(ClaimedRow {
+        id: row.i64("id")?,
+        model_record_id: row.i64("model_record_id")?,
+        retry_count: row.i32("retry_count")?,
+        sync_attempt: row.i64("sync_attempt")?,
+    })
+}
+
+impl Registry {
+    /// The registry of `descriptor` in `db` (a secondary's tracking database).
+    pub fn new(db: &Database, descriptor: &'static ReplicatorDescriptor) -> Self {
+        Registry {
+            sql: Arc::new(RegistrySql::new(descriptor, db.dialect())),
+            db: db.clone(),
+            descriptor,
+        }
+    }
+
+    /// The replicator this registry belongs to.
+    pub fn descriptor(&self) -> &'static ReplicatorDescriptor {
+        self.descriptor
+    }
+
+    /// The statements, for operations inside a caller's transaction.
+    pub fn sql(&self) -> &RegistrySql {
+        &self.sql
+    }
+
+    /// The row tracking `model_record_id`, if any.
+    pub async fn find_by_model_id(
+        &self,
+        model_record_id: i64,
+    ) -> Result<Option<RegistryRecord>, DbError> {
+        let sql = AssertSqlSafe(self.sql.select_by_model_id.as_str());
+        let fk = self.descriptor.model_foreign_key;
+        on_pool!(self.db, read, pool => {
+            sqlx::query(sql)
+                .bind(model_record_id)
+                .fetch_optional(pool)
+                .await?
+                .map(|row| RegistryRecord::decode(&row, fk))
+                .transpose()
+        })
+    }
+
+    /// Creates pending rows for the ids not tracked yet; returns how many were created.
+    pub async fn insert_pending(
+        &self,
+        model_record_ids: &[i64],
+        now: DateTime<Utc>,
+    ) -> Result<u64, DbError> {
+        let sql = AssertSqlSafe(self.sql.insert_pending_many.as_str());
+        let ids = IdList(model_record_ids.to_vec());
+        on_pool!(self.db, write, pool => Ok(sqlx::query(sql).bind(ids).bind(Ts(now)).execute(pool).await?.rows_affected()))
+    }
+
+    /// Operator resync: synced or failed rows back to pending (Geo's `resync`). Returns how many.
+    pub async fn resync(&self, model_record_ids: &[i64]) -> Result<u64, DbError> {
+        let sql = AssertSqlSafe(self.sql.resync_many.as_str());
+        let ids = IdList(model_record_ids.to_vec());
+        on_pool!(self.db, write, pool => Ok(sqlx::query(sql).bind(ids).execute(pool).await?.rows_affected()))
+    }
+
+    /// Claims up to `limit` due rows, pending first, then failed rows whose retry time has come;
+    /// each becomes `started` with a new attempt number.
+    pub async fn claim(
+        &self,
+        limit: usize,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ClaimedRow>, DbError> {
+        let mut claimed = self.claim_with(&self.sql.claim_pending, limit, now).await?;
+        if claimed.len() < limit {
+            let more = self
+                .claim_with(&self.sql.claim_failed_due, limit - claimed.len(), now)
+                .await?;
+            claimed.extend(more);
+        }
+        Ok(claimed)
+    }
+
+    async fn claim_with(
+        &self,
+        sql: &str,
+        limit: usize,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ClaimedRow>, DbError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let sql = AssertSqlSafe(sql);
+        on_pool!(self.db, write, pool => {
+            sqlx::query(sql)
+                .bind(limit)
+                .bind(Ts(now))
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(decode_claimed)
+                .collect()
+        })
+    }
+
+    /// started → synced for each row whose attempt is still the running one; returns the ids
+    /// that were marked (the others were reset or re-claimed meanwhile and stay as they are).
+    pub async fn mark_synced(&self, rows: &[ClaimedRow]) -> Result<Vec<i64>, DbError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = AssertSqlSafe(self.sql.mark_synced_many.as_str());
+        let ids = IdList(rows.iter().map(|r| r.id).collect());
+        let attempts = IdList(rows.iter().map(|r| r.sync_attempt).collect());
+        on_pool!(self.db, write, pool => {
+            let done = sqlx::query(sql).bind(ids).bind(attempts).fetch_all(pool).await?;
+            done.iter().map(|r| Ok(r.try_get::<i64, _>(0)?)).collect()
+        })
+    }
+
+    /// started → failed for each failure whose attempt is still the running one, with Geo's
+    /// backoff; returns how many rows were marked.
+    pub async fn mark_failed(
+        &self,
+        failures: &[SyncFailure],
+        now: DateTime<Utc>,
+    ) -> Result<u64, DbError> {
+        if failures.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.db.begin_write().await?;
+        let mut marked = 0;
+        for f in failures {
+            let sql = AssertSqlSafe(self.sql.mark_failed.as_str());
+            let count = u32::try_from(f.row.retry_count.saturating_add(1)).unwrap_or(1);
+            let retry_at = Ts(backoff::next_retry_at(now, count, f.missing_on_primary));
+            let message = truncate_failure(&f.message);
+            marked += on_conn!(tx.conn(), c => sqlx::query(sql)
+                .bind(f.row.id)
+                .bind(f.row.sync_attempt)
+                .bind(retry_at)
+                .bind(message)
+                .execute(&mut *c)
+                .await?
+                .rows_affected());
+        }
+        tx.commit().await?;
+        Ok(marked)
+    }
+
+    /// The sweeper: rows `started` for longer than `timeout` become failed ("Sync timed out
+    /// after …", `retry_count` 1, retried after a first-retry delay spread over a minute), so a
+    /// worker that died mid-sync never leaves a row stuck. Returns how many.
+    pub async fn fail_timed_out(
+        &self,
+        timeout: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<u64, DbError> {
+        let sql = AssertSqlSafe(self.sql.fail_timed_out.as_str());
+        let timeout_delta = TimeDelta::from_std(timeout).unwrap_or(TimeDelta::MAX);
+        let started_before = Ts(now
+            .checked_sub_signed(timeout_delta)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC));
+        let earliest = Ts(now + TimeDelta::seconds(16));
+        let message = format!("Sync timed out after {}", timeout.as_secs());
+        on_pool!(self.db, write, pool => Ok(sqlx::query(sql)
+            .bind(started_before)
+            .bind(earliest)
+            .bind(message)
             .execute(pool)
             .await?
-            .rows_affected(),
-        Inner::Sqlite { writer, .. } => sqlx::query(sql)
-            .bind(model_record_id)
-            .bind(dialect::timestamp_to_micros(now))
-            .execute(writer)
-            .await?
-            .rows_affected(),
-    };
-    Ok(affected == 1)
+            .rows_affected()))
+    }
+
+    /// Rows per state.
+    pub async fn count_by_state(&self) -> Result<StateCounts, DbError> {
+        let sql = AssertSqlSafe(self.sql.count_by_state.as_str());
+        let rows: Vec<(i16, i64)> =
+            on_pool!(self.db, read, pool => sqlx::query_as(sql).fetch_all(pool).await?);
+        let mut counts = StateCounts::default();
+        for (state, n) in rows {
+            match SyncState::from_i16(state) {
+                Some(SyncState::Pending) => counts.pending = n,
+                Some(SyncState::Started) => counts.started = n,
+                Some(SyncState::Synced) => counts.synced = n,
+                Some(SyncState::Failed) => counts.failed = n,
+                None => {
+                    return Err(DbError::InvalidValue {
+                        column: "state".into(),
+                        what: "sync state (0..=3)",
+                        value: state.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(counts)
+    }
+}
+
+/// Inside a caller's transaction: new pending rows for untracked ids. Returns rows created.
+pub async fn insert_pending_many(
+    conn: Conn<'_>,
+    sql: &RegistrySql,
+    ids: &[i64],
+    now: DateTime<Utc>,
+) -> Result<u64, DbError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let q = AssertSqlSafe(sql.insert_pending_many.as_str());
+    let ids = IdList(ids.to_vec());
+    Ok(
+        on_conn!(conn, c => sqlx::query(q).bind(ids).bind(Ts(now)).execute(&mut *c).await?.rows_affected()),
+    )
+}
+
+/// Inside a caller's transaction: rows back to pending from any state (created when missing).
+pub async fn reset_pending_many(
+    conn: Conn<'_>,
+    sql: &RegistrySql,
+    ids: &[i64],
+    now: DateTime<Utc>,
+) -> Result<u64, DbError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let q = AssertSqlSafe(sql.reset_pending_many.as_str());
+    let ids = IdList(ids.to_vec());
+    Ok(
+        on_conn!(conn, c => sqlx::query(q).bind(ids).bind(Ts(now)).execute(&mut *c).await?.rows_affected()),
+    )
+}
+
+/// Inside a caller's transaction: deletes rows, returning the model ids that had one.
+pub async fn delete_many(
+    conn: Conn<'_>,
+    sql: &RegistrySql,
+    ids: &[i64],
+) -> Result<Vec<i64>, DbError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let q = AssertSqlSafe(sql.delete_many.as_str());
+    let ids = IdList(ids.to_vec());
+    on_conn!(conn, c => {
+        let rows = sqlx::query(q).bind(ids).fetch_all(&mut *c).await?;
+        rows.iter().map(|r| Ok(r.try_get::<i64, _>(0)?)).collect()
+    })
+}
+
+/// Inside a caller's transaction: tracked model ids in `lo..=hi`, ascending.
+pub async fn model_ids_between(
+    conn: Conn<'_>,
+    sql: &RegistrySql,
+    lo: i64,
+    hi: i64,
+) -> Result<Vec<i64>, DbError> {
+    let q = AssertSqlSafe(sql.model_ids_between.as_str());
+    Ok(on_conn!(conn, c => sqlx::query_scalar(q).bind(lo).bind(hi).fetch_all(&mut *c).await?))
+}
+
+/// Inside a caller's transaction: up to `limit` tracked model ids above `above`, ascending.
+pub async fn model_ids_above(
+    conn: Conn<'_>,
+    sql: &RegistrySql,
+    above: i64,
+    limit: i64,
+) -> Result<Vec<i64>, DbError> {
+    let q = AssertSqlSafe(sql.model_ids_above.as_str());
+    Ok(on_conn!(conn, c => sqlx::query_scalar(q).bind(above).bind(limit).fetch_all(&mut *c).await?))
 }

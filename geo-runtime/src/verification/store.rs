@@ -1,10 +1,61 @@
 //! Reading and writing the primary's verification columns through the generated SQL, wherever
 //! they live (Geo's delegation from the model to its state table).
 
-use super::VerificationDetails;
-use crate::db::{Database, Inner, dialect};
+use super::{VERIFICATION_COLUMNS, VerificationDetails};
+use crate::db::dialect::{param, quote};
+use crate::db::{Database, Dialect, Inner, dialect};
 use crate::error::DbError;
 use crate::replicator::{ReplicatorDescriptor, VerificationStorage};
+use sqlx::AssertSqlSafe;
+
+/// The table and key column holding a replicable's verification columns on the primary.
+fn place(d: &ReplicatorDescriptor) -> (String, String) {
+    match d.verification {
+        VerificationStorage::SeparateTable { table } => (quote(table), quote(d.model_foreign_key)),
+        VerificationStorage::Inline => (quote(d.model_table), quote(d.model_id_column)),
+    }
+}
+
+/// `SELECT <verification columns> … WHERE <key> = $1`.
+pub fn select_sql(d: &ReplicatorDescriptor, dialect: Dialect) -> String {
+    let (table, key) = place(d);
+    let cols: Vec<String> = VERIFICATION_COLUMNS.iter().map(|c| quote(c)).collect();
+    format!(
+        "SELECT {} FROM {table} WHERE {key} = {}",
+        cols.join(", "),
+        param(dialect, 1)
+    )
+}
+
+/// Writes the verification columns of `$1` (`$2`… in [`VERIFICATION_COLUMNS`] order): an upsert
+/// into the state table, or an update of the model row.
+pub fn save_sql(d: &ReplicatorDescriptor, dialect: Dialect) -> String {
+    let (table, key) = place(d);
+    let cols: Vec<String> = VERIFICATION_COLUMNS.iter().map(|c| quote(c)).collect();
+    match d.verification {
+        VerificationStorage::SeparateTable { .. } => format!(
+            "INSERT INTO {table} ({key}, {}) VALUES ({}) ON CONFLICT ({key}) DO UPDATE SET {}",
+            cols.join(", "),
+            (1..=cols.len() + 1)
+                .map(|n| param(dialect, n))
+                .collect::<Vec<_>>()
+                .join(", "),
+            cols.iter()
+                .map(|c| format!("{c} = excluded.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        VerificationStorage::Inline => format!(
+            "UPDATE {table} SET {} WHERE {key} = {}",
+            cols.iter()
+                .enumerate()
+                .map(|(i, c)| format!("{c} = {}", param(dialect, i + 2)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            param(dialect, 1)
+        ),
+    }
+}
 
 /// The verification details of one model record. With a separate state table, a record without
 /// a state row reads as the default (pending); with inline columns the model row must exist.
@@ -13,7 +64,7 @@ pub async fn load(
     descriptor: &ReplicatorDescriptor,
     model_record_id: i64,
 ) -> Result<VerificationDetails, DbError> {
-    let sql = descriptor.sql(db.dialect()).verification_select;
+    let sql = AssertSqlSafe(select_sql(descriptor, db.dialect()));
     let found = match db.inner() {
         Inner::Postgres(pool) => {
             let row = sqlx::query(sql)
@@ -48,7 +99,7 @@ pub async fn save(
     model_record_id: i64,
     details: &VerificationDetails,
 ) -> Result<(), DbError> {
-    let sql = descriptor.sql(db.dialect()).verification_save;
+    let sql = AssertSqlSafe(save_sql(descriptor, db.dialect()));
     let failure = details
         .verification_failure
         .as_deref()

@@ -1,0 +1,542 @@
+//! The secondary's event cursor (Geo's log cursor daemon): reads events after its stored
+//! position, in batches, and applies each batch to the registries in one transaction together
+//! with the new position, so a crash never applies a batch twice or skips one.
+//!
+//! - Idempotent: a `created` for a tracked id changes nothing; `updated` puts the row back to
+//!   pending (creating it when missing); `deleted` removes the row and schedules the local
+//!   object's removal (`geo_blob_removals`). Within a batch the events of one record are folded
+//!   in order, so `created, deleted` leaves nothing and `deleted, created` a fresh pending row.
+//! - Gaps: ids skipped by the batch (a transaction on the primary that commits late, or rolled
+//!   back) are stored and looked up again on every step; a gap that fills is applied then. A gap
+//!   still empty after [`CursorConfig::gap_timeout`] is given up with a warning and the metric
+//!   `geo_event_gaps_abandoned_total`: never silently. The consistency pass repairs whatever such
+//!   an event would have done.
+//! - Exactly one active cursor per tracking database: a lease (`geo_leases`), renewed inside the
+//!   same transaction that moves the position, so a cursor that lost its lease cannot commit.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use sqlx::AssertSqlSafe;
+use tokio_util::sync::CancellationToken;
+
+use super::source::{EventSource, SourceError};
+use super::{Event, EventName};
+use crate::db::dialect::{IdList, Ts, in_id_list, now, param};
+use crate::db::{Conn, Database, Dialect, lease, on_conn, on_pool};
+use crate::error::DbError;
+use crate::registry::sql::RegistrySql;
+use crate::registry::store::{delete_many, insert_pending_many, reset_pending_many};
+use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
+
+/// The lease name of the event cursor.
+pub const CURSOR_LEASE: &str = "geo_event_cursor";
+/// Gaps wider than this are not tracked id by id (a sequence jump, not a late commit).
+pub const MAX_GAP_WIDTH: i64 = 10_000;
+
+/// Where a cursor with no stored position starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartPosition {
+    /// At the primary's latest event, as Geo does: history is covered by the backfill.
+    Latest,
+    /// At the first event still in the log.
+    Beginning,
+}
+
+/// Tuning of the cursor.
+#[derive(Debug, Clone)]
+pub struct CursorConfig {
+    /// Events per batch (Geo: 250; larger batches amortise the transaction).
+    pub batch_size: usize,
+    /// How long a gap is waited for before it is given up (Geo drops them after 1 h, silently).
+    pub gap_timeout: Duration,
+    /// Lease time to live (Geo: 30 s).
+    pub lease_ttl: Duration,
+    /// Where a cursor with no stored position starts.
+    pub start: StartPosition,
+    /// Pause when there was nothing to read.
+    pub idle_wait: Duration,
+    /// Give up (return an error) after failing continuously this long (Geo: 30 min).
+    pub max_error_duration: Duration,
+}
+
+impl Default for CursorConfig {
+    fn default() -> Self {
+        CursorConfig {
+            batch_size: 1000,
+            gap_timeout: Duration::from_secs(3600),
+            lease_ttl: Duration::from_secs(30),
+            start: StartPosition::Latest,
+            idle_wait: Duration::from_secs(1),
+            max_error_duration: Duration::from_secs(1800),
+        }
+    }
+}
+
+/// The cursor failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CursorError {
+    /// The tracking database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The event source failed.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// Another process took the lease while this batch was applied; nothing was committed.
+    #[error("lost the event cursor lease to another process; the batch was rolled back")]
+    LeaseLost,
+    /// Errors continued longer than `max_error_duration`.
+    #[error("the event cursor failed continuously for {0:?}; last error: {1}")]
+    GaveUp(Duration, Box<CursorError>),
+}
+
+impl From<sqlx::Error> for CursorError {
+    fn from(e: sqlx::Error) -> Self {
+        CursorError::Db(DbError::Sqlx(e))
+    }
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    /// Whether this process holds the lease (when false, nothing else happened).
+    pub held_lease: bool,
+    /// Events read in this step (new ones and filled gaps).
+    pub read: usize,
+    /// Events applied to a registry.
+    pub applied: usize,
+    /// Events skipped: unknown replicable or replication off here.
+    pub skipped: usize,
+    /// Gaps found in this batch.
+    pub gaps_detected: usize,
+    /// Gaps that filled and were applied.
+    pub gaps_filled: usize,
+    /// Gaps given up.
+    pub gaps_abandoned: usize,
+    /// The position after the step.
+    pub position: i64,
+}
+
+/// What a batch does to one model record, after folding its events in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Action {
+    /// Make sure a row exists; leave an existing one alone.
+    Track,
+    /// Row back to pending (created when missing).
+    Reset,
+    /// Remove the row.
+    Remove,
+}
+
+/// The secondary's event cursor. See the module docs.
+#[derive(Debug)]
+pub struct EventCursor<S> {
+    db: Database,
+    source: S,
+    config: CursorConfig,
+    holder: String,
+    replicators: HashMap<&'static str, (&'static ReplicatorDescriptor, Arc<RegistrySql>)>,
+}
+
+impl<S: EventSource> EventCursor<S> {
+    /// A cursor over `db` (the tracking database) for the replicators in `set`. `holder` names
+    /// this process in the lease (e.g. `host:pid`).
+    pub fn new(
+        db: &Database,
+        set: &ReplicatorSet,
+        source: S,
+        config: CursorConfig,
+        holder: impl Into<String>,
+    ) -> Self {
+        let replicators = set
+            .descriptors()
+            .iter()
+            .map(|d| {
+                (
+                    d.replicable_name,
+                    (*d, Arc::new(RegistrySql::new(d, db.dialect()))),
+                )
+            })
+            .collect();
+        EventCursor {
+            db: db.clone(),
+            source,
+            config,
+            holder: holder.into(),
+            replicators,
+        }
+    }
+
+    /// The stored position (last event id applied), if any.
+    pub async fn position(&self) -> Result<Option<i64>, DbError> {
+        let sql = "SELECT \"last_event_id\" FROM \"geo_event_cursor\" WHERE \"id\" = 1";
+        Ok(on_pool!(self.db, read, pool => sqlx::query_scalar(sql).fetch_optional(pool).await?))
+    }
+
+    /// The gaps waiting to fill, oldest id first.
+    pub async fn gaps(&self) -> Result<Vec<i64>, DbError> {
+        let sql = "SELECT \"event_id\" FROM \"geo_event_gaps\" ORDER BY \"event_id\"";
+        Ok(on_pool!(self.db, read, pool => sqlx::query_scalar(sql).fetch_all(pool).await?))
+    }
+
+    /// The position the primary may prune below: every event at or under it has been applied
+    /// (Geo: min(smallest gap, last processed)).
+    pub async fn safe_position(&self) -> Result<Option<i64>, DbError> {
+        let gaps = self.gaps().await?;
+        Ok(self.position().await?.map(|p| match gaps.first() {
+            Some(g) => p.min(g - 1),
+            None => p,
+        }))
+    }
+
+    /// Reads and applies one batch (plus any gaps that filled). Returns what it did; when the
+    /// lease is held by another process it does nothing.
+    pub async fn step(&self) -> Result<BatchReport, CursorError> {
+        let started = now();
+        let mut report = BatchReport::default();
+        if !lease::try_acquire(
+            &self.db,
+            CURSOR_LEASE,
+            &self.holder,
+            self.config.lease_ttl,
+            started,
+        )
+        .await?
+        {
+            return Ok(report);
+        }
+        report.held_lease = true;
+
+        let position = match self.position().await? {
+            Some(p) => p,
+            None => match self.config.start {
+                StartPosition::Latest => self.source.latest_event_id().await?,
+                StartPosition::Beginning => 0,
+            },
+        };
+        let gap_rows = self.gap_rows().await?;
+        let gap_ids: Vec<i64> = gap_rows.iter().map(|(id, _)| *id).collect();
+        let filled = self.source.events_by_ids(&gap_ids).await?;
+        let batch = self
+            .source
+            .events_after(position, self.config.batch_size)
+            .await?;
+
+        // New gaps: ids the batch skipped.
+        let mut new_gaps = Vec::new();
+        let mut expected = position + 1;
+        for e in &batch {
+            if e.id > expected {
+                let width = e.id - expected;
+                if width > MAX_GAP_WIDTH {
+                    tracing::warn!(
+                        from = expected,
+                        to = e.id - 1,
+                        width,
+                        "event id jump too wide to track id by id; the consistency pass covers it"
+                    );
+                    metrics::counter!("geo_event_gaps_abandoned_total")
+                        .increment(u64::try_from(width).unwrap_or(u64::MAX));
+                    report.gaps_abandoned += usize::try_from(width).unwrap_or(usize::MAX);
+                } else {
+                    new_gaps.extend(expected..e.id);
+                }
+            }
+            expected = expected.max(e.id + 1);
+        }
+        let filled_ids: Vec<i64> = filled.iter().map(|e| e.id).collect();
+        let deadline =
+            started - TimeDelta::from_std(self.config.gap_timeout).unwrap_or(TimeDelta::MAX);
+        let abandoned: Vec<i64> = gap_rows
+            .iter()
+            .filter(|(id, detected)| *detected < deadline && !filled_ids.contains(id))
+            .map(|(id, _)| *id)
+            .collect();
+        let new_position = batch.last().map_or(position, |e| e.id.max(position));
+
+        let mut tx = self.db.begin_write().await?;
+        if !lease::renew(
+            tx.conn(),
+            CURSOR_LEASE,
+            &self.holder,
+            self.config.lease_ttl,
+            started,
+        )
+        .await?
+        {
+            return Err(CursorError::LeaseLost);
+        }
+        let events: Vec<&Event> = filled.iter().chain(batch.iter()).collect();
+        let (applied, skipped) = self.apply(tx.conn(), &events, started).await?;
+        delete_gaps(tx.conn(), &filled_ids).await?;
+        delete_gaps(tx.conn(), &abandoned).await?;
+        insert_gaps(tx.conn(), &new_gaps, started).await?;
+        store_position(tx.conn(), new_position, started).await?;
+        tx.commit().await?;
+
+        if !abandoned.is_empty() {
+            tracing::warn!(
+                gaps = ?abandoned,
+                timeout_s = self.config.gap_timeout.as_secs(),
+                "event gaps never filled and were given up; the consistency pass will repair what they carried"
+            );
+            metrics::counter!("geo_event_gaps_abandoned_total").increment(abandoned.len() as u64);
+        }
+        report.read = events.len();
+        report.applied = applied;
+        report.skipped = skipped;
+        report.gaps_detected = new_gaps.len();
+        report.gaps_filled = filled_ids.len();
+        report.gaps_abandoned += abandoned.len();
+        report.position = new_position;
+        metrics::counter!("geo_cursor_events_applied_total").increment(applied as u64);
+        metrics::gauge!("geo_cursor_last_event_id").set(new_position as f64);
+        Ok(report)
+    }
+
+    /// Runs until cancelled: steps while there is work, waits when idle or on standby, backs off
+    /// on errors and gives up after `max_error_duration` of continuous failure. Releases the
+    /// lease on the way out.
+    pub async fn run(&self, cancel: CancellationToken) -> Result<(), CursorError> {
+        let mut failing_since: Option<Instant> = None;
+        let result = loop {
+            if cancel.is_cancelled() {
+                break Ok(());
+            }
+            let wait = match self.step().await {
+                Ok(r) => {
+                    failing_since = None;
+                    if !r.held_lease {
+                        // Standby: try again within the lease's lifetime.
+                        self.config.lease_ttl / 3
+                    } else if r.read == 0 {
+                        self.config.idle_wait
+                    } else {
+                        Duration::ZERO
+                    }
+                }
+                Err(e) => {
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > self.config.max_error_duration {
+                        break Err(CursorError::GaveUp(since.elapsed(), Box::new(e)));
+                    }
+                    tracing::warn!(error = %e, "event cursor step failed; retrying");
+                    self.config.lease_ttl / 3 + Duration::from_millis(fastrand::u64(100..2000))
+                }
+            };
+            if !wait.is_zero() {
+                tokio::select! {
+                    () = cancel.cancelled() => break Ok(()),
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        };
+        if let Err(e) = lease::release(&self.db, CURSOR_LEASE, &self.holder).await {
+            tracing::warn!(error = %e, "could not release the event cursor lease; it expires by itself");
+        }
+        result
+    }
+
+    async fn gap_rows(&self) -> Result<Vec<(i64, DateTime<Utc>)>, DbError> {
+        match self.db.dialect() {
+            Dialect::Postgres => {
+                let pool = self.db.as_postgres().ok_or(DbError::RowNotFound {
+                    table: "geo_event_gaps",
+                    id: 0,
+                })?;
+                Ok(sqlx::query_as("SELECT \"event_id\", \"detected_at\" FROM \"geo_event_gaps\" ORDER BY \"event_id\"")
+                    .fetch_all(pool)
+                    .await?)
+            }
+            Dialect::Sqlite => {
+                let pool = self.db.as_sqlite_readers().ok_or(DbError::RowNotFound {
+                    table: "geo_event_gaps",
+                    id: 0,
+                })?;
+                let rows: Vec<(i64, i64)> =
+                    sqlx::query_as("SELECT \"event_id\", \"detected_at\" FROM \"geo_event_gaps\" ORDER BY \"event_id\"")
+                        .fetch_all(pool)
+                        .await?;
+                rows.into_iter()
+                    .map(|(id, at)| {
+                        Ok((
+                            id,
+                            crate::db::dialect::micros_to_timestamp("detected_at", at)?,
+                        ))
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Folds the events per record and applies them, set-based, per replicable. Returns
+    /// (applied, skipped).
+    async fn apply(
+        &self,
+        mut conn: Conn<'_>,
+        events: &[&Event],
+        now: DateTime<Utc>,
+    ) -> Result<(usize, usize), CursorError> {
+        let mut applied = 0;
+        let mut skipped = 0;
+        // replicable -> model id -> (action, object key to remove)
+        let mut plan: BTreeMap<&str, BTreeMap<i64, (Action, Option<String>)>> = BTreeMap::new();
+        let mut enabled: HashMap<&str, bool> = HashMap::new();
+        for e in events {
+            let Some((d, _)) = self.replicators.get(e.replicable_name.as_str()) else {
+                tracing::warn!(replicable = %e.replicable_name, event = e.id, "event for a replicable this node does not know; skipped");
+                skipped += 1;
+                continue;
+            };
+            let on = match enabled.get(d.replicable_name) {
+                Some(on) => *on,
+                None => {
+                    let on = flag_enabled(conn.reborrow(), d).await?;
+                    enabled.insert(d.replicable_name, on);
+                    on
+                }
+            };
+            if !on {
+                skipped += 1;
+                continue;
+            }
+            applied += 1;
+            let entry = plan.entry(d.replicable_name).or_default();
+            let key = e.payload.object_key.clone();
+            match (entry.get_mut(&e.model_record_id), e.event_name) {
+                (None, EventName::Created) => {
+                    entry.insert(e.model_record_id, (Action::Track, None));
+                }
+                (None, EventName::Updated) => {
+                    entry.insert(e.model_record_id, (Action::Reset, None));
+                }
+                (None, EventName::Deleted) => {
+                    entry.insert(e.model_record_id, (Action::Remove, key));
+                }
+                (Some(slot), EventName::Created | EventName::Updated) => {
+                    // After a delete in the same batch the object is new: sync it again, and
+                    // remove the old copy only when it lived under another key.
+                    let removed = match &slot.0 {
+                        Action::Remove => slot.1.take().filter(|old| Some(old) != key.as_ref()),
+                        _ => slot.1.take(),
+                    };
+                    let action = match (&slot.0, e.event_name) {
+                        (Action::Track, EventName::Created) => Action::Track,
+                        _ => Action::Reset,
+                    };
+                    *slot = (action, removed);
+                }
+                (Some(slot), EventName::Deleted) => {
+                    *slot = (Action::Remove, key.or_else(|| slot.1.take()));
+                }
+            }
+        }
+        for (name, records) in plan {
+            let Some((d, sql)) = self.replicators.get(name) else {
+                continue;
+            };
+            let mut track = Vec::new();
+            let mut reset = Vec::new();
+            let mut remove = Vec::new();
+            let mut removals: Vec<(i64, Option<String>)> = Vec::new();
+            for (id, (action, key)) in records {
+                match action {
+                    Action::Track => track.push(id),
+                    Action::Reset => reset.push(id),
+                    Action::Remove => remove.push(id),
+                }
+                if action == Action::Remove || key.is_some() {
+                    removals.push((id, key));
+                }
+            }
+            insert_pending_many(conn.reborrow(), sql, &track, now).await?;
+            reset_pending_many(conn.reborrow(), sql, &reset, now).await?;
+            delete_many(conn.reborrow(), sql, &remove).await?;
+            schedule_removals(conn.reborrow(), d.replicable_name, &removals, now).await?;
+        }
+        Ok((applied, skipped))
+    }
+}
+
+async fn flag_enabled(conn: Conn<'_>, d: &ReplicatorDescriptor) -> Result<bool, DbError> {
+    let sql = format!(
+        "SELECT \"enabled\" FROM \"geo_feature_flags\" WHERE \"name\" = {}",
+        param(conn.dialect(), 1)
+    );
+    let stored: Option<bool> = on_conn!(conn, c => sqlx::query_scalar(AssertSqlSafe(sql)).bind(d.feature_flag).fetch_optional(&mut *c).await?);
+    Ok(stored.unwrap_or(d.enabled_by_default))
+}
+
+async fn schedule_removals(
+    conn: Conn<'_>,
+    replicable: &str,
+    removals: &[(i64, Option<String>)],
+    now: DateTime<Utc>,
+) -> Result<(), DbError> {
+    if removals.is_empty() {
+        return Ok(());
+    }
+    let d = conn.dialect();
+    let sql = format!(
+        "INSERT INTO \"geo_blob_removals\" (\"replicable_name\", \"model_record_id\", \"object_key\", \"created_at\") VALUES ({}, {}, {}, {})",
+        param(d, 1),
+        param(d, 2),
+        param(d, 3),
+        param(d, 4)
+    );
+    on_conn!(conn, c => {
+        for (id, key) in removals {
+            sqlx::query(AssertSqlSafe(sql.as_str()))
+                .bind(replicable)
+                .bind(*id)
+                .bind(key.as_deref())
+                .bind(Ts(now))
+                .execute(&mut *c)
+                .await?;
+        }
+    });
+    Ok(())
+}
+
+async fn delete_gaps(conn: Conn<'_>, ids: &[i64]) -> Result<(), DbError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "DELETE FROM \"geo_event_gaps\" WHERE {}",
+        in_id_list(conn.dialect(), "\"event_id\"", 1)
+    );
+    let ids = IdList(ids.to_vec());
+    on_conn!(conn, c => sqlx::query(AssertSqlSafe(sql)).bind(ids).execute(&mut *c).await?.rows_affected());
+    Ok(())
+}
+
+async fn insert_gaps(conn: Conn<'_>, ids: &[i64], now: DateTime<Utc>) -> Result<(), DbError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let d = conn.dialect();
+    let sql = format!(
+        "INSERT INTO \"geo_event_gaps\" (\"event_id\", \"detected_at\") SELECT \"id\", {} FROM ({}) AS ids WHERE true ON CONFLICT (\"event_id\") DO NOTHING",
+        param(d, 2),
+        crate::db::dialect::id_list_rows(d, 1)
+    );
+    let ids = IdList(ids.to_vec());
+    on_conn!(conn, c => sqlx::query(AssertSqlSafe(sql)).bind(ids).bind(Ts(now)).execute(&mut *c).await?.rows_affected());
+    Ok(())
+}
+
+async fn store_position(conn: Conn<'_>, position: i64, now: DateTime<Utc>) -> Result<(), DbError> {
+    let d = conn.dialect();
+    let sql = format!(
+        "INSERT INTO \"geo_event_cursor\" (\"id\", \"last_event_id\", \"updated_at\") VALUES (1, {}, {}) \
+         ON CONFLICT (\"id\") DO UPDATE SET \"last_event_id\" = excluded.\"last_event_id\", \"updated_at\" = excluded.\"updated_at\"",
+        param(d, 1),
+        param(d, 2)
+    );
+    on_conn!(conn, c => sqlx::query(AssertSqlSafe(sql)).bind(position).bind(Ts(now)).execute(&mut *c).await?.rows_affected());
+    Ok(())
+}

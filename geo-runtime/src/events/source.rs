@@ -1,0 +1,234 @@
+//! Where a secondary reads events from: the [`EventSource`] trait, and [`DbEventSource`], which
+//! reads the primary's event log directly (an in-process primary, tests; the HTTP source of the
+//! node API implements the same trait). Also the primary's side of the log: reading, recording
+//! secondaries' cursors and pruning.
+
+use std::future::Future;
+
+use sqlx::{AssertSqlSafe, Row};
+
+use super::{Event, EventName, EventPayload};
+use crate::db::dialect::{IdList, RowReader, Ts, in_id_list, now, param};
+use crate::db::{Database, Dialect, on_pool};
+use crate::error::DbError;
+
+/// Reading events failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SourceError {
+    /// The primary's database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The transport to the primary failed.
+    #[error("event source: {0}")]
+    Transport(String),
+    /// An event could not be understood.
+    #[error("event {id}: {reason}")]
+    Malformed {
+        /// The event id.
+        id: i64,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// A primary's event log as a secondary sees it.
+pub trait EventSource: Send + Sync {
+    /// Up to `limit` events with ids above `after`, in id order.
+    fn events_after(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Event>, SourceError>> + Send;
+    /// The events among `ids` that exist now (gaps that filled), in id order.
+    fn events_by_ids(
+        &self,
+        ids: &[i64],
+    ) -> impl Future<Output = Result<Vec<Event>, SourceError>> + Send;
+    /// The highest event id (0 when the log is empty).
+    fn latest_event_id(&self) -> impl Future<Output = Result<i64, SourceError>> + Send;
+}
+
+/// Reads the event log from the primary's database.
+#[derive(Debug, Clone)]
+pub struct DbEventSource {
+    primary: Database,
+}
+
+impl DbEventSource {
+    /// A source over the primary's database.
+    pub fn new(primary: &Database) -> Self {
+        DbEventSource {
+            primary: primary.clone(),
+        }
+    }
+}
+
+const EVENT_COLUMNS: &str =
+    "\"id\", \"replicable_name\", \"event_name\", \"model_record_id\", \"payload\", \"created_at\"";
+
+fn decode<R: RowReader>(row: &R, payload: serde_json::Value) -> Result<Event, SourceError> {
+    let id = row.i64("id")?;
+    let name = row
+        .opt_string("event_name")?
+        .unwrap_or_default()
+        .parse::<EventName>()
+        .map_err(|e| SourceError::Malformed {
+            id,
+            reason: e.to_string(),
+        })?;
+    let payload: EventPayload =
+        serde_json::from_value(payload).map_err(|e| SourceError::Malformed {
+            id,
+            reason: format!("payload: {e}"),
+        })?;
+    Ok(Event {
+        id,
+        replicable_name: row.opt_string("replicable_name")?.unwrap_or_default(),
+        event_name: name,
+        model_record_id: row.i64("model_record_id")?,
+        payload,
+        created_at: row.timestamp("created_at")?,
+    })
+}
+
+/// Reads events from the primary's log with `where_sql` (parameters: `$1` a bound value, `$2`
+/// a limit when given).
+async fn read_events(
+    db: &Database,
+    sql: String,
+    first: Bind,
+    limit: Option<i64>,
+) -> Result<Vec<Event>, SourceError> {
+    match db.dialect() {
+        Dialect::Postgres => {
+            let pool = db
+                .as_postgres()
+                .ok_or_else(|| SourceError::Transport("not postgres".into()))?;
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            q = match first {
+                Bind::Id(v) => q.bind(v),
+                Bind::Ids(v) => q.bind(v),
+            };
+            if let Some(l) = limit {
+                q = q.bind(l);
+            }
+            let rows = q.fetch_all(pool).await.map_err(DbError::from)?;
+            rows.iter()
+                .map(|r| {
+                    let payload: serde_json::Value = r.try_get("payload").map_err(DbError::from)?;
+                    decode(r, payload)
+                })
+                .collect()
+        }
+        Dialect::Sqlite => {
+            let pool = db
+                .as_sqlite_readers()
+                .ok_or_else(|| SourceError::Transport("not sqlite".into()))?;
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            q = match first {
+                Bind::Id(v) => q.bind(v),
+                Bind::Ids(v) => q.bind(v),
+            };
+            if let Some(l) = limit {
+                q = q.bind(l);
+            }
+            let rows = q.fetch_all(pool).await.map_err(DbError::from)?;
+            rows.iter()
+                .map(|r| {
+                    let text: String = r.try_get("payload").map_err(DbError::from)?;
+                    let payload =
+                        serde_json::from_str(&text).map_err(|e| SourceError::Malformed {
+                            id: r.try_get("id").unwrap_or_default(),
+                            reason: format!("payload: {e}"),
+                        })?;
+                    decode(r, payload)
+                })
+                .collect()
+        }
+    }
+}
+
+enum Bind {
+    Id(i64),
+    Ids(IdList),
+}
+
+impl EventSource for DbEventSource {
+    async fn events_after(&self, after: i64, limit: usize) -> Result<Vec<Event>, SourceError> {
+        let d = self.primary.dialect();
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM \"geo_events\" WHERE \"id\" > {} ORDER BY \"id\" LIMIT {}",
+            param(d, 1),
+            param(d, 2)
+        );
+        read_events(
+            &self.primary,
+            sql,
+            Bind::Id(after),
+            Some(i64::try_from(limit).unwrap_or(i64::MAX)),
+        )
+        .await
+    }
+
+    async fn events_by_ids(&self, ids: &[i64]) -> Result<Vec<Event>, SourceError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let d = self.primary.dialect();
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM \"geo_events\" WHERE {} ORDER BY \"id\"",
+            in_id_list(d, "\"id\"", 1)
+        );
+        read_events(&self.primary, sql, Bind::Ids(IdList(ids.to_vec())), None).await
+    }
+
+    async fn latest_event_id(&self) -> Result<i64, SourceError> {
+        let max: Option<i64> = on_pool!(self.primary, read, pool => sqlx::query_scalar("SELECT max(\"id\") FROM \"geo_events\"")
+            .fetch_one(pool)
+            .await
+            .map_err(DbError::from)?);
+        Ok(max.unwrap_or(0))
+    }
+}
+
+/// On the primary: remembers how far a secondary has read, for pruning.
+pub async fn record_secondary_cursor(
+    primary: &Database,
+    node_name: &str,
+    last_event_id: i64,
+) -> Result<(), DbError> {
+    let d = primary.dialect();
+    let sql = format!(
+        "INSERT INTO \"geo_secondary_cursors\" (\"node_name\", \"last_event_id\", \"updated_at\") VALUES ({}, {}, {}) \
+         ON CONFLICT (\"node_name\") DO UPDATE SET \"last_event_id\" = excluded.\"last_event_id\", \"updated_at\" = excluded.\"updated_at\"",
+        param(d, 1),
+        param(d, 2),
+        param(d, 3)
+    );
+    on_pool!(primary, write, pool => sqlx::query(AssertSqlSafe(sql))
+        .bind(node_name)
+        .bind(last_event_id)
+        .bind(Ts(now()))
+        .execute(pool)
+        .await?
+        .rows_affected());
+    Ok(())
+}
+
+/// On the primary: deletes up to `limit` events below the lowest cursor of all known
+/// secondaries, oldest first. With no secondary known it deletes nothing: a secondary that
+/// appears later starts from the log and the backfill. Returns how many were deleted.
+pub async fn prune_events(primary: &Database, limit: i64) -> Result<u64, DbError> {
+    let d = primary.dialect();
+    let sql = format!(
+        "DELETE FROM \"geo_events\" WHERE \"id\" IN (SELECT \"id\" FROM \"geo_events\" \
+         WHERE \"id\" < (SELECT min(\"last_event_id\") FROM \"geo_secondary_cursors\") ORDER BY \"id\" LIMIT {})",
+        param(d, 1)
+    );
+    let n = on_pool!(primary, write, pool => sqlx::query(AssertSqlSafe(sql)).bind(limit).execute(pool).await?.rows_affected());
+    if n > 0 {
+        tracing::info!(deleted = n, "pruned the event log");
+    }
+    Ok(n)
+}

@@ -1,0 +1,52 @@
+//! Feature flags, one per replicable (`geo_<name>_replication`), persisted in each node's
+//! database (`geo_feature_flags`) and switchable at run time. A flag nobody has set has the
+//! replicator's `enabled_by_default`.
+
+use sqlx::AssertSqlSafe;
+
+use crate::db::dialect::{Ts, now, param};
+use crate::db::{Database, on_pool};
+use crate::error::DbError;
+use crate::replicator::ReplicatorDescriptor;
+
+/// Whether replication of `descriptor` is on in `db`.
+pub async fn is_enabled(db: &Database, descriptor: &ReplicatorDescriptor) -> Result<bool, DbError> {
+    let sql = format!(
+        "SELECT \"enabled\" FROM \"geo_feature_flags\" WHERE \"name\" = {}",
+        param(db.dialect(), 1)
+    );
+    let stored: Option<bool> = on_pool!(db, read, pool => sqlx::query_scalar(AssertSqlSafe(sql))
+        .bind(descriptor.feature_flag)
+        .fetch_optional(pool)
+        .await?);
+    Ok(stored.unwrap_or(descriptor.enabled_by_default))
+}
+
+/// Switches replication of `descriptor` on or off in `db`, for every process using it.
+pub async fn set_enabled(
+    db: &Database,
+    descriptor: &ReplicatorDescriptor,
+    enabled: bool,
+) -> Result<(), DbError> {
+    let d = db.dialect();
+    let sql = format!(
+        "INSERT INTO \"geo_feature_flags\" (\"name\", \"enabled\", \"updated_at\") VALUES ({}, {}, {}) \
+         ON CONFLICT (\"name\") DO UPDATE SET \"enabled\" = excluded.\"enabled\", \"updated_at\" = excluded.\"updated_at\"",
+        param(d, 1),
+        param(d, 2),
+        param(d, 3)
+    );
+    on_pool!(db, write, pool => sqlx::query(AssertSqlSafe(sql))
+        .bind(descriptor.feature_flag)
+        .bind(enabled)
+        .bind(Ts(now()))
+        .execute(pool)
+        .await?
+        .rows_affected());
+    tracing::info!(
+        flag = descriptor.feature_flag,
+        enabled,
+        "feature flag switched"
+    );
+    Ok(())
+}

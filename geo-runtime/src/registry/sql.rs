@@ -1,0 +1,128 @@
+//! The statements a registry runs, rendered once per [`Registry`](super::Registry) from the
+//! descriptor's validated names. The state machine lives in their `WHERE` clauses: `synced` and
+//! `failed` only for the attempt that started the row, claims only of due rows.
+
+use super::REGISTRY_COLUMNS;
+use crate::db::Dialect;
+use crate::db::dialect::{id_list_rows, id_pair_rows, in_id_list, param, quote};
+use crate::replicator::ReplicatorDescriptor;
+
+/// Registry statements for one replicable and dialect. Parameters are listed per statement.
+#[derive(Debug, Clone)]
+pub struct RegistrySql {
+    /// `$1` model id.
+    pub select_by_model_id: String,
+    /// `$1` ids, `$2` now: new rows as pending; known ids untouched.
+    pub insert_pending_many: String,
+    /// `$1` ids, `$2` now: new rows as pending; known rows back to pending from any state.
+    pub reset_pending_many: String,
+    /// `$1` ids: synced or failed rows back to pending.
+    pub resync_many: String,
+    /// `$1` ids: delete, returning the model ids deleted.
+    pub delete_many: String,
+    /// `$1` limit, `$2` now: start pending rows, oldest id first.
+    pub claim_pending: String,
+    /// `$1` limit, `$2` now: start failed rows whose retry time has come, earliest first.
+    pub claim_failed_due: String,
+    /// `$1` ids, `$2` attempts: started → synced for those attempts, returning the ids.
+    pub mark_synced_many: String,
+    /// `$1` id, `$2` attempt, `$3` retry_at, `$4` failure: started → failed for that attempt.
+    pub mark_failed: String,
+    /// `$1` started before, `$2` earliest retry, `$3` failure: started too long → failed.
+    pub fail_timed_out: String,
+    /// `$1` low, `$2` high: tracked model ids in the range, ascending.
+    pub model_ids_between: String,
+    /// `$1` above, `$2` limit: tracked model ids above, ascending.
+    pub model_ids_above: String,
+    /// Rows per state.
+    pub count_by_state: String,
+}
+
+impl RegistrySql {
+    /// Renders the statements.
+    pub fn new(d: &ReplicatorDescriptor, dialect: Dialect) -> Self {
+        let t = quote(d.registry_table);
+        let fk = quote(d.model_foreign_key);
+        let p = |n| param(dialect, n);
+        let columns = ["id", d.model_foreign_key]
+            .into_iter()
+            .chain(REGISTRY_COLUMNS)
+            .map(quote)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let to_pending = "\"state\" = 0, \"retry_count\" = 0, \"retry_at\" = NULL, \"last_synced_at\" = NULL, \"last_sync_failure\" = NULL";
+        let lock = match dialect {
+            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+            Dialect::Sqlite => "",
+        };
+        let claimed =
+            format!("\"id\", {fk} AS \"model_record_id\", \"retry_count\", \"sync_attempt\"");
+        let start = format!(
+            "\"state\" = 1, \"last_synced_at\" = {}, \"sync_attempt\" = \"sync_attempt\" + 1",
+            p(2)
+        );
+        let jitter = match dialect {
+            Dialect::Postgres => format!("{} + random() * interval '58 seconds'", p(2)),
+            Dialect::Sqlite => format!("{} + abs(random() % 58000000)", p(2)),
+        };
+        RegistrySql {
+            select_by_model_id: format!("SELECT {columns} FROM {t} WHERE {fk} = {}", p(1)),
+            insert_pending_many: format!(
+                "INSERT INTO {t} ({fk}, \"created_at\") SELECT \"id\", {} FROM ({}) AS ids WHERE true ON CONFLICT ({fk}) DO NOTHING",
+                p(2),
+                id_list_rows(dialect, 1)
+            ),
+            reset_pending_many: format!(
+                "INSERT INTO {t} ({fk}, \"created_at\") SELECT \"id\", {} FROM ({}) AS ids WHERE true ON CONFLICT ({fk}) DO UPDATE SET {to_pending}",
+                p(2),
+                id_list_rows(dialect, 1)
+            ),
+            resync_many: format!(
+                "UPDATE {t} SET {to_pending} WHERE {} AND \"state\" IN (2, 3)",
+                in_id_list(dialect, &fk, 1)
+            ),
+            delete_many: format!(
+                "DELETE FROM {t} WHERE {} RETURNING {fk} AS \"model_record_id\"",
+                in_id_list(dialect, &fk, 1)
+            ),
+            claim_pending: format!(
+                "UPDATE {t} SET {start} WHERE \"id\" IN (SELECT \"id\" FROM {t} WHERE \"state\" = 0 ORDER BY \"id\" LIMIT {}{lock}) RETURNING {claimed}",
+                p(1)
+            ),
+            claim_failed_due: format!(
+                "UPDATE {t} SET {start} WHERE \"id\" IN (SELECT \"id\" FROM {t} WHERE \"state\" = 3 AND (\"retry_at\" IS NULL OR \"retry_at\" <= {}) ORDER BY \"retry_at\" LIMIT {}{lock}) RETURNING {claimed}",
+                p(2),
+                p(1)
+            ),
+            mark_synced_many: format!(
+                "UPDATE {t} SET \"state\" = 2, \"retry_count\" = 0, \"retry_at\" = NULL, \"last_sync_failure\" = NULL FROM ({}) AS attempts WHERE {t}.\"id\" = attempts.\"id\" AND {t}.\"state\" = 1 AND {t}.\"sync_attempt\" = attempts.\"attempt\" RETURNING {t}.\"id\"",
+                id_pair_rows(dialect, 1, 2)
+            ),
+            mark_failed: format!(
+                "UPDATE {t} SET \"state\" = 3, \"retry_count\" = \"retry_count\" + 1, \"retry_at\" = {}, \"last_sync_failure\" = {} WHERE \"id\" = {} AND \"state\" = 1 AND \"sync_attempt\" = {}",
+                p(3),
+                p(4),
+                p(1),
+                p(2)
+            ),
+            fail_timed_out: format!(
+                "UPDATE {t} SET \"state\" = 3, \"retry_count\" = 1, \"retry_at\" = {jitter}, \"last_sync_failure\" = {} WHERE \"state\" = 1 AND \"last_synced_at\" < {}",
+                p(3),
+                p(1)
+            ),
+            model_ids_between: format!(
+                "SELECT {fk} FROM {t} WHERE {fk} BETWEEN {} AND {} ORDER BY {fk}",
+                p(1),
+                p(2)
+            ),
+            model_ids_above: format!(
+                "SELECT {fk} FROM {t} WHERE {fk} > {} ORDER BY {fk} LIMIT {}",
+                p(1),
+                p(2)
+            ),
+            count_by_state: format!(
+                "SELECT \"state\", count(*) AS \"rows\" FROM {t} GROUP BY \"state\""
+            ),
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! The consistency pass (Geo's registry consistency worker, "backfill"): walks the primary's
+//! model ids in ranges of [`BATCH_SIZE`], creates the registry rows that are missing (pending)
+//! and removes orphan rows (their model is gone), scheduling their objects' removal. Each range
+//! is its own short transaction and the position is stored with it, so a pass is resumable and
+//! never holds a transaction for a whole table. Registry rows above the primary's highest id are
+//! visited too.
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use sqlx::AssertSqlSafe;
+
+use crate::db::dialect::{Ts, now, param};
+use crate::db::{Conn, Database, on_conn, on_pool};
+use crate::error::DbError;
+use crate::events::SourceError;
+use crate::registry::sql::RegistrySql;
+use crate::registry::store::{
+    delete_many, insert_pending_many, model_ids_above, model_ids_between,
+};
+use crate::replicator::ReplicatorDescriptor;
+
+/// Ids per range (Geo's `BATCH_SIZE`).
+pub const BATCH_SIZE: usize = 10_000;
+
+/// The model ids the primary has for a replicable.
+pub trait ModelIdSource: Send + Sync {
+    /// Up to `limit` ids above `after`, ascending.
+    fn model_ids_after(
+        &self,
+        descriptor: &'static ReplicatorDescriptor,
+        after: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<i64>, SourceError>> + Send;
+}
+
+/// Reads model ids from the primary's database (an in-process primary; the node API serves the
+/// same over HTTP).
+#[derive(Debug, Clone)]
+pub struct DbModelIdSource {
+    primary: Database,
+}
+
+impl DbModelIdSource {
+    /// A source over the primary's database.
+    pub fn new(primary: &Database) -> Self {
+        DbModelIdSource {
+            primary: primary.clone(),
+        }
+    }
+}
+
+impl ModelIdSource for DbModelIdSource {
+    async fn model_ids_after(
+        &self,
+        descriptor: &'static ReplicatorDescriptor,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<i64>, SourceError> {
+        let d = self.primary.dialect();
+        let id = crate::db::dialect::quote(descriptor.model_id_column);
+        let sql = format!(
+            "SELECT {id} FROM {} WHERE {id} > {} ORDER BY {id} LIMIT {}",
+            crate::db::dialect::quote(descriptor.model_table),
+            param(d, 1),
+            param(d, 2)
+        );
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let ids: Vec<i64> = on_pool!(self.primary, read, pool => sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+            .map_err(DbError::from)?);
+        Ok(ids)
+    }
+}
+
+/// What a consistency step or pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConsistencyReport {
+    /// Ranges visited.
+    pub ranges: usize,
+    /// Registry rows created (pending).
+    pub created: u64,
+    /// Orphan rows removed (their objects scheduled for removal).
+    pub removed: u64,
+    /// Whether the pass reached the end and will start over from the first id.
+    pub completed: bool,
+}
+
+/// The consistency pass of one tracking database.
+#[derive(Debug)]
+pub struct Consistency<S> {
+    tracking: Database,
+    source: S,
+    batch_size: usize,
+}
+
+impl<S: ModelIdSource> Consistency<S> {
+    /// A pass over `tracking` (the secondary's database) against the primary's ids.
+    pub fn new(tracking: &Database, source: S) -> Self {
+        Consistency {
+            tracking: tracking.clone(),
+            source,
+            batch_size: BATCH_SIZE,
+        }
+    }
+
+    /// Ids per range (default [`BATCH_SIZE`]).
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// The stored position of `descriptor`'s pass (0: at the start).
+    pub async fn position(&self, descriptor: &ReplicatorDescriptor) -> Result<i64, DbError> {
+        let sql = format!(
+            "SELECT \"last_model_id\" FROM \"geo_backfill_cursors\" WHERE \"replicable_name\" = {}",
+            param(self.tracking.dialect(), 1)
+        );
+        let p: Option<i64> = on_pool!(self.tracking, read, pool => sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(descriptor.replicable_name)
+            .fetch_optional(pool)
+            .await?);
+        Ok(p.unwrap_or(0))
+    }
+
+    /// One range from the stored position: creates missing rows, removes orphans, stores the
+    /// new position, all in one short transaction.
+    pub async fn step(
+        &self,
+        descriptor: &'static ReplicatorDescriptor,
+    ) -> Result<ConsistencyReport, SourceError> {
+        let sql = RegistrySql::new(descriptor, self.tracking.dialect());
+        let after = self.position(descriptor).await?;
+        let ids = self
+            .source
+            .model_ids_after(descriptor, after, self.batch_size)
+            .await?;
+        let at = now();
+        let mut report = ConsistencyReport {
+            ranges: 1,
+            ..ConsistencyReport::default()
+        };
+        let mut tx = self.tracking.begin_write().await?;
+        match ids.last() {
+            Some(&hi) => {
+                let tracked = model_ids_between(tx.conn(), &sql, after + 1, hi).await?;
+                let (missing, orphans) = diff_sorted(&ids, &tracked);
+                report.created = insert_pending_many(tx.conn(), &sql, &missing, at).await?;
+                report.removed = remove_orphans(tx.conn(), &sql, descriptor, &orphans, at).await?;
+                store_position(tx.conn(), descriptor, hi, at).await?;
+            }
+            None => {
+                // The primary has nothing above `after`: every row above it is an orphan.
+                let limit = i64::try_from(self.batch_size).unwrap_or(i64::MAX);
+                let orphans = model_ids_above(tx.conn(), &sql, after, limit).await?;
+                report.removed = remove_orphans(tx.conn(), &sql, descriptor, &orphans, at).await?;
+                if (orphans.len() as i64) < limit {
+                    store_position(tx.conn(), descriptor, 0, at).await?;
+                    report.completed = true;
+                }
+            }
+        }
+        tx.commit().await?;
+        if report.created > 0 || report.removed > 0 {
+            tracing::info!(
+                replicable = descriptor.replicable_name,
+                after,
+                created = report.created,
+                removed = report.removed,
+                "registry consistency"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Steps until the pass completes (resuming from the stored position).
+    pub async fn run_pass(
+        &self,
+        descriptor: &'static ReplicatorDescriptor,
+    ) -> Result<ConsistencyReport, SourceError> {
+        let mut total = ConsistencyReport::default();
+        loop {
+            let r = self.step(descriptor).await?;
+            total.ranges += r.ranges;
+            total.created += r.created;
+            total.removed += r.removed;
+            if r.completed {
+                total.completed = true;
+                return Ok(total);
+            }
+        }
+    }
+}
+
+/// (in `source` but not `tracked`, in `tracked` but not `source`); both sorted ascending.
+fn diff_sorted(source: &[i64], tracked: &[i64]) -> (Vec<i64>, Vec<i64>) {
+    let (mut missing, mut orphans) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < source.len() || j < tracked.len() {
+        match (source.get(i), tracked.get(j)) {
+            (Some(s), Some(t)) if s == t => {
+                i += 1;
+                j += 1;
+            }
+            (Some(s), Some(t)) if s < t => {
+                missing.push(*s);
+                i += 1;
+            }
+            (Some(_), Some(t)) => {
+                orphans.push(*t);
+                j += 1;
+            }
+            (Some(s), None) => {
+                missing.push(*s);
+                i += 1;
+            }
+            (None, Some(t)) => {
+                orphans.push(*t);
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    (missing, orphans)
+}
+
+async fn remove_orphans(
+    mut conn: Conn<'_>,
+    sql: &RegistrySql,
+    descriptor: &ReplicatorDescriptor,
+    orphans: &[i64],
+    at: DateTime<Utc>,
+) -> Result<u64, DbError> {
+    if orphans.is_empty() {
+        return Ok(0);
+    }
+    let deleted = delete_many(conn.reborrow(), sql, orphans).await?;
+    // The object key is unknown here (the model is gone): the removal worker derives the path
+    // from the replicable name and id.
+    let d = conn.dialect();
+    let insert = format!(
+        "INSERT INTO \"geo_blob_removals\" (\"replicable_name\", \"model_record_id\", \"object_key\", \"created_at\") \
+         SELECT {}, \"id\", NULL, {} FROM ({}) AS ids WHERE true",
+        param(d, 1),
+        param(d, 3),
+        crate::db::dialect::id_list_rows(d, 2)
+    );
+    let ids = crate::db::dialect::IdList(deleted.clone());
+    on_conn!(conn, c => sqlx::query(AssertSqlSafe(insert))
+        .bind(descriptor.replicable_name)
+        .bind(ids)
+        .bind(Ts(at))
+        .execute(&mut *c)
+        .await?
+        .rows_affected());
+    Ok(deleted.len() as u64)
+}
+
+async fn store_position(
+    conn: Conn<'_>,
+    descriptor: &ReplicatorDescriptor,
+    last: i64,
+    at: DateTime<Utc>,
+) -> Result<(), DbError> {
+    let d = conn.dialect();
+    let sql = format!(
+        "INSERT INTO \"geo_backfill_cursors\" (\"replicable_name\", \"last_model_id\", \"updated_at\") VALUES ({}, {}, {}) \
+         ON CONFLICT (\"replicable_name\") DO UPDATE SET \"last_model_id\" = excluded.\"last_model_id\", \"updated_at\" = excluded.\"updated_at\"",
+        param(d, 1),
+        param(d, 2),
+        param(d, 3)
+    );
+    on_conn!(conn, c => sqlx::query(AssertSqlSafe(sql))
+        .bind(descriptor.replicable_name)
+        .bind(last)
+        .bind(Ts(at))
+        .execute(&mut *c)
+        .await?
+        .rows_affected());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::diff_sorted;
+
+    #[test]
+    fn diff_of_sorted_ids() {
+        assert_eq!(
+            diff_sorted(&[1, 2, 3, 5], &[2, 4, 5, 6]),
+            (vec![1, 3], vec![4, 6])
+        );
+        assert_eq!(diff_sorted(&[], &[1]), (vec![], vec![1]));
+        assert_eq!(diff_sorted(&[1], &[]), (vec![1], vec![]));
+    }
+}
