@@ -198,7 +198,7 @@ async fn registry_table_has_geos_indexes_and_constraints() {
             "{label}: unique model id index missing: {idx:?}"
         );
         assert!(
-            has_index(&idx, &["retry_at"], false, false),
+            has_index(&idx, &["retry_at"], false, true),
             "{label}: retry_at index missing: {idx:?}"
         );
         assert!(

@@ -117,7 +117,7 @@ pub fn registry_migration(def: &ReplicableDef, d: Dialect) -> String {
     format!(
         "CREATE TABLE {tq} (\n{body}\n){strict};\n\
          CREATE UNIQUE INDEX {i_fk} ON {tq} ({fkq});\n\
-         CREATE INDEX {i_retry} ON {tq} (\"retry_at\");\n\
+         CREATE INDEX {i_retry} ON {tq} (\"retry_at\") WHERE \"retry_at\" IS NOT NULL;\n\
          CREATE INDEX {i_state} ON {tq} (\"state\");\n\
          CREATE INDEX {i_pending} ON {tq} (\"id\") WHERE \"state\" = 0;\n\
          CREATE INDEX {i_failed} ON {tq} (\"retry_at\") WHERE \"state\" = 3;\n\

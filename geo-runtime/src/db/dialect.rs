@@ -223,15 +223,16 @@ pub fn id_list_rows(dialect: super::Dialect, n: usize) -> String {
     }
 }
 
-/// Rows `(id, attempt)` zipped from the [`IdList`] parameters `a` and `b`.
+/// Rows `(id, attempt)` from the [`IdList`] parameters `a` and `b`, zipped. On SQLite the
+/// attempts are looked up by position (`->>`), so the zip stays linear.
 pub fn id_pair_rows(dialect: super::Dialect, a: usize, b: usize) -> String {
     match dialect {
         super::Dialect::Postgres => {
             format!("SELECT * FROM unnest(${a}::bigint[], ${b}::bigint[]) AS t(id, attempt)")
         }
-        super::Dialect::Sqlite => format!(
-            "SELECT x.value AS id, y.value AS attempt FROM json_each(?{a}) x JOIN json_each(?{b}) y ON x.key = y.key"
-        ),
+        super::Dialect::Sqlite => {
+            format!("SELECT x.value AS id, jsonb(?{b}) ->> x.key AS attempt FROM json_each(?{a}) x")
+        }
     }
 }
 

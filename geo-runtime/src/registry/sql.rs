@@ -94,8 +94,11 @@ impl RegistrySql {
                 p(2),
                 p(1)
             ),
+            // `"state" + 0`: keeps both planners off the state index. Started rows look rare to
+            // the statistics, so they would loop over them and scan the id list for each
+            // (quadratic in the batch); this way each listed id is one primary-key lookup.
             mark_synced_many: format!(
-                "UPDATE {t} SET \"state\" = 2, \"retry_count\" = 0, \"retry_at\" = NULL, \"last_sync_failure\" = NULL FROM ({}) AS attempts WHERE {t}.\"id\" = attempts.\"id\" AND {t}.\"state\" = 1 AND {t}.\"sync_attempt\" = attempts.\"attempt\" RETURNING {t}.\"id\"",
+                "UPDATE {t} SET \"state\" = 2, \"retry_count\" = 0, \"retry_at\" = NULL, \"last_sync_failure\" = NULL FROM ({}) AS attempts WHERE {t}.\"id\" = attempts.\"id\" AND {t}.\"state\" + 0 = 1 AND {t}.\"sync_attempt\" = attempts.\"attempt\" RETURNING {t}.\"id\"",
                 id_pair_rows(dialect, 1, 2)
             ),
             mark_failed: format!(

@@ -138,6 +138,60 @@ impl<S: ModelIdSource> Consistency<S> {
             .source
             .model_ids_after(descriptor, after, self.batch_size)
             .await?;
+        self.apply_range(descriptor, &sql, after, &ids).await
+    }
+
+    /// Steps until the pass completes, resuming from the stored position. The next range is
+    /// read from the primary while the current one is written, so the two overlap.
+    pub async fn run_pass(
+        &self,
+        descriptor: &'static ReplicatorDescriptor,
+    ) -> Result<ConsistencyReport, SourceError> {
+        let sql = RegistrySql::new(descriptor, self.tracking.dialect());
+        let mut total = ConsistencyReport::default();
+        let mut after = self.position(descriptor).await?;
+        let mut ids = self
+            .source
+            .model_ids_after(descriptor, after, self.batch_size)
+            .await?;
+        loop {
+            let next_after = ids.last().copied();
+            let (applied, next) = match next_after {
+                Some(hi) => {
+                    let (applied, next) = tokio::join!(
+                        self.apply_range(descriptor, &sql, after, &ids),
+                        self.source.model_ids_after(descriptor, hi, self.batch_size)
+                    );
+                    (applied?, Some(next?))
+                }
+                None => (self.apply_range(descriptor, &sql, after, &ids).await?, None),
+            };
+            total.ranges += applied.ranges;
+            total.created += applied.created;
+            total.removed += applied.removed;
+            if applied.completed {
+                total.completed = true;
+                return Ok(total);
+            }
+            if let (Some(hi), Some(next)) = (next_after, next) {
+                after = hi;
+                ids = next;
+            } else {
+                // More orphans above `after` than one range: the next range starts there again.
+                ids = Vec::new();
+            }
+        }
+    }
+
+    /// Reconciles the range `(after, last of ids]` (or, with no ids, the orphans above `after`)
+    /// in one transaction, storing the new position with it.
+    async fn apply_range(
+        &self,
+        descriptor: &'static ReplicatorDescriptor,
+        sql: &RegistrySql,
+        after: i64,
+        ids: &[i64],
+    ) -> Result<ConsistencyReport, SourceError> {
         let at = now();
         let mut report = ConsistencyReport {
             ranges: 1,
@@ -146,17 +200,17 @@ impl<S: ModelIdSource> Consistency<S> {
         let mut tx = self.tracking.begin_write().await?;
         match ids.last() {
             Some(&hi) => {
-                let tracked = model_ids_between(tx.conn(), &sql, after + 1, hi).await?;
-                let (missing, orphans) = diff_sorted(&ids, &tracked);
-                report.created = insert_pending_many(tx.conn(), &sql, &missing, at).await?;
-                report.removed = remove_orphans(tx.conn(), &sql, descriptor, &orphans, at).await?;
+                let tracked = model_ids_between(tx.conn(), sql, after + 1, hi).await?;
+                let (missing, orphans) = diff_sorted(ids, &tracked);
+                report.created = insert_pending_many(tx.conn(), sql, &missing, at).await?;
+                report.removed = remove_orphans(tx.conn(), sql, descriptor, &orphans, at).await?;
                 store_position(tx.conn(), descriptor, hi, at).await?;
             }
             None => {
                 // The primary has nothing above `after`: every row above it is an orphan.
                 let limit = i64::try_from(self.batch_size).unwrap_or(i64::MAX);
-                let orphans = model_ids_above(tx.conn(), &sql, after, limit).await?;
-                report.removed = remove_orphans(tx.conn(), &sql, descriptor, &orphans, at).await?;
+                let orphans = model_ids_above(tx.conn(), sql, after, limit).await?;
+                report.removed = remove_orphans(tx.conn(), sql, descriptor, &orphans, at).await?;
                 if (orphans.len() as i64) < limit {
                     store_position(tx.conn(), descriptor, 0, at).await?;
                     report.completed = true;
@@ -174,24 +228,6 @@ impl<S: ModelIdSource> Consistency<S> {
             );
         }
         Ok(report)
-    }
-
-    /// Steps until the pass completes (resuming from the stored position).
-    pub async fn run_pass(
-        &self,
-        descriptor: &'static ReplicatorDescriptor,
-    ) -> Result<ConsistencyReport, SourceError> {
-        let mut total = ConsistencyReport::default();
-        loop {
-            let r = self.step(descriptor).await?;
-            total.ranges += r.ranges;
-            total.created += r.created;
-            total.removed += r.removed;
-            if r.completed {
-                total.completed = true;
-                return Ok(total);
-            }
-        }
     }
 }
 

@@ -1,0 +1,358 @@
+//! Throughput of the runtime core, printed, for SQLite and (with GEO_TEST_DATABASE_URL)
+//! PostgreSQL, each next to an anchor measured in the same run:
+//!
+//! - the event cursor: events applied per second (anchor: one set-based INSERT of as many
+//!   registry rows, the ceiling of what applying can cost);
+//! - the lease loop: rows claimed and marked synced per second (anchor: the raw
+//!   `UPDATE … WHERE id IN (SELECT … LIMIT 100 [FOR UPDATE SKIP LOCKED]) RETURNING` loop);
+//! - the consistency pass: model ids reconciled per second over 1,000,000 ids (anchor: one
+//!   set-based INSERT of 1,000,000 registry rows).
+//!
+//! `cargo bench -p geo-runtime --bench core` (release). `GEO_BENCH_SCALE=0.1` for a quick run.
+
+use std::time::{Duration, Instant};
+
+use geo_runtime::db::{self, Dialect, dialect::now};
+use geo_runtime::events::{CursorConfig, DbEventSource, EventCursor, StartPosition};
+use geo_runtime::registry::Registry;
+use geo_runtime::testing::{self, TestDatabase};
+use geo_runtime::worker::consistency::{Consistency, DbModelIdSource};
+use geo_runtime::{Database, NodeRole, Replicator, ReplicatorSet};
+use sqlx::AssertSqlSafe;
+
+#[geo_runtime::replicable(strategy = "blob", table = "widgets", enabled_by_default = true)]
+#[derive(Debug, Clone)]
+pub struct Widget {
+    #[replicable(id)]
+    pub id: i64,
+    #[replicable(blob)]
+    pub file: String,
+}
+
+fn scale(n: i64) -> i64 {
+    let f: f64 = std::env::var("GEO_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    ((n as f64) * f).max(1000.0) as i64
+}
+
+async fn exec(db: &Database, sql: &str) {
+    let r = match db.dialect() {
+        Dialect::Postgres => sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+            .execute(db.as_postgres().expect("pg"))
+            .await
+            .map(|_| ()),
+        Dialect::Sqlite => sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+            .execute(db.as_sqlite_writer().expect("sqlite"))
+            .await
+            .map(|_| ()),
+    };
+    r.unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// `SELECT i FROM <1..=n>` for either dialect.
+fn series(d: Dialect, n: i64) -> String {
+    match d {
+        Dialect::Postgres => format!("SELECT i FROM generate_series(1, {n}) AS i"),
+        Dialect::Sqlite => format!(
+            "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {n}) SELECT i FROM s"
+        ),
+    }
+}
+
+fn now_sql(d: Dialect) -> String {
+    match d {
+        Dialect::Postgres => "now()".into(),
+        Dialect::Sqlite => now().timestamp_micros().to_string(),
+    }
+}
+
+struct Figure {
+    what: &'static str,
+    rows: i64,
+    took: Duration,
+    anchor: Option<(&'static str, Duration)>,
+}
+
+impl Figure {
+    fn print(&self, dialect: &str) {
+        let rate = self.rows as f64 / self.took.as_secs_f64();
+        let mut line = format!(
+            "{dialect:<10} {:<34} {:>9} rows in {:>7.3} s = {:>9.0} rows/s",
+            self.what,
+            self.rows,
+            self.took.as_secs_f64(),
+            rate
+        );
+        if let Some((name, anchor)) = self.anchor {
+            let anchor_rate = self.rows as f64 / anchor.as_secs_f64();
+            line += &format!(
+                "   | anchor {name}: {anchor_rate:>9.0} rows/s, ratio {:.2}",
+                rate / anchor_rate
+            );
+        }
+        println!("{line}");
+    }
+}
+
+async fn fresh(pg: bool) -> Option<TestDatabase> {
+    if pg {
+        testing::postgres().await
+    } else {
+        Some(testing::sqlite().await)
+    }
+}
+
+async fn cursor_bench(pg: bool, set: &ReplicatorSet) -> Option<Figure> {
+    let primary = fresh(pg).await?;
+    let secondary = fresh(pg).await?;
+    let d = primary.dialect();
+    exec(
+        &primary,
+        "CREATE TABLE widgets (id BIGINT PRIMARY KEY, file TEXT NOT NULL)",
+    )
+    .await;
+    db::migrate(&primary, NodeRole::Primary, set)
+        .await
+        .expect("migrate");
+    db::migrate(&secondary, NodeRole::Secondary, set)
+        .await
+        .expect("migrate");
+    let n = scale(200_000);
+    exec(&primary, &format!(
+        "INSERT INTO geo_events (replicable_name, event_name, model_record_id, payload, created_at) SELECT 'widget', 'created', i, '{{\"object_key\":\"w\"}}', {} FROM ({}) AS t",
+        now_sql(d), series(d, n)
+    )).await;
+    let cursor = EventCursor::new(
+        &secondary,
+        set,
+        DbEventSource::new(&primary),
+        CursorConfig {
+            start: StartPosition::Beginning,
+            ..CursorConfig::default()
+        },
+        "bench",
+    );
+    let t = Instant::now();
+    let mut applied = 0;
+    loop {
+        let r = cursor.step().await.expect("step");
+        applied += r.applied;
+        if r.read == 0 {
+            break;
+        }
+    }
+    let took = t.elapsed();
+    assert_eq!(applied as i64, n);
+    // Anchor: the same rows in one statement.
+    let anchor_db = fresh(pg).await?;
+    db::migrate(&anchor_db, NodeRole::Secondary, set)
+        .await
+        .expect("migrate");
+    let t = Instant::now();
+    exec(
+        &anchor_db,
+        &format!(
+            "INSERT INTO widget_registry (widget_id, created_at) SELECT i, {} FROM ({}) AS t",
+            now_sql(d),
+            series(d, n)
+        ),
+    )
+    .await;
+    Some(Figure {
+        what: "event cursor: events applied",
+        rows: n,
+        took,
+        anchor: Some(("one INSERT…SELECT", t.elapsed())),
+    })
+}
+
+async fn lease_bench(pg: bool, set: &ReplicatorSet, batch: usize) -> Option<Figure> {
+    let db = fresh(pg).await?;
+    let d = db.dialect();
+    db::migrate(&db, NodeRole::Secondary, set)
+        .await
+        .expect("migrate");
+    let n = scale(200_000);
+    exec(
+        &db,
+        &format!(
+            "INSERT INTO widget_registry (widget_id, created_at) SELECT i, {} FROM ({}) AS t",
+            now_sql(d),
+            series(d, n)
+        ),
+    )
+    .await;
+    let r = Registry::new(&db, WidgetReplicator::DESCRIPTOR);
+    let t = Instant::now();
+    let mut done = 0;
+    loop {
+        let claimed = r.claim(batch, now()).await.expect("claim");
+        if claimed.is_empty() {
+            break;
+        }
+        done += r.mark_synced(&claimed).await.expect("synced").len();
+    }
+    let took = t.elapsed();
+    assert_eq!(done as i64, n);
+    // Anchor: the raw claim-only loop, batch of 100, on the same rows set back to pending.
+    exec(&db, "UPDATE widget_registry SET state = 0").await;
+    let lock = if pg { " FOR UPDATE SKIP LOCKED" } else { "" };
+    let sql = format!(
+        "UPDATE widget_registry SET state = 1 WHERE id IN (SELECT id FROM widget_registry WHERE state = 0 ORDER BY id LIMIT 100{lock}) RETURNING id"
+    );
+    let t = Instant::now();
+    loop {
+        let ids: Vec<i64> = match d {
+            Dialect::Postgres => {
+                sqlx::query_scalar(AssertSqlSafe(sql.as_str()))
+                    .fetch_all(db.as_postgres().expect("pg"))
+                    .await
+            }
+            Dialect::Sqlite => {
+                sqlx::query_scalar(AssertSqlSafe(sql.as_str()))
+                    .fetch_all(db.as_sqlite_writer().expect("sqlite"))
+                    .await
+            }
+        }
+        .expect("raw claim");
+        if ids.is_empty() {
+            break;
+        }
+    }
+    let raw = t.elapsed();
+    if batch == 100 {
+        // Context: the same raw loop on a bare table (id, state) with only a partial pending
+        // index, the shape of the published anchor; the registry's indexes are the difference.
+        exec(&db, &format!(
+            "CREATE TABLE bare (id BIGINT PRIMARY KEY, state SMALLINT NOT NULL DEFAULT 0); CREATE INDEX bare_pending ON bare (id) WHERE state = 0; INSERT INTO bare (id) SELECT i FROM ({}) AS t",
+            series(d, n)
+        )).await;
+        let sql = format!(
+            "UPDATE bare SET state = 1 WHERE id IN (SELECT id FROM bare WHERE state = 0 ORDER BY id LIMIT 100{lock}) RETURNING id"
+        );
+        let t = Instant::now();
+        loop {
+            let ids: Vec<i64> = match d {
+                Dialect::Postgres => {
+                    sqlx::query_scalar(AssertSqlSafe(sql.as_str()))
+                        .fetch_all(db.as_postgres().expect("pg"))
+                        .await
+                }
+                Dialect::Sqlite => {
+                    sqlx::query_scalar(AssertSqlSafe(sql.as_str()))
+                        .fetch_all(db.as_sqlite_writer().expect("sqlite"))
+                        .await
+                }
+            }
+            .expect("raw claim");
+            if ids.is_empty() {
+                break;
+            }
+        }
+        Figure {
+            what: "raw claim-only loop, bare table",
+            rows: n,
+            took: t.elapsed(),
+            anchor: None,
+        }
+        .print(if pg { "postgres" } else { "sqlite" });
+    }
+    let what = if batch == 100 {
+        "lease loop: claimed+synced (batch 100)"
+    } else {
+        "lease loop: claimed+synced (batch 1000)"
+    };
+    Some(Figure {
+        what,
+        rows: n,
+        took,
+        anchor: Some(("raw claim-only loop, 100", raw)),
+    })
+}
+
+async fn consistency_bench(pg: bool, set: &ReplicatorSet) -> Option<Figure> {
+    let primary = fresh(pg).await?;
+    let secondary = fresh(pg).await?;
+    let d = primary.dialect();
+    exec(
+        &primary,
+        "CREATE TABLE widgets (id BIGINT PRIMARY KEY, file TEXT NOT NULL)",
+    )
+    .await;
+    db::migrate(&primary, NodeRole::Primary, set)
+        .await
+        .expect("migrate");
+    db::migrate(&secondary, NodeRole::Secondary, set)
+        .await
+        .expect("migrate");
+    let n = scale(1_000_000);
+    exec(
+        &primary,
+        &format!(
+            "INSERT INTO widgets SELECT i, 'w' FROM ({}) AS t",
+            series(d, n)
+        ),
+    )
+    .await;
+    let pass = Consistency::new(&secondary, DbModelIdSource::new(&primary));
+    let t = Instant::now();
+    let report = pass
+        .run_pass(WidgetReplicator::DESCRIPTOR)
+        .await
+        .expect("pass");
+    let took = t.elapsed();
+    assert_eq!(report.created as i64, n);
+    let anchor_db = fresh(pg).await?;
+    db::migrate(&anchor_db, NodeRole::Secondary, set)
+        .await
+        .expect("migrate");
+    let t = Instant::now();
+    exec(
+        &anchor_db,
+        &format!(
+            "INSERT INTO widget_registry (widget_id, created_at) SELECT i, {} FROM ({}) AS t",
+            now_sql(d),
+            series(d, n)
+        ),
+    )
+    .await;
+    Some(Figure {
+        what: "consistency pass: ids backfilled",
+        rows: n,
+        took,
+        anchor: Some(("one INSERT…SELECT", t.elapsed())),
+    })
+}
+
+#[tokio::main]
+async fn main() {
+    // `cargo bench` passes --bench; a plain `cargo test --benches` run passes nothing: both run.
+    let set = ReplicatorSet::linked().expect("linked");
+    println!(
+        "geo-runtime core benchmark ({} cores); figures are medians of nothing: one run each, compare the ratios",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    for pg in [false, true] {
+        let label = if pg { "postgres" } else { "sqlite" };
+        if pg && std::env::var(testing::DATABASE_URL_VAR).is_err() {
+            println!(
+                "{label:<10} SKIPPED: set {} to measure PostgreSQL",
+                testing::DATABASE_URL_VAR
+            );
+            continue;
+        }
+        for f in [
+            cursor_bench(pg, &set).await,
+            lease_bench(pg, &set, 100).await,
+            lease_bench(pg, &set, 1000).await,
+            consistency_bench(pg, &set).await,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            f.print(label);
+        }
+    }
+}
