@@ -207,6 +207,28 @@ pub fn param(dialect: super::Dialect, n: usize) -> String {
     }
 }
 
+/// The row-locking clause of a claim: `FOR UPDATE SKIP LOCKED` on PostgreSQL (concurrent
+/// claimers skip each other's rows); nothing on SQLite, whose single writer serialises claims.
+pub fn skip_locked(dialect: super::Dialect) -> &'static str {
+    match dialect {
+        super::Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+        super::Dialect::Sqlite => "",
+    }
+}
+
+/// The timestamp expression `base` plus a random delay below `max_secs` seconds, drawn per row.
+pub fn plus_random_secs(dialect: super::Dialect, base: &str, max_secs: u32) -> String {
+    match dialect {
+        super::Dialect::Postgres => format!("{base} + random() * interval '{max_secs} seconds'"),
+        super::Dialect::Sqlite => {
+            format!(
+                "{base} + abs(random() % {})",
+                u64::from(max_secs) * 1_000_000
+            )
+        }
+    }
+}
+
 /// `column` is one of the ids in the [`IdList`] bound as parameter `n`.
 pub fn in_id_list(dialect: super::Dialect, column: &str, n: usize) -> String {
     match dialect {

@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::source::{EventSource, SourceError};
 use super::{Event, EventName};
-use crate::db::dialect::{IdList, Ts, in_id_list, now, param};
-use crate::db::{Conn, Database, Dialect, lease, on_conn, on_pool};
+use crate::db::dialect::{IdList, RowReader, Ts, in_id_list, now, param};
+use crate::db::{Conn, Database, lease, on_conn, on_pool};
 use crate::error::DbError;
 use crate::registry::sql::RegistrySql;
 use crate::registry::store::{delete_many, insert_pending_many, reset_pending_many};
@@ -341,35 +341,14 @@ impl<S: EventSource> EventCursor<S> {
     }
 
     async fn gap_rows(&self) -> Result<Vec<(i64, DateTime<Utc>)>, DbError> {
-        match self.db.dialect() {
-            Dialect::Postgres => {
-                let pool = self.db.as_postgres().ok_or(DbError::RowNotFound {
-                    table: "geo_event_gaps",
-                    id: 0,
-                })?;
-                Ok(sqlx::query_as("SELECT \"event_id\", \"detected_at\" FROM \"geo_event_gaps\" ORDER BY \"event_id\"")
-                    .fetch_all(pool)
-                    .await?)
-            }
-            Dialect::Sqlite => {
-                let pool = self.db.as_sqlite_readers().ok_or(DbError::RowNotFound {
-                    table: "geo_event_gaps",
-                    id: 0,
-                })?;
-                let rows: Vec<(i64, i64)> =
-                    sqlx::query_as("SELECT \"event_id\", \"detected_at\" FROM \"geo_event_gaps\" ORDER BY \"event_id\"")
-                        .fetch_all(pool)
-                        .await?;
-                rows.into_iter()
-                    .map(|(id, at)| {
-                        Ok((
-                            id,
-                            crate::db::dialect::micros_to_timestamp("detected_at", at)?,
-                        ))
-                    })
-                    .collect()
-            }
-        }
+        let sql =
+            "SELECT \"event_id\", \"detected_at\" FROM \"geo_event_gaps\" ORDER BY \"event_id\"";
+        on_pool!(self.db, read, pool => sqlx::query(sql)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| Ok((r.i64("event_id")?, r.timestamp("detected_at")?)))
+            .collect())
     }
 
     /// Folds the events per record and applies them, set-based, per replicable. Returns

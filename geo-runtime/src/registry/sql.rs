@@ -4,7 +4,9 @@
 
 use super::REGISTRY_COLUMNS;
 use crate::db::Dialect;
-use crate::db::dialect::{id_list_rows, id_pair_rows, in_id_list, param, quote};
+use crate::db::dialect::{
+    id_list_rows, id_pair_rows, in_id_list, param, plus_random_secs, quote, skip_locked,
+};
 use crate::replicator::ReplicatorDescriptor;
 
 /// Registry statements for one replicable and dialect. Parameters are listed per statement.
@@ -51,20 +53,14 @@ impl RegistrySql {
             .collect::<Vec<_>>()
             .join(", ");
         let to_pending = "\"state\" = 0, \"retry_count\" = 0, \"retry_at\" = NULL, \"last_synced_at\" = NULL, \"last_sync_failure\" = NULL";
-        let lock = match dialect {
-            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
-            Dialect::Sqlite => "",
-        };
+        let lock = skip_locked(dialect);
         let claimed =
             format!("\"id\", {fk} AS \"model_record_id\", \"retry_count\", \"sync_attempt\"");
         let start = format!(
             "\"state\" = 1, \"last_synced_at\" = {}, \"sync_attempt\" = \"sync_attempt\" + 1",
             p(2)
         );
-        let jitter = match dialect {
-            Dialect::Postgres => format!("{} + random() * interval '58 seconds'", p(2)),
-            Dialect::Sqlite => format!("{} + abs(random() % 58000000)", p(2)),
-        };
+        let jitter = plus_random_secs(dialect, &p(2), 58);
         RegistrySql {
             select_by_model_id: format!("SELECT {columns} FROM {t} WHERE {fk} = {}", p(1)),
             insert_pending_many: format!(
