@@ -40,6 +40,7 @@ pub mod events;
 pub mod flags;
 pub mod registry;
 pub mod replicator;
+pub mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod verification;

@@ -43,6 +43,8 @@ pub fn expand(def: &ReplicableDef, names: &Names) -> TokenStream {
             pub last_synced_at: #ts,
             /// Number of the latest attempt; only that attempt may mark the row synced or failed.
             pub sync_attempt: #p::i64,
+            /// The object key of the synced copy.
+            pub object_key: #p::Option<#p::String>,
             /// Why the latest attempt failed (at most 255 characters).
             pub last_sync_failure: #p::Option<#p::String>,
             /// When the row was created.
@@ -113,6 +115,7 @@ pub fn expand(def: &ReplicableDef, names: &Names) -> TokenStream {
                     retry_at: r.retry_at,
                     last_synced_at: r.last_synced_at,
                     sync_attempt: r.sync_attempt,
+                    object_key: r.object_key,
                     last_sync_failure: r.last_sync_failure,
                     created_at: r.created_at,
                     verification_state: r.verification_state,

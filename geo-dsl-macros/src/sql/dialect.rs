@@ -56,6 +56,10 @@ impl Dialect {
             }
         }
     }
+    /// Unbounded text.
+    pub fn text(self) -> String {
+        "TEXT".to_owned()
+    }
     /// Text of at most 255 characters (Geo's `varchar(255)`).
     pub fn text_255(self, column: &str) -> String {
         match self {

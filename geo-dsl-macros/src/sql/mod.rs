@@ -86,6 +86,9 @@ pub fn registry_migration(def: &ReplicableDef, d: Dialect) -> String {
             "sync_attempt",
             format!("{} NOT NULL DEFAULT 0", d.big_int()),
         ),
+        // Where the synced copy is stored (the primary's object key), so that it can be removed
+        // when its model disappears.
+        ("object_key", d.text()),
         ("last_sync_failure", d.text_255("last_sync_failure")),
         (
             "created_at",

@@ -194,6 +194,34 @@ impl Encode<'_, Sqlite> for IdList {
     }
 }
 
+/// A list of optional texts bound as `text[]` on PostgreSQL and as a JSON array on SQLite.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TextList(pub Vec<Option<String>>);
+
+impl Type<Postgres> for TextList {
+    fn type_info() -> PgTypeInfo {
+        <Vec<Option<String>> as Type<Postgres>>::type_info()
+    }
+}
+
+impl Encode<'_, Postgres> for TextList {
+    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        <Vec<Option<String>> as Encode<'_, Postgres>>::encode_by_ref(&self.0, buf)
+    }
+}
+
+impl Type<Sqlite> for TextList {
+    fn type_info() -> SqliteTypeInfo {
+        <String as Type<Sqlite>>::type_info()
+    }
+}
+
+impl Encode<'_, Sqlite> for TextList {
+    fn encode_by_ref(&self, buf: &mut SqliteArgumentsBuffer) -> Result<IsNull, BoxDynError> {
+        <String as Encode<'_, Sqlite>>::encode(serde_json::to_string(&self.0)?, buf)
+    }
+}
+
 /// `"ident"`.
 pub fn quote(ident: &str) -> String {
     format!("\"{ident}\"")
@@ -245,16 +273,17 @@ pub fn id_list_rows(dialect: super::Dialect, n: usize) -> String {
     }
 }
 
-/// Rows `(id, attempt)` from the [`IdList`] parameters `a` and `b`, zipped. On SQLite the
-/// attempts are looked up by position (`->>`), so the zip stays linear.
-pub fn id_pair_rows(dialect: super::Dialect, a: usize, b: usize) -> String {
+/// Rows `(id, attempt, key)` from the [`IdList`] parameters `a`, `b` and the [`TextList`]
+/// parameter `c`, zipped. On SQLite the second and third lists are indexed by position (`->>`),
+/// so the zip stays linear.
+pub fn id_attempt_key_rows(dialect: super::Dialect, a: usize, b: usize, c: usize) -> String {
     match dialect {
-        super::Dialect::Postgres => {
-            format!("SELECT * FROM unnest(${a}::bigint[], ${b}::bigint[]) AS t(id, attempt)")
-        }
-        super::Dialect::Sqlite => {
-            format!("SELECT x.value AS id, jsonb(?{b}) ->> x.key AS attempt FROM json_each(?{a}) x")
-        }
+        super::Dialect::Postgres => format!(
+            "SELECT * FROM unnest(${a}::bigint[], ${b}::bigint[], ${c}::text[]) AS t(id, attempt, key)"
+        ),
+        super::Dialect::Sqlite => format!(
+            "SELECT x.value AS id, jsonb(?{b}) ->> x.key AS attempt, jsonb(?{c}) ->> x.key AS key FROM json_each(?{a}) x"
+        ),
     }
 }
 

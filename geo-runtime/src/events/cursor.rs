@@ -433,7 +433,12 @@ impl<S: EventSource> EventCursor<S> {
             }
             insert_pending_many(conn.reborrow(), sql, &track, now).await?;
             reset_pending_many(conn.reborrow(), sql, &reset, now).await?;
-            delete_many(conn.reborrow(), sql, &remove).await?;
+            // Where the event carries no key, the registry knows where the copy is.
+            for (id, stored_key) in delete_many(conn.reborrow(), sql, &remove).await? {
+                if let Some(slot) = removals.iter_mut().find(|(r, k)| *r == id && k.is_none()) {
+                    slot.1 = stored_key;
+                }
+            }
             schedule_removals(conn.reborrow(), d.replicable_name, &removals, now).await?;
         }
         Ok((applied, skipped))
@@ -449,7 +454,8 @@ async fn flag_enabled(conn: Conn<'_>, d: &ReplicatorDescriptor) -> Result<bool, 
     Ok(stored.unwrap_or(d.enabled_by_default))
 }
 
-async fn schedule_removals(
+/// Records objects to remove (`geo_blob_removals`), for the removal worker.
+pub(crate) async fn schedule_removals(
     conn: Conn<'_>,
     replicable: &str,
     removals: &[(i64, Option<String>)],

@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::AssertSqlSafe;
 
+pub(crate) use cursor::schedule_removals;
 pub use cursor::{BatchReport, CursorConfig, CursorError, EventCursor, StartPosition};
 pub use source::{DbEventSource, EventSource, SourceError, prune_events, record_secondary_cursor};
 

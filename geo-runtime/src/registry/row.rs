@@ -13,12 +13,13 @@ pub const LAST_SYNC_FAILURE_MAX: usize = 255;
 
 /// The registry's columns after `id` and the model foreign key, in the order generated SQL
 /// selects them.
-pub const REGISTRY_COLUMNS: [&str; 16] = [
+pub const REGISTRY_COLUMNS: [&str; 17] = [
     "state",
     "retry_count",
     "retry_at",
     "last_synced_at",
     "sync_attempt",
+    "object_key",
     "last_sync_failure",
     "created_at",
     "verification_state",
@@ -49,6 +50,8 @@ pub struct RegistryRecord {
     pub last_synced_at: Option<DateTime<Utc>>,
     /// Number of the latest attempt; only that attempt may finish it.
     pub sync_attempt: i64,
+    /// The object key of the synced copy.
+    pub object_key: Option<String>,
     /// Why the latest attempt failed, at most 255 characters.
     pub last_sync_failure: Option<String>,
     /// When the row was created.
@@ -91,6 +94,7 @@ impl RegistryRecord {
             retry_at: row.opt_timestamp("retry_at")?,
             last_synced_at: row.opt_timestamp("last_synced_at")?,
             sync_attempt: row.i64("sync_attempt")?,
+            object_key: row.opt_string("object_key")?,
             last_sync_failure: row.opt_string("last_sync_failure")?,
             created_at: row.timestamp("created_at")?,
             verification_state: VerificationState::from_i16(verification_state).ok_or(

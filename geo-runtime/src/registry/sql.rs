@@ -5,7 +5,7 @@
 use super::REGISTRY_COLUMNS;
 use crate::db::Dialect;
 use crate::db::dialect::{
-    id_list_rows, id_pair_rows, in_id_list, param, plus_random_secs, quote, skip_locked,
+    id_attempt_key_rows, id_list_rows, in_id_list, param, plus_random_secs, quote, skip_locked,
 };
 use crate::replicator::ReplicatorDescriptor;
 
@@ -20,13 +20,14 @@ pub struct RegistrySql {
     pub reset_pending_many: String,
     /// `$1` ids: synced or failed rows back to pending.
     pub resync_many: String,
-    /// `$1` ids: delete, returning the model ids deleted.
+    /// `$1` ids: delete, returning the model ids deleted and their object keys.
     pub delete_many: String,
     /// `$1` limit, `$2` now: start pending rows, oldest id first.
     pub claim_pending: String,
     /// `$1` limit, `$2` now: start failed rows whose retry time has come, earliest first.
     pub claim_failed_due: String,
-    /// `$1` ids, `$2` attempts: started → synced for those attempts, returning the ids.
+    /// `$1` ids, `$2` attempts, `$3` object keys: started → synced for those attempts, returning
+    /// the ids.
     pub mark_synced_many: String,
     /// `$1` id, `$2` attempt, `$3` retry_at, `$4` failure: started → failed for that attempt.
     pub mark_failed: String,
@@ -78,7 +79,7 @@ impl RegistrySql {
                 in_id_list(dialect, &fk, 1)
             ),
             delete_many: format!(
-                "DELETE FROM {t} WHERE {} RETURNING {fk} AS \"model_record_id\"",
+                "DELETE FROM {t} WHERE {} RETURNING {fk} AS \"model_record_id\", \"object_key\"",
                 in_id_list(dialect, &fk, 1)
             ),
             claim_pending: format!(
@@ -94,8 +95,8 @@ impl RegistrySql {
             // the statistics, so they would loop over them and scan the id list for each
             // (quadratic in the batch); this way each listed id is one primary-key lookup.
             mark_synced_many: format!(
-                "UPDATE {t} SET \"state\" = 2, \"retry_count\" = 0, \"retry_at\" = NULL, \"last_sync_failure\" = NULL FROM ({}) AS attempts WHERE {t}.\"id\" = attempts.\"id\" AND {t}.\"state\" + 0 = 1 AND {t}.\"sync_attempt\" = attempts.\"attempt\" RETURNING {t}.\"id\"",
-                id_pair_rows(dialect, 1, 2)
+                "UPDATE {t} SET \"state\" = 2, \"retry_count\" = 0, \"retry_at\" = NULL, \"last_sync_failure\" = NULL, \"object_key\" = attempts.\"key\" FROM ({}) AS attempts WHERE {t}.\"id\" = attempts.\"id\" AND {t}.\"state\" + 0 = 1 AND {t}.\"sync_attempt\" = attempts.\"attempt\" RETURNING {t}.\"id\"",
+                id_attempt_key_rows(dialect, 1, 2, 3)
             ),
             mark_failed: format!(
                 "UPDATE {t} SET \"state\" = 3, \"retry_count\" = \"retry_count\" + 1, \"retry_at\" = {}, \"last_sync_failure\" = {} WHERE \"id\" = {} AND \"state\" = 1 AND \"sync_attempt\" = {}",

@@ -16,7 +16,7 @@ use sqlx::Row;
 
 use super::sql::RegistrySql;
 use super::{RegistryRecord, SyncState, backoff, truncate_failure};
-use crate::db::dialect::{IdList, RowReader, Ts};
+use crate::db::dialect::{IdList, RowReader, TextList, Ts};
 use crate::db::{Conn, Database, on_conn, on_pool};
 use crate::error::DbError;
 use crate::replicator::ReplicatorDescriptor;
@@ -192,14 +192,24 @@ impl Registry {
     /// started → synced for each row whose attempt is still the running one; returns the ids
     /// that were marked (the others were reset or re-claimed meanwhile and stay as they are).
     pub async fn mark_synced(&self, rows: &[ClaimedRow]) -> Result<Vec<i64>, DbError> {
+        let rows: Vec<(ClaimedRow, Option<String>)> = rows.iter().map(|r| (*r, None)).collect();
+        self.mark_synced_at(&rows).await
+    }
+
+    /// Like [`Registry::mark_synced`], recording where each copy is stored (its object key).
+    pub async fn mark_synced_at(
+        &self,
+        rows: &[(ClaimedRow, Option<String>)],
+    ) -> Result<Vec<i64>, DbError> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
         let sql = AssertSqlSafe(self.sql.mark_synced_many.as_str());
-        let ids = IdList(rows.iter().map(|r| r.id).collect());
-        let attempts = IdList(rows.iter().map(|r| r.sync_attempt).collect());
+        let ids = IdList(rows.iter().map(|(r, _)| r.id).collect());
+        let attempts = IdList(rows.iter().map(|(r, _)| r.sync_attempt).collect());
+        let keys = TextList(rows.iter().map(|(_, k)| k.clone()).collect());
         on_pool!(self.db, write, pool => {
-            let done = sqlx::query(sql).bind(ids).bind(attempts).fetch_all(pool).await?;
+            let done = sqlx::query(sql).bind(ids).bind(attempts).bind(keys).fetch_all(pool).await?;
             done.iter().map(|r| Ok(r.try_get::<i64, _>(0)?)).collect()
         })
     }
@@ -317,12 +327,13 @@ pub async fn reset_pending_many(
     )
 }
 
-/// Inside a caller's transaction: deletes rows, returning the model ids that had one.
+/// Inside a caller's transaction: deletes rows, returning the model ids that had one and the
+/// object keys of their copies.
 pub async fn delete_many(
     conn: Conn<'_>,
     sql: &RegistrySql,
     ids: &[i64],
-) -> Result<Vec<i64>, DbError> {
+) -> Result<Vec<(i64, Option<String>)>, DbError> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -330,7 +341,9 @@ pub async fn delete_many(
     let ids = IdList(ids.to_vec());
     on_conn!(conn, c => {
         let rows = sqlx::query(q).bind(ids).fetch_all(&mut *c).await?;
-        rows.iter().map(|r| Ok(r.try_get::<i64, _>(0)?)).collect()
+        rows.iter()
+            .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<Option<String>, _>(1)?)))
+            .collect()
     })
 }
 

@@ -274,24 +274,7 @@ async fn remove_orphans(
         return Ok(0);
     }
     let deleted = delete_many(conn.reborrow(), sql, orphans).await?;
-    // The object key is unknown here (the model is gone): the removal worker derives the path
-    // from the replicable name and id.
-    let d = conn.dialect();
-    let insert = format!(
-        "INSERT INTO \"geo_blob_removals\" (\"replicable_name\", \"model_record_id\", \"object_key\", \"created_at\") \
-         SELECT {}, \"id\", NULL, {} FROM ({}) AS ids WHERE true",
-        param(d, 1),
-        param(d, 3),
-        crate::db::dialect::id_list_rows(d, 2)
-    );
-    let ids = crate::db::dialect::IdList(deleted.clone());
-    on_conn!(conn, c => sqlx::query(AssertSqlSafe(insert))
-        .bind(descriptor.replicable_name)
-        .bind(ids)
-        .bind(Ts(at))
-        .execute(&mut *c)
-        .await?
-        .rows_affected());
+    crate::events::schedule_removals(conn, descriptor.replicable_name, &deleted, at).await?;
     Ok(deleted.len() as u64)
 }
 

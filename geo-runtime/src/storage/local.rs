@@ -1,0 +1,329 @@
+//! The local file-system store. `object_store`'s local backend renames into place but does not
+//! fsync the file or its directory, so a power cut can leave an empty or partial file at the
+//! final path; this store does the durable sequence itself.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use super::{ObjectKey, StorageError, WrittenBlob, hex};
+
+/// Temp files start with this; they are never at a final path and are removed at start-up.
+pub const TEMP_PREFIX: &str = ".geo-tmp-";
+
+/// Objects under a root directory, at `root/<key>`.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+fn io<'p>(op: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> StorageError + 'p {
+    move |source| StorageError::Io {
+        op,
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+impl LocalStore {
+    /// A store rooted at `root` (created when missing).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalStore { root: root.into() }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where `key` lives. Only checked keys get here, so the path is always under the root.
+    pub fn path(&self, key: &ObjectKey) -> PathBuf {
+        let mut p = self.root.clone();
+        p.extend(key.components());
+        p
+    }
+
+    /// Opens `key` for reading, with its size; `None` when there is no such object.
+    pub async fn open(
+        &self,
+        key: &ObjectKey,
+    ) -> Result<Option<(tokio::fs::File, u64)>, StorageError> {
+        let path = self.path(key);
+        match tokio::fs::File::open(&path).await {
+            Ok(file) => {
+                let meta = file.metadata().await.map_err(io("stat", &path))?;
+                if !meta.is_file() {
+                    return Ok(None);
+                }
+                Ok(Some((file, meta.len())))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("open", &path)(e)),
+        }
+    }
+
+    /// Streams `body` into `key` durably. The SHA-256 is computed while streaming and compared
+    /// with `expected_sha256`, the size with `expected_size`, when given; on any failure the temp
+    /// file is removed and nothing is at the final path (an earlier version stays untouched).
+    pub async fn write<S, E>(
+        &self,
+        key: &ObjectKey,
+        body: S,
+        expected_size: Option<u64>,
+        expected_sha256: Option<[u8; 32]>,
+    ) -> Result<WrittenBlob, StorageError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let path = self.path(key);
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(io("create directory", &dir))?;
+        let tmp = dir.join(format!("{TEMP_PREFIX}{:016x}", fastrand::u64(..)));
+        let result = write_temp(&tmp, body, expected_size, expected_sha256).await;
+        let written = match result {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(e);
+            }
+        };
+        if let Err(e) = tokio::fs::rename(&tmp, &path).await {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(io("rename into place", &path)(e));
+        }
+        sync_dir(&dir).await?;
+        Ok(written)
+    }
+
+    /// Removes `key`; true when it existed. The directory is fsynced so the removal survives a
+    /// power cut.
+    pub async fn delete(&self, key: &ObjectKey) -> Result<bool, StorageError> {
+        let path = self.path(key);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => {
+                if let Some(dir) = path.parent() {
+                    sync_dir(dir).await?;
+                }
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io("remove", &path)(e)),
+        }
+    }
+
+    /// Removes temp files a crash left behind; returns how many. Run at start-up, before any
+    /// write.
+    pub async fn remove_stale_temp_files(&self) -> Result<usize, StorageError> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut removed = 0;
+            let mut dirs = vec![root];
+            while let Some(dir) = dirs.pop() {
+                let entries = match std::fs::read_dir(&dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io("read directory", &dir)(e)),
+                };
+                for entry in entries {
+                    let entry = entry.map_err(io("read directory", &dir))?;
+                    let kind = entry.file_type().map_err(io("stat", &dir))?;
+                    if kind.is_dir() {
+                        dirs.push(entry.path());
+                    } else if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                        std::fs::remove_file(entry.path()).map_err(io("remove", &dir))?;
+                        removed += 1;
+                    }
+                }
+            }
+            Ok(removed)
+        })
+        .await
+        .map_err(|e| StorageError::Source {
+            bytes: 0,
+            reason: e.to_string(),
+        })?
+    }
+}
+
+async fn write_temp<S, E>(
+    tmp: &Path,
+    body: S,
+    expected_size: Option<u64>,
+    expected_sha256: Option<[u8; 32]>,
+) -> Result<WrittenBlob, StorageError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send,
+    E: std::fmt::Display,
+{
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp)
+        .await
+        .map_err(io("create", tmp))?;
+    let mut hasher = Sha256::new();
+    let mut size: u64 = 0;
+    let mut body = std::pin::pin!(body);
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| StorageError::Source {
+            bytes: size,
+            reason: e.to_string(),
+        })?;
+        size += chunk.len() as u64;
+        if let Some(expected) = expected_size
+            && size > expected
+        {
+            return Err(StorageError::SizeMismatch {
+                expected,
+                actual: size,
+            });
+        }
+        hasher.update(&chunk);
+        file.write_all(&chunk).await.map_err(io("write", tmp))?;
+    }
+    if let Some(expected) = expected_size
+        && size != expected
+    {
+        return Err(StorageError::SizeMismatch {
+            expected,
+            actual: size,
+        });
+    }
+    let sha256: [u8; 32] = hasher.finalize().into();
+    if let Some(expected) = expected_sha256
+        && expected != sha256
+    {
+        return Err(StorageError::ChecksumMismatch {
+            expected: hex(&expected),
+            actual: hex(&sha256),
+        });
+    }
+    file.flush().await.map_err(io("flush", tmp))?;
+    file.sync_all().await.map_err(io("fsync", tmp))?;
+    Ok(WrittenBlob { size, sha256 })
+}
+
+async fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    let d = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        std::fs::File::open(&d)
+            .and_then(|f| f.sync_all())
+            .map_err(io("fsync directory", &d))
+    })
+    .await
+    .map_err(|e| StorageError::Source {
+        bytes: 0,
+        reason: e.to_string(),
+    })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(
+        parts: Vec<Result<&'static [u8], &'static str>>,
+    ) -> impl Stream<Item = Result<Bytes, &'static str>> + Send {
+        futures_util::stream::iter(parts.into_iter().map(|p| p.map(Bytes::from_static)))
+    }
+
+    fn sha(data: &[u8]) -> [u8; 32] {
+        Sha256::digest(data).into()
+    }
+
+    #[tokio::test]
+    async fn writes_durably_and_leaves_nothing_on_failure() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LocalStore::new(dir.path());
+        let key = ObjectKey::parse("a/b/obj").expect("key");
+        let w = store
+            .write(
+                &key,
+                chunks(vec![Ok(b"hello "), Ok(b"world")]),
+                Some(11),
+                Some(sha(b"hello world")),
+            )
+            .await
+            .expect("write");
+        assert_eq!(w.size, 11);
+        assert_eq!(
+            std::fs::read(store.path(&key)).expect("read"),
+            b"hello world"
+        );
+
+        // A failing source, a wrong checksum and a short body: the old bytes stay, no temp file.
+        let fails = [
+            store
+                .write(
+                    &key,
+                    chunks(vec![Ok(b"new"), Err("connection reset")]),
+                    None,
+                    None,
+                )
+                .await,
+            store
+                .write(
+                    &key,
+                    chunks(vec![Ok(b"other")]),
+                    None,
+                    Some(sha(b"hello world")),
+                )
+                .await,
+            store
+                .write(&key, chunks(vec![Ok(b"short")]), Some(100), None)
+                .await,
+        ];
+        assert!(
+            matches!(fails[0], Err(StorageError::Source { bytes: 3, .. })),
+            "{:?}",
+            fails[0]
+        );
+        assert!(
+            matches!(fails[1], Err(StorageError::ChecksumMismatch { .. })),
+            "{:?}",
+            fails[1]
+        );
+        assert!(
+            matches!(
+                fails[2],
+                Err(StorageError::SizeMismatch {
+                    expected: 100,
+                    actual: 5
+                })
+            ),
+            "{:?}",
+            fails[2]
+        );
+        assert_eq!(
+            std::fs::read(store.path(&key)).expect("read"),
+            b"hello world"
+        );
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("a/b"))
+            .expect("ls")
+            .map(|e| e.expect("e").file_name())
+            .collect();
+        assert_eq!(names, ["obj"], "temp files left behind");
+
+        assert!(store.delete(&key).await.expect("delete"));
+        assert!(!store.delete(&key).await.expect("delete again"));
+        assert!(store.open(&key).await.expect("open").is_none());
+    }
+
+    #[tokio::test]
+    async fn stale_temp_files_are_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("x/y")).expect("mkdir");
+        std::fs::write(dir.path().join("x/y/.geo-tmp-123"), b"partial").expect("write");
+        std::fs::write(dir.path().join("x/y/keep"), b"data").expect("write");
+        let store = LocalStore::new(dir.path());
+        assert_eq!(store.remove_stale_temp_files().await.expect("clean"), 1);
+        assert!(dir.path().join("x/y/keep").exists());
+        assert!(!dir.path().join("x/y/.geo-tmp-123").exists());
+    }
+}

@@ -1,0 +1,204 @@
+//! Blob storage: where a node keeps the objects behind its models.
+//!
+//! [`ObjectKey`] is the only way to name an object: a relative path whose every component is
+//! checked, so no key (from a database, an event or a response header) can reach outside the
+//! store's root. [`LocalStore`] writes durably: a temp file in the destination directory, SHA-256
+//! while streaming, fsync, rename into place, fsync of the directory; a failed or interrupted write
+//! leaves nothing at the final path.
+
+mod local;
+
+use std::fmt;
+
+pub use local::{LocalStore, TEMP_PREFIX};
+
+/// A storage operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The key is not a safe relative path.
+    #[error("unsafe object key {key:?}: {reason}")]
+    UnsafeKey {
+        /// The key, as given.
+        key: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The bytes written do not have the expected SHA-256.
+    #[error("checksum mismatch: expected {expected}, got {actual}")]
+    ChecksumMismatch {
+        /// Hex of the expected SHA-256.
+        expected: String,
+        /// Hex of what arrived.
+        actual: String,
+    },
+    /// Fewer or more bytes arrived than announced.
+    #[error("size mismatch: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        /// Bytes announced.
+        expected: u64,
+        /// Bytes received.
+        actual: u64,
+    },
+    /// The body's source failed (connection closed, stalled…).
+    #[error("source failed after {bytes} bytes: {reason}")]
+    Source {
+        /// Bytes received before it failed.
+        bytes: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The file system failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// Where.
+        path: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Longest key accepted.
+pub const MAX_KEY_LEN: usize = 1024;
+
+/// A checked object key: `a/b/c.bin`. Components are non-empty, not `.` or `..`, and made of
+/// `A-Z a-z 0-9 . _ - + = @ ,`; no leading slash, no backslash, at most [`MAX_KEY_LEN`] bytes,
+/// and no component starts with the store's temp prefix.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey(String);
+
+impl ObjectKey {
+    /// Checks `key`.
+    pub fn parse(key: &str) -> Result<Self, StorageError> {
+        let bad = |reason| StorageError::UnsafeKey {
+            key: key.chars().take(200).collect(),
+            reason,
+        };
+        if key.is_empty() {
+            return Err(bad("it is empty"));
+        }
+        if key.len() > MAX_KEY_LEN {
+            return Err(bad("it is longer than 1024 bytes"));
+        }
+        for component in key.split('/') {
+            match component {
+                "" => {
+                    return Err(bad(
+                        "it has an empty component (a leading, trailing or double slash)",
+                    ));
+                }
+                "." | ".." => return Err(bad("it has a `.` or `..` component")),
+                c if c.starts_with(TEMP_PREFIX) => {
+                    return Err(bad("a component uses the temp-file prefix"));
+                }
+                c if !c
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-+=@,".contains(&b)) =>
+                {
+                    return Err(bad("only A-Z a-z 0-9 . _ - + = @ , and / are allowed"));
+                }
+                _ => {}
+            }
+        }
+        Ok(ObjectKey(key.to_owned()))
+    }
+
+    /// The key.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Its components.
+    pub fn components(&self) -> impl Iterator<Item = &str> {
+        self.0.split('/')
+    }
+}
+
+impl fmt::Debug for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ObjectKey({:?})", self.0)
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a durable write stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WrittenBlob {
+    /// Bytes written.
+    pub size: u64,
+    /// Their SHA-256.
+    pub sha256: [u8; 32],
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    s
+}
+
+/// Parses 64 hex digits into a SHA-256.
+pub fn parse_sha256(s: &str) -> Option<[u8; 32]> {
+    let b = s.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in b.chunks(2).enumerate() {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        out[i] = u8::try_from(hi * 16 + lo).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_stay_inside_the_root() {
+        for ok in ["a", "widgets/1/file.bin", "a-b_c.d+e=f@g,h", "x/y/z"] {
+            assert!(ObjectKey::parse(ok).is_ok(), "{ok} refused");
+        }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../b",
+            "a/./b",
+            "a//b",
+            "a/",
+            "a\\b",
+            "a b",
+            "é",
+            "a\0b",
+            ".geo-tmp-x",
+            "a/.geo-tmp-1",
+            "%2e%2e/x",
+        ] {
+            assert!(ObjectKey::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(ObjectKey::parse(&"a".repeat(1025)).is_err());
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        let sum = [0xab_u8; 32];
+        assert_eq!(parse_sha256(&hex(&sum)), Some(sum));
+        assert_eq!(parse_sha256("zz"), None);
+        assert_eq!(parse_sha256(&"g".repeat(64)), None);
+    }
+}
