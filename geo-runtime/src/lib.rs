@@ -38,6 +38,7 @@ pub mod db;
 pub mod error;
 pub mod events;
 pub mod flags;
+pub mod node;
 pub mod registry;
 pub mod replicator;
 pub mod storage;

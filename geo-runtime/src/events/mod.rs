@@ -87,7 +87,7 @@ fn yes() -> bool {
 }
 
 /// One event of the log.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// Monotonically increasing id (commit order may differ: see gaps).
     pub id: i64,

@@ -4,7 +4,10 @@
 //! is all the runtime's workers need; the [`Replicator`] instance adds one model record
 //! (Geo's `replicator.model_record`).
 
+mod model;
 mod registration;
+
+pub use model::model_object_key;
 
 pub use registration::{RegisteredReplicator, ReplicatorSet};
 

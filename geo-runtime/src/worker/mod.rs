@@ -2,3 +2,5 @@
 //! (backfill and orphans); the sync scheduler and the verification workers join it.
 
 pub mod consistency;
+pub mod removal;
+pub mod sync;

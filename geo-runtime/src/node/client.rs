@@ -1,0 +1,223 @@
+//! The secondary's client of the primary's API: signs every request, follows redirects only
+//! within the primary's origin (so the authorization header never leaves it), and fails a
+//! transfer that stalls longer than the idle-read timeout.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use reqwest::header::AUTHORIZATION;
+use reqwest::{StatusCode, Url};
+
+use super::auth::{RequestScope, Secret, authorization};
+use super::server::{CursorReport, EventsPage, IdsPage};
+use crate::events::{Event, EventSource, SourceError};
+use crate::replicator::ReplicatorDescriptor;
+use crate::worker::consistency::ModelIdSource;
+
+/// The client could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The primary's URL is not an http(s) URL.
+    #[error("invalid primary URL: {0}")]
+    Url(String),
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Build(String),
+}
+
+/// A client of one primary, with this secondary's credentials.
+#[derive(Clone)]
+pub struct PrimaryClient {
+    base: Url,
+    access_key: String,
+    secret: Secret,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for PrimaryClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrimaryClient")
+            .field("base", &self.base.as_str())
+            .field("access_key", &self.access_key)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+impl PrimaryClient {
+    /// A client of the primary at `base_url` (`http://host:port`), failing a transfer that
+    /// receives nothing for `idle_timeout`.
+    pub fn new(
+        base_url: &str,
+        access_key: &str,
+        secret: Secret,
+        idle_timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let base = Url::parse(base_url).map_err(|e| ClientError::Url(e.to_string()))?;
+        if !matches!(base.scheme(), "http" | "https") || base.host().is_none() {
+            return Err(ClientError::Url(format!(
+                "{base_url}: expected http(s)://host[:port]"
+            )));
+        }
+        let origin = base.origin();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(idle_timeout)
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(64)
+            .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                if attempt.url().origin() == origin && attempt.previous().len() < 5 {
+                    attempt.follow()
+                } else {
+                    attempt.stop()
+                }
+            }))
+            .build()
+            .map_err(|e| ClientError::Build(e.to_string()))?;
+        Ok(PrimaryClient {
+            base,
+            access_key: access_key.to_owned(),
+            secret,
+            http,
+        })
+    }
+
+    fn url(&self, path: &str) -> Result<Url, SourceError> {
+        self.base
+            .join(path)
+            .map_err(|e| SourceError::Transport(e.to_string()))
+    }
+
+    fn auth(&self, scope: &RequestScope) -> String {
+        authorization(&self.access_key, &self.secret, scope, unix_now())
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        url: Url,
+        scope: &RequestScope,
+    ) -> Result<T, SourceError> {
+        let response = self
+            .http
+            .get(url)
+            .header(AUTHORIZATION, self.auth(scope))
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(SourceError::Transport(format!("primary answered {status}")));
+        }
+        response.json().await.map_err(transport)
+    }
+
+    /// `GET /geo/v1/retrieve/<name>/<id>`: the response, to stream (the caller checks status).
+    pub async fn retrieve(
+        &self,
+        replicable_name: &str,
+        id: i64,
+    ) -> Result<reqwest::Response, SourceError> {
+        let url = self.url(&format!("/geo/v1/retrieve/{replicable_name}/{id}"))?;
+        let scope = RequestScope::Retrieve {
+            replicable_name: replicable_name.to_owned(),
+            replicable_id: id,
+        };
+        self.http
+            .get(url)
+            .header(AUTHORIZATION, self.auth(&scope))
+            .send()
+            .await
+            .map_err(transport)
+    }
+
+    /// `POST /geo/v1/cursor`: tells the primary every event up to `last_event_id` was applied.
+    pub async fn report_cursor(&self, last_event_id: i64) -> Result<(), SourceError> {
+        let url = self.url("/geo/v1/cursor")?;
+        let response = self
+            .http
+            .post(url)
+            .header(AUTHORIZATION, self.auth(&RequestScope::Status))
+            .json(&CursorReport { last_event_id })
+            .send()
+            .await
+            .map_err(transport)?;
+        if response.status() != StatusCode::NO_CONTENT {
+            return Err(SourceError::Transport(format!(
+                "primary answered {}",
+                response.status()
+            )));
+        }
+        Ok(())
+    }
+
+    async fn events_page(&self, query: &[(&str, String)]) -> Result<EventsPage, SourceError> {
+        let mut url = self.url("/geo/v1/events")?;
+        url.query_pairs_mut()
+            .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+        self.get_json(url, &RequestScope::Events).await
+    }
+}
+
+fn transport(e: reqwest::Error) -> SourceError {
+    // reqwest's message may contain the URL, never headers.
+    SourceError::Transport(e.to_string())
+}
+
+impl EventSource for PrimaryClient {
+    async fn events_after(&self, after: i64, limit: usize) -> Result<Vec<Event>, SourceError> {
+        Ok(self
+            .events_page(&[("after", after.to_string()), ("limit", limit.to_string())])
+            .await?
+            .events)
+    }
+
+    async fn events_by_ids(&self, ids: &[i64]) -> Result<Vec<Event>, SourceError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for chunk in ids.chunks(1000) {
+            let list = chunk
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            out.extend(self.events_page(&[("ids", list)]).await?.events);
+        }
+        Ok(out)
+    }
+
+    async fn latest_event_id(&self) -> Result<i64, SourceError> {
+        Ok(self
+            .events_page(&[("after", i64::MAX.to_string()), ("limit", "1".into())])
+            .await?
+            .latest_id)
+    }
+}
+
+impl ModelIdSource for PrimaryClient {
+    async fn model_ids_after(
+        &self,
+        descriptor: &'static ReplicatorDescriptor,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<i64>, SourceError> {
+        let mut url = self.url(&format!(
+            "/geo/v1/replicables/{}",
+            descriptor.replicable_name
+        ))?;
+        url.query_pairs_mut()
+            .append_pair("after_id", &after.to_string())
+            .append_pair("limit", &limit.to_string());
+        let scope = RequestScope::Replicables {
+            replicable_name: descriptor.replicable_name.to_owned(),
+        };
+        let page: IdsPage = self.get_json(url, &scope).await?;
+        Ok(page.ids)
+    }
+}

@@ -1,0 +1,342 @@
+//! [`Node`]: everything a node of either role runs, started from a configuration and stopped
+//! with [`NodeHandle::shutdown`], which lets in-flight work finish (a sync round, a cursor batch)
+//! and leaves anything interrupted recoverable (rows in `started` are swept, batches are
+//! transactions).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::auth::Secret;
+use super::client::{ClientError, PrimaryClient};
+use super::server::{PrimaryApi, serve};
+use crate::db::{self, Database, NodeRole};
+use crate::error::MigrateError;
+use crate::events::{CursorConfig, EventCursor, prune_events};
+use crate::registry::Registry;
+use crate::replicator::ReplicatorSet;
+use crate::storage::{LocalStore, StorageError};
+use crate::worker::consistency::Consistency;
+use crate::worker::removal::remove_objects;
+use crate::worker::sync::{BlobSync, SyncConfig};
+use crate::{db::dialect::now, flags};
+
+/// A primary: serves its objects and events.
+#[derive(Debug, Clone)]
+pub struct PrimaryConfig {
+    /// Where the API listens (`127.0.0.1:0` picks a free port).
+    pub listen: SocketAddr,
+    /// Root of the object store.
+    pub storage_root: PathBuf,
+    /// How often events below every secondary's cursor are pruned (Geo: 5 min).
+    pub prune_interval: Duration,
+}
+
+impl PrimaryConfig {
+    /// A primary listening on `listen` with objects under `storage_root`.
+    pub fn new(listen: SocketAddr, storage_root: impl Into<PathBuf>) -> Self {
+        PrimaryConfig {
+            listen,
+            storage_root: storage_root.into(),
+            prune_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A secondary: follows a primary.
+#[derive(Debug, Clone)]
+pub struct SecondaryConfig {
+    /// This node's name (as registered on the primary).
+    pub name: String,
+    /// The primary's URL.
+    pub primary_url: String,
+    /// This node's access key.
+    pub access_key: String,
+    /// This node's secret (redacted in `Debug`).
+    pub secret: Secret,
+    /// Root of the local object store.
+    pub storage_root: PathBuf,
+    /// Blob sync tuning.
+    pub sync: SyncConfig,
+    /// Event cursor tuning.
+    pub cursor: CursorConfig,
+    /// A download that receives nothing for this long fails.
+    pub idle_timeout: Duration,
+    /// Pause between consistency passes (Geo: a pass a minute).
+    pub consistency_interval: Duration,
+    /// How often rows stuck in `started` are swept.
+    pub sweep_interval: Duration,
+    /// A sync running longer than this is failed by the sweeper (Geo: 8 h).
+    pub sync_timeout: Duration,
+    /// How often the cursor position is reported to the primary (for pruning).
+    pub report_interval: Duration,
+}
+
+impl SecondaryConfig {
+    /// A secondary with Geo's defaults.
+    pub fn new(
+        name: &str,
+        primary_url: &str,
+        access_key: &str,
+        secret: Secret,
+        storage_root: impl Into<PathBuf>,
+    ) -> Self {
+        SecondaryConfig {
+            name: name.to_owned(),
+            primary_url: primary_url.to_owned(),
+            access_key: access_key.to_owned(),
+            secret,
+            storage_root: storage_root.into(),
+            sync: SyncConfig::default(),
+            cursor: CursorConfig::default(),
+            idle_timeout: Duration::from_secs(60),
+            consistency_interval: Duration::from_secs(60),
+            sweep_interval: Duration::from_secs(600),
+            sync_timeout: Duration::from_secs(8 * 3600),
+            report_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a node is.
+#[derive(Debug, Clone)]
+pub enum NodeConfig {
+    /// A primary.
+    Primary(PrimaryConfig),
+    /// A secondary.
+    Secondary(Box<SecondaryConfig>),
+}
+
+/// A node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeStartError {
+    /// Migrations failed.
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The client of the primary could not be built.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The object store could not be prepared.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Starts nodes.
+#[derive(Debug)]
+pub struct Node;
+
+/// A running node.
+#[derive(Debug)]
+pub struct NodeHandle {
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    local_addr: Option<SocketAddr>,
+}
+
+impl NodeHandle {
+    /// The API's address (primary).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// Cancelled when the node stops.
+    pub fn cancellation(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Stops every worker, letting in-flight work finish, and waits for them.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+/// Runs `tick` every `interval` until cancelled.
+fn every<F, Fut>(tracker: &TaskTracker, cancel: &CancellationToken, interval: Duration, mut tick: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let cancel = cancel.clone();
+    tracker.spawn(async move {
+        loop {
+            tick().await;
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(interval) => {}
+            }
+        }
+    });
+}
+
+impl Node {
+    /// Applies the role's migrations to `db` and starts every worker of the role.
+    pub async fn start(
+        config: NodeConfig,
+        db: &Database,
+        set: &ReplicatorSet,
+    ) -> Result<NodeHandle, NodeStartError> {
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        match config {
+            NodeConfig::Primary(c) => {
+                db::migrate(db, NodeRole::Primary, set).await?;
+                let store = LocalStore::new(&c.storage_root);
+                let listener = tokio::net::TcpListener::bind(c.listen)
+                    .await
+                    .map_err(|source| NodeStartError::Listen {
+                        addr: c.listen,
+                        source,
+                    })?;
+                let local_addr = listener.local_addr().ok();
+                let api = PrimaryApi::new(db, set, store);
+                let shutdown = cancel.clone();
+                tracker.spawn(async move {
+                    if let Err(e) = serve(listener, api, shutdown).await {
+                        tracing::error!(error = %e, "the primary API stopped");
+                    }
+                });
+                let pdb = db.clone();
+                every(&tracker, &cancel, c.prune_interval, move || {
+                    let pdb = pdb.clone();
+                    async move {
+                        if let Err(e) = prune_events(&pdb, 50_000).await {
+                            tracing::warn!(error = %e, "pruning the event log failed");
+                        }
+                    }
+                });
+                tracing::info!(addr = ?local_addr, "primary started");
+                Ok(NodeHandle {
+                    cancel,
+                    tracker,
+                    local_addr,
+                })
+            }
+            NodeConfig::Secondary(c) => {
+                let c = *c;
+                db::migrate(db, NodeRole::Secondary, set).await?;
+                let store = LocalStore::new(&c.storage_root);
+                let stale = store.remove_stale_temp_files().await?;
+                if stale > 0 {
+                    tracing::info!(removed = stale, "removed temp files left by a crash");
+                }
+                let client = PrimaryClient::new(
+                    &c.primary_url,
+                    &c.access_key,
+                    c.secret.clone(),
+                    c.idle_timeout,
+                )?;
+                let holder = format!(
+                    "{}:{}:{:08x}",
+                    c.name,
+                    std::process::id(),
+                    fastrand::u32(..)
+                );
+
+                let cursor = EventCursor::new(db, set, client.clone(), c.cursor.clone(), holder);
+                let token = cancel.clone();
+                tracker.spawn(async move {
+                    if let Err(e) = cursor.run(token).await {
+                        tracing::error!(error = %e, "the event cursor stopped");
+                    }
+                });
+
+                let sync = BlobSync::new(db, set, client.clone(), store.clone(), c.sync.clone());
+                let token = cancel.clone();
+                tracker.spawn(async move { sync.run(token).await });
+
+                let (tdb, tset, tclient) = (db.clone(), set.clone(), client.clone());
+                every(&tracker, &cancel, c.consistency_interval, move || {
+                    let pass = Consistency::new(&tdb, tclient.clone());
+                    let (tdb, tset) = (tdb.clone(), tset.clone());
+                    async move {
+                        for d in tset.descriptors() {
+                            match flags::is_enabled(&tdb, d).await {
+                                Ok(true) => {
+                                    if let Err(e) = pass.run_pass(d).await {
+                                        tracing::warn!(replicable = d.replicable_name, error = %e, "consistency pass failed");
+                                    }
+                                }
+                                Ok(false) => {}
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "reading a feature flag failed")
+                                }
+                            }
+                        }
+                    }
+                });
+
+                let (tdb, tset, timeout) = (db.clone(), set.clone(), c.sync_timeout);
+                every(&tracker, &cancel, c.sweep_interval, move || {
+                    let (tdb, tset) = (tdb.clone(), tset.clone());
+                    async move {
+                        for d in tset.descriptors() {
+                            match Registry::new(&tdb, d).fail_timed_out(timeout, now()).await {
+                                Ok(0) => {}
+                                Ok(n) => tracing::warn!(
+                                    replicable = d.replicable_name,
+                                    rows = n,
+                                    "failed syncs that timed out"
+                                ),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "the sync-timeout sweep failed")
+                                }
+                            }
+                        }
+                    }
+                });
+
+                let (tdb, tset, tstore) = (db.clone(), set.clone(), store.clone());
+                every(&tracker, &cancel, Duration::from_secs(1), move || {
+                    let (tdb, tset, tstore) = (tdb.clone(), tset.clone(), tstore.clone());
+                    async move {
+                        loop {
+                            match remove_objects(&tdb, &tset, &tstore, 1000).await {
+                                Ok(r) if r.deleted + r.kept + r.orphaned == 1000 => continue,
+                                Ok(_) => break,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "removing local objects failed");
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                });
+
+                let (tdb, tset, tclient, tc) = (db.clone(), set.clone(), client, c.cursor.clone());
+                every(&tracker, &cancel, c.report_interval, move || {
+                    let position_reader =
+                        EventCursor::new(&tdb, &tset, tclient.clone(), tc.clone(), "reporter");
+                    let tclient = tclient.clone();
+                    async move {
+                        if let Ok(Some(p)) = position_reader.safe_position().await
+                            && let Err(e) = tclient.report_cursor(p).await
+                        {
+                            tracing::debug!(error = %e, "could not report the cursor to the primary");
+                        }
+                    }
+                });
+                tracing::info!(node = %c.name, primary = %c.primary_url, "secondary started");
+                Ok(NodeHandle {
+                    cancel,
+                    tracker,
+                    local_addr: None,
+                })
+            }
+        }
+    }
+}

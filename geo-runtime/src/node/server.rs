@@ -1,0 +1,354 @@
+//! The primary's HTTP API (axum). Every route authenticates the request before it reads
+//! anything; object paths come from the model's stored key, never from the URL.
+//!
+//! - `GET /geo/v1/events?after=<id>&limit=<n>` (or `?ids=1,2,3` for gaps): events in id order,
+//!   with the latest id;
+//! - `GET /geo/v1/replicables/<name>?after_id=<id>&limit=<n>`: model ids, for the backfill;
+//! - `GET /geo/v1/retrieve/<name>/<id>`: the object's bytes, with `Content-Length`, its key, and
+//!   its SHA-256 when the primary has verified it;
+//! - `POST /geo/v1/cursor`: a secondary reports how far it has read (for pruning).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::auth::{AuthError, RequestScope, parse_authorization, verify};
+use super::nodes::{KnownNode, find_by_access_key};
+use super::{FILE_NOT_FOUND, HEADER_OBJECT_KEY, HEADER_SHA256};
+use crate::db::Database;
+use crate::events::{DbEventSource, Event, EventSource, record_secondary_cursor};
+use crate::replicator::{ReplicatorDescriptor, ReplicatorSet, model_object_key};
+use crate::storage::{LocalStore, ObjectKey, hex};
+use crate::verification::VerificationState;
+use crate::worker::consistency::{DbModelIdSource, ModelIdSource};
+
+/// Largest page of events or ids served at once.
+pub const MAX_PAGE: usize = 10_000;
+
+/// What the API serves from.
+#[derive(Debug, Clone)]
+pub struct PrimaryApi {
+    db: Database,
+    set: ReplicatorSet,
+    store: LocalStore,
+}
+
+impl PrimaryApi {
+    /// The API over the primary's database, replicators and object store.
+    pub fn new(db: &Database, set: &ReplicatorSet, store: LocalStore) -> Self {
+        PrimaryApi {
+            db: db.clone(),
+            set: set.clone(),
+            store,
+        }
+    }
+
+    /// The axum router (mount it in your own server, or use [`serve`]).
+    pub fn router(self) -> axum::Router {
+        axum::Router::new()
+            .route("/geo/v1/events", get(events))
+            .route("/geo/v1/replicables/{name}", get(replicables))
+            .route("/geo/v1/retrieve/{name}/{id}", get(retrieve))
+            .route("/geo/v1/cursor", post(cursor))
+            .with_state(self)
+    }
+}
+
+/// Serves the API on `listener` (TCP_NODELAY set on every connection: small responses would
+/// otherwise wait ~40 ms for delayed ACKs) until `shutdown` is cancelled.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    api: PrimaryApi,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, api.router())
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+/// An API error: a status and a JSON body (`message`, and `geo_code` for a missing object).
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+    geo_code: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            geo_code: None,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    geo_code: Option<&'static str>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            message: &self.message,
+            geo_code: self.geo_code,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<crate::DbError> for ApiError {
+    fn from(e: crate::DbError) -> Self {
+        tracing::error!(error = %e, "database error while serving a secondary");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Authenticates the request for `scope` before anything else is read.
+async fn authenticate(
+    api: &PrimaryApi,
+    headers: &HeaderMap,
+    scope: &RequestScope,
+) -> Result<KnownNode, ApiError> {
+    let refuse = |e: AuthError, node: Option<&str>| {
+        // The reason and the node's name only: never the token or a secret.
+        tracing::warn!(reason = %e, node, "refused a request");
+        let status = match e {
+            AuthError::UnknownNode if node.is_some() => StatusCode::FORBIDDEN,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        ApiError::new(status, e.to_string())
+    };
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let presented = parse_authorization(value).map_err(|e| refuse(e, None))?;
+    let node = find_by_access_key(&api.db, &presented.access_key)
+        .await?
+        .ok_or_else(|| refuse(AuthError::UnknownNode, None))?;
+    if !node.enabled {
+        return Err(refuse(AuthError::UnknownNode, Some(&node.name)));
+    }
+    verify(&presented, &node.secret, scope, unix_now()).map_err(|e| refuse(e, Some(&node.name)))?;
+    Ok(node)
+}
+
+fn descriptor(api: &PrimaryApi, name: &str) -> Result<&'static ReplicatorDescriptor, ApiError> {
+    api.set.get(name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("unknown replicable `{name}`"),
+        )
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    after: i64,
+    limit: Option<usize>,
+    /// Comma-separated ids (gap lookups).
+    ids: Option<String>,
+}
+
+/// A page of events.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EventsPage {
+    /// The events, in id order.
+    pub events: Vec<Event>,
+    /// The highest event id in the log.
+    pub latest_id: i64,
+}
+
+async fn events(
+    State(api): State<PrimaryApi>,
+    headers: HeaderMap,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<EventsPage>, ApiError> {
+    authenticate(&api, &headers, &RequestScope::Events).await?;
+    let source = DbEventSource::new(&api.db);
+    let failed = |e: crate::events::SourceError| {
+        tracing::error!(error = %e, "reading the event log");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    };
+    let events = match q.ids {
+        Some(ids) => {
+            let ids: Result<Vec<i64>, _> = ids
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::parse)
+                .collect();
+            let ids = ids.map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "ids must be comma-separated integers",
+                )
+            })?;
+            if ids.len() > MAX_PAGE {
+                return Err(ApiError::new(StatusCode::BAD_REQUEST, "too many ids"));
+            }
+            source.events_by_ids(&ids).await.map_err(failed)?
+        }
+        None => source
+            .events_after(q.after, q.limit.unwrap_or(1000).clamp(1, MAX_PAGE))
+            .await
+            .map_err(failed)?,
+    };
+    let latest_id = source.latest_event_id().await.map_err(failed)?;
+    Ok(Json(EventsPage { events, latest_id }))
+}
+
+#[derive(Debug, Deserialize)]
+struct IdsQuery {
+    #[serde(default)]
+    after_id: i64,
+    limit: Option<usize>,
+}
+
+/// A page of model ids.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct IdsPage {
+    /// Ascending ids.
+    pub ids: Vec<i64>,
+}
+
+async fn replicables(
+    State(api): State<PrimaryApi>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<IdsQuery>,
+) -> Result<Json<IdsPage>, ApiError> {
+    authenticate(
+        &api,
+        &headers,
+        &RequestScope::Replicables {
+            replicable_name: name.clone(),
+        },
+    )
+    .await?;
+    let d = descriptor(&api, &name)?;
+    let ids = DbModelIdSource::new(&api.db)
+        .model_ids_after(
+            d,
+            q.after_id,
+            q.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE),
+        )
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "listing model ids");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        })?;
+    Ok(Json(IdsPage { ids }))
+}
+
+async fn retrieve(
+    State(api): State<PrimaryApi>,
+    headers: HeaderMap,
+    Path((name, id)): Path<(String, i64)>,
+) -> Result<Response, ApiError> {
+    authenticate(
+        &api,
+        &headers,
+        &RequestScope::Retrieve {
+            replicable_name: name.clone(),
+            replicable_id: id,
+        },
+    )
+    .await?;
+    let d = descriptor(&api, &name)?;
+    let missing_file = || ApiError {
+        status: StatusCode::NOT_FOUND,
+        message: format!("{} #{id} file not found", d.model_type),
+        geo_code: Some(FILE_NOT_FOUND),
+    };
+    let key = match model_object_key(&api.db, d, id).await? {
+        None => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("{name} {id} not found"),
+            ));
+        }
+        Some(None) => return Err(missing_file()),
+        Some(Some(key)) => key,
+    };
+    let key = ObjectKey::parse(&key).map_err(|e| {
+        tracing::error!(replicable = %name, id, error = %e, "the model's object key is not a safe path");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the object key on the primary is not a safe path")
+    })?;
+    let Some((file, size)) = api.store.open(&key).await.map_err(|e| {
+        tracing::error!(error = %e, "opening an object");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    })?
+    else {
+        return Err(missing_file());
+    };
+    let details = crate::verification::store::load(&api.db, d, id).await.ok();
+    let checksum = details
+        .filter(|v| v.verification_state == VerificationState::Succeeded)
+        .and_then(|v| v.verification_checksum)
+        .filter(|c| c.len() == 32);
+    let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
+    let mut response = Response::new(Body::from_stream(stream));
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_LENGTH, size.into());
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(v) = header::HeaderValue::from_str(key.as_str()) {
+        h.insert(HEADER_OBJECT_KEY, v);
+    }
+    if let Some(sum) = checksum
+        && let Ok(v) = header::HeaderValue::from_str(&hex(&sum))
+    {
+        h.insert(HEADER_SHA256, v);
+    }
+    Ok(response)
+}
+
+/// How far a secondary has read.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CursorReport {
+    /// Every event at or below this id has been applied.
+    pub last_event_id: i64,
+}
+
+async fn cursor(
+    State(api): State<PrimaryApi>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    let node = authenticate(&api, &headers, &RequestScope::Status).await?;
+    // Parsed only after authentication.
+    let report: CursorReport = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid cursor report: {e}"),
+        )
+    })?;
+    record_secondary_cursor(&api.db, &node.name, report.last_event_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,236 @@
+//! The secondary's blob sync (Geo's registry sync worker + blob downloader): claims due registry
+//! rows, `files_max_capacity` at a time, downloads each object from the primary into the local
+//! store (temp file, SHA-256 while streaming, checked against the primary's checksum and size,
+//! fsync, rename, directory fsync), then marks the batch synced, or failed with the reason and
+//! Geo's backoff. A row is marked synced only after its bytes are durable, and only by the
+//! attempt that claimed it.
+
+use std::time::Duration;
+
+use futures_util::{StreamExt, TryStreamExt};
+use reqwest::StatusCode;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::db::Database;
+use crate::db::dialect::now;
+use crate::error::DbError;
+use crate::flags;
+use crate::node::{FILE_NOT_FOUND, HEADER_OBJECT_KEY, HEADER_SHA256, PrimaryClient};
+use crate::registry::{ClaimedRow, Registry, SyncFailure};
+use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
+use crate::storage::{LocalStore, ObjectKey, parse_sha256};
+
+/// Tuning of the blob sync.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// Downloads at once (Geo's `files_max_capacity`, default 10).
+    pub files_max_capacity: usize,
+    /// Pause when there was nothing to sync.
+    pub idle_wait: Duration,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            files_max_capacity: 10,
+            idle_wait: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What one round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncRound {
+    /// Rows claimed.
+    pub claimed: usize,
+    /// Rows marked synced.
+    pub synced: usize,
+    /// Rows marked failed.
+    pub failed: usize,
+    /// Bytes downloaded.
+    pub bytes: u64,
+}
+
+/// The blob sync of one secondary.
+#[derive(Debug, Clone)]
+pub struct BlobSync {
+    tracking: Database,
+    client: PrimaryClient,
+    store: LocalStore,
+    config: SyncConfig,
+    registries: Vec<Registry>,
+}
+
+struct Synced {
+    row: ClaimedRow,
+    key: String,
+    bytes: u64,
+}
+
+impl BlobSync {
+    /// The sync of `tracking`'s registries from the primary behind `client` into `store`.
+    pub fn new(
+        tracking: &Database,
+        set: &ReplicatorSet,
+        client: PrimaryClient,
+        store: LocalStore,
+        config: SyncConfig,
+    ) -> Self {
+        BlobSync {
+            registries: set
+                .descriptors()
+                .iter()
+                .map(|d| Registry::new(tracking, d))
+                .collect(),
+            tracking: tracking.clone(),
+            client,
+            store,
+            config,
+        }
+    }
+
+    /// One round: for each replicable whose replication is on here, claims up to
+    /// `files_max_capacity` due rows and syncs them, that many at once.
+    pub async fn step(&self) -> Result<SyncRound, DbError> {
+        let mut round = SyncRound::default();
+        let capacity = self.config.files_max_capacity.max(1);
+        for registry in &self.registries {
+            let d = registry.descriptor();
+            if !flags::is_enabled(&self.tracking, d).await? {
+                continue;
+            }
+            let claimed = registry.claim(capacity, now()).await?;
+            if claimed.is_empty() {
+                continue;
+            }
+            round.claimed += claimed.len();
+            let results: Vec<Result<Synced, SyncFailure>> = futures_util::stream::iter(claimed)
+                .map(|row| {
+                    let span = tracing::info_span!(
+                        "sync",
+                        replicable = d.replicable_name,
+                        id = row.model_record_id,
+                        attempt = row.sync_attempt
+                    );
+                    self.sync_one(d, row).instrument(span)
+                })
+                .buffer_unordered(capacity)
+                .collect()
+                .await;
+            let mut ok = Vec::new();
+            let mut failed = Vec::new();
+            for r in results {
+                match r {
+                    Ok(s) => {
+                        round.bytes += s.bytes;
+                        ok.push((s.row, Some(s.key)));
+                    }
+                    Err(f) => failed.push(f),
+                }
+            }
+            round.synced += registry.mark_synced_at(&ok).await?.len();
+            round.failed +=
+                usize::try_from(registry.mark_failed(&failed, now()).await?).unwrap_or(usize::MAX);
+        }
+        if round.claimed > 0 {
+            metrics::counter!("geo_sync_synced_total").increment(round.synced as u64);
+            metrics::counter!("geo_sync_failed_total").increment(round.failed as u64);
+            metrics::counter!("geo_sync_bytes_total").increment(round.bytes);
+        }
+        Ok(round)
+    }
+
+    async fn sync_one(
+        &self,
+        d: &ReplicatorDescriptor,
+        row: ClaimedRow,
+    ) -> Result<Synced, SyncFailure> {
+        let started = std::time::Instant::now();
+        let fail = |reason: String, missing: bool| {
+            tracing::warn!(reason = %reason, missing_on_primary = missing, "blob download failed");
+            row.failed(reason, missing)
+        };
+        let response = self
+            .client
+            .retrieve(d.replicable_name, row.model_record_id)
+            .await
+            .map_err(|e| fail(format!("Error downloading file: {e}"), false))?;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            return Err(
+                if body.get("geo_code").and_then(|c| c.as_str()) == Some(FILE_NOT_FOUND) {
+                    fail("The file is missing on the Geo primary site".into(), true)
+                } else {
+                    fail(
+                        "The record is missing on the Geo primary site".into(),
+                        false,
+                    )
+                },
+            );
+        }
+        if !status.is_success() {
+            return Err(fail(
+                format!("Non-success HTTP response status code {}", status.as_u16()),
+                false,
+            ));
+        }
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let key = header(HEADER_OBJECT_KEY)
+            .ok_or_else(|| fail("the primary sent no object key".into(), false))?;
+        let key = ObjectKey::parse(&key).map_err(|e| fail(e.to_string(), false))?;
+        let expected_sha = match header(HEADER_SHA256) {
+            Some(h) => Some(
+                parse_sha256(&h)
+                    .ok_or_else(|| fail("the primary sent a malformed checksum".into(), false))?,
+            ),
+            None => None,
+        };
+        let expected_size = response.content_length();
+        let body = response.bytes_stream().map_err(|e| e.to_string());
+        let written = self
+            .store
+            .write(&key, body, expected_size, expected_sha)
+            .await
+            .map_err(|e| fail(format!("Error downloading file: {e}"), false))?;
+        tracing::debug!(
+            bytes = written.size,
+            download_time_s = started.elapsed().as_secs_f64(),
+            checksum_checked = expected_sha.is_some(),
+            "blob downloaded"
+        );
+        Ok(Synced {
+            row,
+            key: key.as_str().to_owned(),
+            bytes: written.size,
+        })
+    }
+
+    /// Runs rounds until cancelled; an interrupted round leaves its rows `started` for the
+    /// sweeper (or finishes them when the cancellation comes between rounds).
+    pub async fn run(&self, cancel: CancellationToken) {
+        while !cancel.is_cancelled() {
+            let wait = match self.step().await {
+                Ok(r) if r.claimed > 0 => Duration::ZERO,
+                Ok(_) => self.config.idle_wait,
+                Err(e) => {
+                    tracing::warn!(error = %e, "blob sync round failed; retrying");
+                    self.config.idle_wait
+                }
+            };
+            if !wait.is_zero() {
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! A primary and a secondary on loopback, for real: HTTP, JWT auth, files on disk, SQLite and
+//! PostgreSQL tracking databases.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{Widget, WidgetReplicator, exec, scalar_i64};
+use geo_runtime::db::Dialect;
+use geo_runtime::events::{CursorConfig, StartPosition};
+use geo_runtime::node::nodes::add_secondary;
+use geo_runtime::node::{Node, NodeConfig, NodeHandle, PrimaryConfig, SecondaryConfig};
+use geo_runtime::registry::Registry;
+use geo_runtime::storage::{LocalStore, ObjectKey};
+use geo_runtime::testing::{self, TestDatabase};
+use geo_runtime::worker::sync::SyncConfig;
+use geo_runtime::{Database, ReplicableModel, Replicator};
+use sha2::{Digest, Sha256};
+
+struct Primary {
+    db: TestDatabase,
+    store: LocalStore,
+    _dir: tempfile::TempDir,
+    handle: NodeHandle,
+    url: String,
+}
+
+async fn start_primary(db: TestDatabase) -> Primary {
+    exec(&db, "CREATE TABLE widgets (id BIGINT PRIMARY KEY, file TEXT NOT NULL); CREATE TABLE gizmos (id BIGINT PRIMARY KEY, file TEXT NOT NULL)").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = PrimaryConfig::new("127.0.0.1:0".parse().expect("addr"), dir.path());
+    let handle = Node::start(NodeConfig::Primary(config), &db, &common::set())
+        .await
+        .expect("primary");
+    let addr: SocketAddr = handle.local_addr().expect("addr");
+    Primary {
+        store: LocalStore::new(dir.path()),
+        url: format!("http://{addr}"),
+        db,
+        _dir: dir,
+        handle,
+    }
+}
+
+fn fast(config: &mut SecondaryConfig) {
+    config.sync = SyncConfig {
+        files_max_capacity: 10,
+        idle_wait: Duration::from_millis(20),
+    };
+    config.cursor = CursorConfig {
+        idle_wait: Duration::from_millis(20),
+        start: StartPosition::Latest,
+        ..CursorConfig::default()
+    };
+    config.consistency_interval = Duration::from_millis(300);
+    config.report_interval = Duration::from_millis(200);
+    config.idle_timeout = Duration::from_secs(5);
+}
+
+async fn start_secondary(primary: &Primary, db: &Database, root: &Path, name: &str) -> NodeHandle {
+    let creds = add_secondary(&primary.db, name, "http://secondary.invalid")
+        .await
+        .expect("register");
+    let mut config =
+        SecondaryConfig::new(name, &primary.url, &creds.access_key, creds.secret, root);
+    fast(&mut config);
+    Node::start(NodeConfig::Secondary(Box::new(config)), db, &common::set())
+        .await
+        .expect("secondary")
+}
+
+/// Deterministic content for widget `id`, version `v`.
+fn content(id: i64, v: u32) -> Vec<u8> {
+    let size = match id % 50 {
+        0 => 0,
+        7 => 3 * 1024 * 1024 + 17,
+        _ => (id as usize * 997) % 65_536,
+    };
+    let mut rng = fastrand::Rng::with_seed((id as u64) << 8 | u64::from(v));
+    (0..size).map(|_| rng.u8(..)).collect()
+}
+
+async fn put(primary: &Primary, id: i64, v: u32) {
+    let key = ObjectKey::parse(&format!("widgets/{}/{id}.bin", id % 10)).expect("key");
+    let data = bytes::Bytes::from(content(id, v));
+    primary
+        .store
+        .write(
+            &key,
+            futures_util::stream::iter([Ok::<_, std::convert::Infallible>(data)]),
+            None,
+            None,
+        )
+        .await
+        .expect("write on the primary");
+}
+
+fn widget(id: i64) -> Widget {
+    Widget {
+        id,
+        file: format!("widgets/{}/{id}.bin", id % 10),
+    }
+}
+
+/// Creates the model row and its event in one transaction.
+async fn create(primary: &Primary, id: i64) {
+    put(primary, id, 0).await;
+    let w = widget(id);
+    let mut tx = primary.db.begin_write().await.expect("begin");
+    match tx.conn() {
+        geo_runtime::db::Conn::Postgres(c) => {
+            sqlx::query("INSERT INTO widgets VALUES ($1, $2)")
+                .bind(w.id)
+                .bind(&w.file)
+                .execute(&mut *c)
+                .await
+                .expect("insert");
+        }
+        geo_runtime::db::Conn::Sqlite(c) => {
+            sqlx::query("INSERT INTO widgets VALUES (?1, ?2)")
+                .bind(w.id)
+                .bind(&w.file)
+                .execute(&mut *c)
+                .await
+                .expect("insert");
+        }
+    }
+    w.publish_created(tx.conn()).await.expect("publish");
+    tx.commit().await.expect("commit");
+}
+
+async fn update(primary: &Primary, id: i64) {
+    put(primary, id, 1).await;
+    let mut tx = primary.db.begin_write().await.expect("begin");
+    widget(id)
+        .publish_updated(tx.conn())
+        .await
+        .expect("publish");
+    tx.commit().await.expect("commit");
+}
+
+async fn delete(primary: &Primary, id: i64) {
+    let mut tx = primary.db.begin_write().await.expect("begin");
+    widget(id)
+        .publish_deleted(tx.conn())
+        .await
+        .expect("publish");
+    match tx.conn() {
+        geo_runtime::db::Conn::Postgres(c) => {
+            sqlx::query("DELETE FROM widgets WHERE id = $1")
+                .bind(id)
+                .execute(&mut *c)
+                .await
+                .expect("delete");
+        }
+        geo_runtime::db::Conn::Sqlite(c) => {
+            sqlx::query("DELETE FROM widgets WHERE id = ?1")
+                .bind(id)
+                .execute(&mut *c)
+                .await
+                .expect("delete");
+        }
+    }
+    tx.commit().await.expect("commit");
+    primary
+        .store
+        .delete(&ObjectKey::parse(&widget(id).file).expect("key"))
+        .await
+        .expect("delete file");
+}
+
+fn sha_of(path: &Path) -> Option<[u8; 32]> {
+    std::fs::read(path).ok().map(|b| Sha256::digest(&b).into())
+}
+
+/// The secondary has exactly the primary's live widgets, byte for byte, all synced.
+async fn converged(
+    primary: &Primary,
+    secondary: &Database,
+    root: &Path,
+    live: &BTreeMap<i64, u32>,
+    deleted: &[i64],
+) -> Result<(), String> {
+    let counts = Registry::new(secondary, WidgetReplicator::DESCRIPTOR)
+        .count_by_state()
+        .await
+        .map_err(|e| e.to_string())?;
+    if counts.synced != live.len() as i64 || counts.total() != live.len() as i64 {
+        return Err(format!("registry {counts:?}, want {} synced", live.len()));
+    }
+    let local = LocalStore::new(root);
+    for (id, v) in live {
+        let key = ObjectKey::parse(&widget(*id).file).expect("key");
+        let want: [u8; 32] = Sha256::digest(content(*id, *v)).into();
+        if sha_of(&primary.store.path(&key)) != Some(want) {
+            return Err(format!("primary copy of {id} is not version {v}"));
+        }
+        if sha_of(&local.path(&key)) != Some(want) {
+            return Err(format!("secondary copy of {id} differs from the primary's"));
+        }
+    }
+    for id in deleted {
+        if local
+            .path(&ObjectKey::parse(&widget(*id).file).expect("key"))
+            .exists()
+        {
+            return Err(format!("deleted widget {id} still on the secondary's disk"));
+        }
+    }
+    Ok(())
+}
+
+async fn wait_for_convergence(
+    primary: &Primary,
+    secondary: &Database,
+    root: &Path,
+    live: &BTreeMap<i64, u32>,
+    deleted: &[i64],
+) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match converged(primary, secondary, root, live, deleted).await {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => panic!("the secondary did not converge: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+async fn pairs() -> Vec<(TestDatabase, TestDatabase)> {
+    let mut out = vec![(testing::sqlite().await, testing::sqlite().await)];
+    if let Some(p) = testing::postgres().await {
+        out.push((p, testing::postgres().await.expect("second schema")));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secondary_converges_on_creates_updates_and_deletes() {
+    for (pdb, sdb) in pairs().await {
+        let primary = start_primary(pdb).await;
+        let root = tempfile::tempdir().expect("tempdir");
+        // The secondary starts first: everything arrives through events.
+        let secondary = start_secondary(&primary, &sdb, root.path(), "s1").await;
+        let mut live = BTreeMap::new();
+        for id in 1..=500 {
+            create(&primary, id).await;
+            live.insert(id, 0);
+        }
+        for id in (1..=500).step_by(10) {
+            update(&primary, id).await;
+            live.insert(id, 1);
+        }
+        let deleted: Vec<i64> = (5..=500).step_by(10).collect();
+        for id in &deleted {
+            delete(&primary, *id).await;
+            live.remove(id);
+        }
+        wait_for_convergence(&primary, &sdb, root.path(), &live, &deleted).await;
+        // Nothing but objects under the root: no temp files left.
+        let temp = walk(root.path())
+            .into_iter()
+            .filter(|p| p.contains(".geo-tmp-"))
+            .count();
+        assert_eq!(temp, 0, "{}", sdb.label());
+        // The secondary reported its cursor: the primary may prune below it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while scalar_i64(&primary.db, "SELECT count(*) FROM geo_secondary_cursors").await == 0 {
+            assert!(Instant::now() < deadline, "no cursor report");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        secondary.shutdown().await;
+        primary.handle.shutdown().await;
+    }
+}
+
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_secondary_backfills_and_a_restarted_one_catches_up() {
+    for (pdb, sdb) in pairs().await {
+        let primary = start_primary(pdb).await;
+        let mut live = BTreeMap::new();
+        for id in 1..=120 {
+            create(&primary, id).await;
+            live.insert(id, 0);
+        }
+        // Started late: its cursor starts at the latest event, the backfill brings the rest.
+        let root = tempfile::tempdir().expect("tempdir");
+        let secondary = start_secondary(&primary, &sdb, root.path(), "late").await;
+        wait_for_convergence(&primary, &sdb, root.path(), &live, &[]).await;
+        secondary.shutdown().await;
+
+        // Changes while it is down arrive through the cursor when it comes back.
+        for id in 121..=150 {
+            create(&primary, id).await;
+            live.insert(id, 0);
+        }
+        for id in [3, 4] {
+            update(&primary, id).await;
+            live.insert(id, 1);
+        }
+        delete(&primary, 9).await;
+        live.remove(&9);
+        let mut config = SecondaryConfig::new(
+            "late",
+            &primary.url,
+            "unused",
+            geo_runtime::node::Secret::new("unused"),
+            root.path(),
+        );
+        fast(&mut config);
+        // Same tracking database and credentials as before (registered once above).
+        let (key, secret) = credentials(&primary.db, "late").await;
+        config.access_key = key;
+        config.secret = secret;
+        let again = Node::start(
+            NodeConfig::Secondary(Box::new(config)),
+            &sdb,
+            &common::set(),
+        )
+        .await
+        .expect("restart");
+        wait_for_convergence(&primary, &sdb, root.path(), &live, &[9]).await;
+        again.shutdown().await;
+        primary.handle.shutdown().await;
+    }
+}
+
+async fn credentials(primary: &Database, name: &str) -> (String, geo_runtime::node::Secret) {
+    let (key, secret): (String, String) = match primary.dialect() {
+        Dialect::Postgres => {
+            sqlx::query_as("SELECT access_key, secret FROM geo_nodes WHERE name = $1")
+                .bind(name)
+                .fetch_one(primary.as_postgres().expect("pg"))
+                .await
+                .expect("node")
+        }
+        Dialect::Sqlite => {
+            sqlx::query_as("SELECT access_key, secret FROM geo_nodes WHERE name = ?1")
+                .bind(name)
+                .fetch_one(primary.as_sqlite_readers().expect("sqlite"))
+                .await
+                .expect("node")
+        }
+    };
+    (key, geo_runtime::node::Secret::new(secret))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_object_fails_with_a_long_backoff_and_its_reason() {
+    let primary = start_primary(testing::sqlite().await).await;
+    let sdb = testing::sqlite().await;
+    create(&primary, 1).await;
+    primary
+        .store
+        .delete(&ObjectKey::parse(&widget(1).file).expect("key"))
+        .await
+        .expect("lose the file");
+    let root = tempfile::tempdir().expect("tempdir");
+    let secondary = start_secondary(&primary, &sdb, root.path(), "s").await;
+    let registry = Registry::new(&sdb, WidgetReplicator::DESCRIPTOR);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let row = loop {
+        if let Some(row) = registry.find_by_model_id(1).await.expect("find")
+            && row.state == geo_runtime::SyncState::Failed
+        {
+            break row;
+        }
+        assert!(Instant::now() < deadline, "never failed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        row.last_sync_failure.as_deref(),
+        Some("The file is missing on the Geo primary site")
+    );
+    assert_eq!(row.retry_count, 1);
+    assert!(
+        !LocalStore::new(root.path())
+            .path(&ObjectKey::parse(&widget(1).file).expect("key"))
+            .exists()
+    );
+    secondary.shutdown().await;
+    primary.handle.shutdown().await;
+}
