@@ -1,0 +1,190 @@
+//! The primary's API refuses every request that is not exactly right, before reading anything,
+//! returns no object bytes when it refuses, and never logs a token or a secret.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::{Widget, exec};
+use geo_runtime::ReplicableModel;
+use geo_runtime::node::auth::{RequestScope, Secret, authorization};
+use geo_runtime::node::nodes::{add_secondary, set_enabled};
+use geo_runtime::node::{Node, NodeConfig, PrimaryConfig};
+use geo_runtime::storage::{LocalStore, ObjectKey};
+use geo_runtime::testing;
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+const MARKER: &[u8] = b"PRIVATE-OBJECT-BYTES-7f3a";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_wrong_request_is_refused_without_bytes_or_secrets_in_logs() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .init();
+
+    for db in testing::all().await {
+        exec(&db, "CREATE TABLE widgets (id BIGINT PRIMARY KEY, file TEXT NOT NULL); CREATE TABLE gizmos (id BIGINT PRIMARY KEY, file TEXT NOT NULL)").await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = Node::start(
+            NodeConfig::Primary(PrimaryConfig::new(
+                "127.0.0.1:0".parse().expect("addr"),
+                dir.path(),
+            )),
+            &db,
+            &common::set(),
+        )
+        .await
+        .expect("primary");
+        let base = format!("http://{}", node.local_addr().expect("addr"));
+        let store = LocalStore::new(dir.path());
+        let key = ObjectKey::parse("w/1").expect("key");
+        store
+            .write(
+                &key,
+                futures_util::stream::iter([Ok::<_, std::convert::Infallible>(
+                    bytes::Bytes::from_static(MARKER),
+                )]),
+                None,
+                None,
+            )
+            .await
+            .expect("object");
+        exec(&db, "INSERT INTO widgets VALUES (1, 'w/1')").await;
+        let _ = Widget {
+            id: 1,
+            file: "w/1".into(),
+        }
+        .model_record_id();
+
+        let good = add_secondary(&db, "good", "http://good.invalid")
+            .await
+            .expect("node");
+        let off = add_secondary(&db, "off", "http://off.invalid")
+            .await
+            .expect("node");
+        assert!(set_enabled(&db, "off", false).await.expect("disable"));
+
+        let scope = RequestScope::Retrieve {
+            replicable_name: "widget".into(),
+            replicable_id: 1,
+        };
+        let url = format!("{base}/geo/v1/retrieve/widget/1");
+        let http = reqwest::Client::new();
+        let none_token = format!(
+            "Geo {}:{}.{}.",
+            good.access_key,
+            URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#),
+            URL_SAFE_NO_PAD.encode(br#"{"data":"{\"scope\":\"retrieve\",\"replicable_name\":\"widget\",\"replicable_id\":1}","jti":"x","iat":0,"nbf":0,"exp":99999999999}"#)
+        );
+        let other_id = RequestScope::Retrieve {
+            replicable_name: "widget".into(),
+            replicable_id: 2,
+        };
+        let cases: Vec<(&str, Option<String>, u16)> = vec![
+            ("no token", None, 401),
+            (
+                "expired token",
+                Some(authorization(
+                    &good.access_key,
+                    &good.secret,
+                    &scope,
+                    now() - 200,
+                )),
+                401,
+            ),
+            (
+                "token for another id",
+                Some(authorization(
+                    &good.access_key,
+                    &good.secret,
+                    &other_id,
+                    now(),
+                )),
+                401,
+            ),
+            (
+                "wrong secret",
+                Some(authorization(
+                    &good.access_key,
+                    &Secret::new("not-the-secret-at-all-0123456789abcdef"),
+                    &scope,
+                    now(),
+                )),
+                401,
+            ),
+            ("alg none", Some(none_token), 401),
+            (
+                "unknown node",
+                Some(authorization("nobody", &good.secret, &scope, now())),
+                401,
+            ),
+            (
+                "disabled node",
+                Some(authorization(&off.access_key, &off.secret, &scope, now())),
+                403,
+            ),
+        ];
+        let mut tokens = Vec::new();
+        for (what, header, status) in cases {
+            let mut request = http.get(&url);
+            if let Some(h) = &header {
+                request = request.header("authorization", h);
+                tokens.push(h.clone());
+            }
+            let response = request.send().await.expect("request");
+            assert_eq!(response.status().as_u16(), status, "{}: {what}", db.label());
+            let body = response.bytes().await.expect("body");
+            assert!(
+                !body.windows(MARKER.len()).any(|w| w == MARKER),
+                "{what}: object bytes in a refusal"
+            );
+        }
+        // The right request gets the object.
+        let ok = http
+            .get(&url)
+            .header(
+                "authorization",
+                authorization(&good.access_key, &good.secret, &scope, now()),
+            )
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(ok.status().as_u16(), 200);
+        assert_eq!(ok.headers()["x-geo-object-key"], "w/1");
+        assert_eq!(ok.bytes().await.expect("body").as_ref(), MARKER);
+
+        node.shutdown().await;
+        let logged = String::from_utf8_lossy(&logs.0.lock().expect("logs")).to_string();
+        assert!(logged.contains("refused a request"), "refusals are logged");
+        for secret in [good.secret.expose(), off.secret.expose()] {
+            assert!(!logged.contains(secret), "a secret reached the logs");
+        }
+        for token in &tokens {
+            let jwt = token.split(':').nth(1).expect("jwt");
+            assert!(!logged.contains(jwt), "a token reached the logs");
+        }
+    }
+}

@@ -1,0 +1,391 @@
+//! Faults between a primary and a secondary, injected by a proxy on loopback: a 500, a
+//! connection closed mid-body, a corrupted byte, a key that points outside the store, a primary
+//! that goes down. In every case nothing but the primary's bytes ever sits at a final path, no
+//! temp file is left, the reason is recorded, and the secondary converges once the fault clears.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use common::{Widget, WidgetReplicator, exec};
+use geo_runtime::events::{CursorConfig, StartPosition};
+use geo_runtime::node::nodes::add_secondary;
+use geo_runtime::node::{Node, NodeConfig, NodeHandle, PrimaryConfig, SecondaryConfig};
+use geo_runtime::registry::Registry;
+use geo_runtime::storage::{LocalStore, ObjectKey};
+use geo_runtime::worker::sync::SyncConfig;
+use geo_runtime::{
+    Database, ReplicableModel, Replicator, SyncState, VerificationDetails, VerificationState,
+};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    None,
+    Status500,
+    CloseMidBody,
+    CorruptByte,
+    EvilKey,
+}
+
+#[derive(Clone)]
+struct Proxy {
+    upstream: String,
+    fault: Arc<Mutex<Fault>>,
+    http: reqwest::Client,
+}
+
+async fn forward(State(p): State<Proxy>, req: Request) -> Response {
+    let fault = *p.fault.lock().expect("fault");
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |x| x.as_str())
+        .to_owned();
+    let retrieve = path.starts_with("/geo/v1/retrieve/");
+    if retrieve && fault == Fault::Status500 {
+        return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response();
+    }
+    let mut upstream = p
+        .http
+        .request(req.method().clone(), format!("{}{path}", p.upstream));
+    for (name, value) in req.headers() {
+        if name == "authorization" || name == "content-type" {
+            upstream = upstream.header(name, value);
+        }
+    }
+    let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
+    let Ok(response) = upstream.body(body).send().await else {
+        return (axum::http::StatusCode::BAD_GATEWAY, "upstream down").into_response();
+    };
+    let status = response.status();
+    let headers = response.headers().clone();
+    let mut bytes = response.bytes().await.unwrap_or_default().to_vec();
+    let mut out = Response::builder().status(status);
+    for (name, value) in &headers {
+        if name == "x-geo-object-key" && retrieve && fault == Fault::EvilKey {
+            out = out.header(name, "../../escaped");
+        } else if name != "transfer-encoding" {
+            out = out.header(name, value);
+        }
+    }
+    if retrieve && status.is_success() && !bytes.is_empty() {
+        match fault {
+            Fault::CorruptByte => bytes[0] ^= 0x55,
+            Fault::CloseMidBody => {
+                // Half the body, then the connection breaks (Content-Length promised more).
+                let half = bytes::Bytes::from(bytes[..bytes.len() / 2].to_vec());
+                let stream =
+                    futures_util::stream::iter(vec![Ok(half), Err(std::io::Error::other("cut"))]);
+                return out.body(Body::from_stream(stream)).expect("response");
+            }
+            _ => {}
+        }
+    }
+    out.body(Body::from(bytes)).expect("response")
+}
+
+async fn start_proxy(
+    upstream: &str,
+    fault: Arc<Mutex<Fault>>,
+    addr: SocketAddr,
+) -> (SocketAddr, tokio_util::sync::CancellationToken) {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .expect("bind proxy");
+    let local = listener.local_addr().expect("addr");
+    let app = axum::Router::new().fallback(forward).with_state(Proxy {
+        upstream: upstream.to_owned(),
+        fault,
+        http: reqwest::Client::new(),
+    });
+    let stop = tokio_util::sync::CancellationToken::new();
+    let token = stop.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await;
+    });
+    (local, stop)
+}
+
+struct Setup {
+    primary_db: geo_runtime::testing::TestDatabase,
+    primary_store: LocalStore,
+    primary: NodeHandle,
+    secondary_db: geo_runtime::testing::TestDatabase,
+    secondary: NodeHandle,
+    root: tempfile::TempDir,
+    _primary_dir: tempfile::TempDir,
+    fault: Arc<Mutex<Fault>>,
+    proxy_addr: SocketAddr,
+    proxy_stop: tokio_util::sync::CancellationToken,
+    upstream: String,
+}
+
+async fn setup() -> Setup {
+    let primary_db = geo_runtime::testing::sqlite().await;
+    exec(&primary_db, "CREATE TABLE widgets (id BIGINT PRIMARY KEY, file TEXT NOT NULL); CREATE TABLE gizmos (id BIGINT PRIMARY KEY, file TEXT NOT NULL)").await;
+    let primary_dir = tempfile::tempdir().expect("tempdir");
+    let primary = Node::start(
+        NodeConfig::Primary(PrimaryConfig::new(
+            "127.0.0.1:0".parse().expect("addr"),
+            primary_dir.path(),
+        )),
+        &primary_db,
+        &common::set(),
+    )
+    .await
+    .expect("primary");
+    let upstream = format!("http://{}", primary.local_addr().expect("addr"));
+    let fault = Arc::new(Mutex::new(Fault::None));
+    let (proxy_addr, proxy_stop) = start_proxy(
+        &upstream,
+        fault.clone(),
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .await;
+    let creds = add_secondary(&primary_db, "s", "http://s.invalid")
+        .await
+        .expect("register");
+    let secondary_db = geo_runtime::testing::sqlite().await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut config = SecondaryConfig::new(
+        "s",
+        &format!("http://{proxy_addr}"),
+        &creds.access_key,
+        creds.secret,
+        root.path(),
+    );
+    config.sync = SyncConfig {
+        files_max_capacity: 4,
+        idle_wait: Duration::from_millis(20),
+    };
+    config.cursor = CursorConfig {
+        idle_wait: Duration::from_millis(20),
+        start: StartPosition::Beginning,
+        ..CursorConfig::default()
+    };
+    config.idle_timeout = Duration::from_secs(2);
+    let secondary = Node::start(
+        NodeConfig::Secondary(Box::new(config)),
+        &secondary_db,
+        &common::set(),
+    )
+    .await
+    .expect("secondary");
+    Setup {
+        primary_store: LocalStore::new(primary_dir.path()),
+        primary_db,
+        primary,
+        secondary_db,
+        secondary,
+        root,
+        _primary_dir: primary_dir,
+        fault,
+        proxy_addr,
+        proxy_stop,
+        upstream,
+    }
+}
+
+fn body(id: i64) -> Vec<u8> {
+    (0..(200_000 + id as usize))
+        .map(|i| (i as u64 * 31 + id as u64) as u8)
+        .collect()
+}
+
+/// A widget on the primary with a verified checksum (so the transfer can be checked).
+async fn create(s: &Setup, id: i64) {
+    let key = ObjectKey::parse(&format!("w/{id}")).expect("key");
+    let data = body(id);
+    s.primary_store
+        .write(
+            &key,
+            futures_util::stream::iter([Ok::<_, std::convert::Infallible>(bytes::Bytes::from(
+                data.clone(),
+            ))]),
+            None,
+            None,
+        )
+        .await
+        .expect("write");
+    exec(
+        &s.primary_db,
+        &format!("INSERT INTO widgets VALUES ({id}, 'w/{id}')"),
+    )
+    .await;
+    let w = Widget {
+        id,
+        file: format!("w/{id}"),
+    };
+    let now = geo_runtime::db::dialect::now();
+    w.set_verification_details(
+        &s.primary_db,
+        &VerificationDetails {
+            verification_state: VerificationState::Succeeded,
+            verified_at: Some(now),
+            verification_checksum: Some(Sha256::digest(&data).to_vec()),
+            ..VerificationDetails::default()
+        },
+    )
+    .await
+    .expect("checksum");
+    let mut tx = s.primary_db.begin_write().await.expect("begin");
+    w.publish_created(tx.conn()).await.expect("publish");
+    tx.commit().await.expect("commit");
+}
+
+/// Every file under the secondary's root is the primary's bytes, and no temp file is left.
+fn only_primary_bytes(root: &Path) {
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+                continue;
+            }
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            assert!(
+                !name.starts_with(".geo-tmp-"),
+                "temp file left: {}",
+                p.display()
+            );
+            let id: i64 = name
+                .parse()
+                .unwrap_or_else(|_| panic!("unexpected file {}", p.display()));
+            assert_eq!(
+                std::fs::read(&p).expect("read"),
+                body(id),
+                "{} is not the primary's bytes",
+                p.display()
+            );
+        }
+    }
+    assert!(
+        !root.parent().expect("parent").join("escaped").exists(),
+        "wrote outside the root"
+    );
+}
+
+async fn wait_for(s: &Setup, ids: &[i64], state: SyncState, reason: Option<&str>) {
+    let registry = Registry::new(&s.secondary_db, WidgetReplicator::DESCRIPTOR);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut done = true;
+        for id in ids {
+            match registry.find_by_model_id(*id).await.expect("find") {
+                Some(row) if row.state == state => {
+                    if let Some(reason) = reason {
+                        let failure = row.last_sync_failure.unwrap_or_default();
+                        assert!(
+                            failure.contains(reason),
+                            "widget {id}: reason {failure:?}, want {reason:?}"
+                        );
+                    }
+                }
+                _ => done = false,
+            }
+        }
+        if done {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "widgets {ids:?} never reached {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The clock moves past every retry time (instead of waiting out Geo's backoff).
+async fn time_passes(db: &Database) {
+    exec(
+        db,
+        "UPDATE widget_registry SET retry_at = 0 WHERE state = 3",
+    )
+    .await;
+}
+
+async fn check_fault(fault: Fault, reason: &str) {
+    let s = setup().await;
+    *s.fault.lock().expect("fault") = fault;
+    let ids = [1, 2, 3];
+    for id in ids {
+        create(&s, id).await;
+    }
+    wait_for(&s, &ids, SyncState::Failed, Some(reason)).await;
+    only_primary_bytes(s.root.path());
+    *s.fault.lock().expect("fault") = Fault::None;
+    time_passes(&s.secondary_db).await;
+    wait_for(&s, &ids, SyncState::Synced, None).await;
+    only_primary_bytes(s.root.path());
+    for id in ids {
+        assert!(s.root.path().join(format!("w/{id}")).exists());
+    }
+    s.secondary.shutdown().await;
+    s.proxy_stop.cancel();
+    s.primary.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_500_fails_the_attempt_and_a_retry_succeeds() {
+    check_fault(
+        Fault::Status500,
+        "Non-success HTTP response status code 500",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_closed_mid_body_leaves_nothing_at_the_final_path() {
+    check_fault(Fault::CloseMidBody, "Error downloading file").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_byte_is_caught_by_the_checksum() {
+    check_fault(Fault::CorruptByte, "checksum mismatch").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_pointing_outside_the_store_is_refused() {
+    check_fault(Fault::EvilKey, "unsafe object key").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_that_goes_down_and_comes_back() {
+    let s = setup().await;
+    create(&s, 1).await;
+    wait_for(&s, &[1], SyncState::Synced, None).await;
+    // Down: the proxy stops listening; the cursor and the sync fail and retry meanwhile.
+    s.proxy_stop.cancel();
+    create(&s, 2).await;
+    // Back on the same address: the cursor catches up and the sync resumes.
+    let (_, stop) = loop {
+        match tokio::net::TcpListener::bind(s.proxy_addr).await {
+            Ok(l) => {
+                drop(l);
+                break start_proxy(&s.upstream, s.fault.clone(), s.proxy_addr).await;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    time_passes(&s.secondary_db).await;
+    wait_for(&s, &[1, 2], SyncState::Synced, None).await;
+    only_primary_bytes(s.root.path());
+    s.secondary.shutdown().await;
+    stop.cancel();
+    s.primary.shutdown().await;
+}
