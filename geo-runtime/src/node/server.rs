@@ -25,13 +25,20 @@ use super::nodes::{KnownNode, find_by_access_key};
 use super::{FILE_NOT_FOUND, HEADER_OBJECT_KEY, HEADER_SHA256};
 use crate::db::Database;
 use crate::events::{DbEventSource, Event, EventSource, record_secondary_cursor};
-use crate::replicator::{ReplicatorDescriptor, ReplicatorSet, model_object_key};
+use crate::replicator::{ReplicatorDescriptor, ReplicatorSet, model_object};
 use crate::storage::{LocalStore, ObjectKey, hex};
-use crate::verification::VerificationState;
 use crate::worker::consistency::{DbModelIdSource, ModelIdSource};
 
 /// Largest page of events or ids served at once.
 pub const MAX_PAGE: usize = 10_000;
+
+/// How long a node looked up for authentication is remembered (a disabled node is refused at
+/// most this long after it was disabled).
+pub const NODE_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+type NodeCache = std::sync::Arc<
+    std::sync::Mutex<std::collections::HashMap<String, (KnownNode, std::time::Instant)>>,
+>;
 
 /// What the API serves from.
 #[derive(Debug, Clone)]
@@ -39,6 +46,7 @@ pub struct PrimaryApi {
     db: Database,
     set: ReplicatorSet,
     store: LocalStore,
+    nodes: NodeCache,
 }
 
 impl PrimaryApi {
@@ -48,6 +56,7 @@ impl PrimaryApi {
             db: db.clone(),
             set: set.clone(),
             store,
+            nodes: NodeCache::default(),
         }
     }
 
@@ -146,9 +155,26 @@ async fn authenticate(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     let presented = parse_authorization(value).map_err(|e| refuse(e, None))?;
-    let node = find_by_access_key(&api.db, &presented.access_key)
-        .await?
-        .ok_or_else(|| refuse(AuthError::UnknownNode, None))?;
+    let cached = api.nodes.lock().ok().and_then(|c| {
+        c.get(&presented.access_key)
+            .filter(|(_, at)| at.elapsed() < NODE_CACHE_TTL)
+            .map(|(n, _)| n.clone())
+    });
+    let node = match cached {
+        Some(node) => node,
+        None => {
+            let node = find_by_access_key(&api.db, &presented.access_key)
+                .await?
+                .ok_or_else(|| refuse(AuthError::UnknownNode, None))?;
+            if let Ok(mut cache) = api.nodes.lock() {
+                cache.insert(
+                    presented.access_key.clone(),
+                    (node.clone(), std::time::Instant::now()),
+                );
+            }
+            node
+        }
+    };
     if !node.enabled {
         return Err(refuse(AuthError::UnknownNode, Some(&node.name)));
     }
@@ -284,15 +310,15 @@ async fn retrieve(
         message: format!("{} #{id} file not found", d.model_type),
         geo_code: Some(FILE_NOT_FOUND),
     };
-    let key = match model_object_key(&api.db, d, id).await? {
+    let (key, checksum) = match model_object(&api.db, d, id).await? {
         None => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 format!("{name} {id} not found"),
             ));
         }
-        Some(None) => return Err(missing_file()),
-        Some(Some(key)) => key,
+        Some((None, _)) => return Err(missing_file()),
+        Some((Some(key), checksum)) => (key, checksum.filter(|c| c.len() == 32)),
     };
     let key = ObjectKey::parse(&key).map_err(|e| {
         tracing::error!(replicable = %name, id, error = %e, "the model's object key is not a safe path");
@@ -305,11 +331,6 @@ async fn retrieve(
     else {
         return Err(missing_file());
     };
-    let details = crate::verification::store::load(&api.db, d, id).await.ok();
-    let checksum = details
-        .filter(|v| v.verification_state == VerificationState::Succeeded)
-        .and_then(|v| v.verification_checksum)
-        .filter(|c| c.len() == 32);
     let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
     let mut response = Response::new(Body::from_stream(stream));
     let h = response.headers_mut();

@@ -29,3 +29,44 @@ pub async fn model_object_key(
         .await?);
     Ok(row.map(|(key,)| key))
 }
+
+/// The object key of model record `id` and the primary's verified SHA-256 of it, in one query:
+/// `None` when there is no such record.
+pub async fn model_object(
+    primary: &Database,
+    descriptor: &ReplicatorDescriptor,
+    id: i64,
+) -> Result<Option<(Option<String>, Option<Vec<u8>>)>, DbError> {
+    let key_column = descriptor
+        .blob_column
+        .map_or_else(|| "NULL".to_owned(), |c| format!("m.{}", quote(c)));
+    // The checksum counts only when its verification succeeded (state 2).
+    let (join, checksum) = match descriptor.verification {
+        super::VerificationStorage::Inline => (
+            String::new(),
+            "CASE WHEN m.\"verification_state\" = 2 THEN m.\"verification_checksum\" END"
+                .to_owned(),
+        ),
+        super::VerificationStorage::SeparateTable { table } => (
+            format!(
+                " LEFT JOIN {} s ON s.{} = m.{}",
+                quote(table),
+                quote(descriptor.model_foreign_key),
+                quote(descriptor.model_id_column)
+            ),
+            "CASE WHEN s.\"verification_state\" = 2 THEN s.\"verification_checksum\" END"
+                .to_owned(),
+        ),
+    };
+    let sql = format!(
+        "SELECT {key_column}, {checksum} FROM {} m{join} WHERE m.{} = {}",
+        quote(descriptor.model_table),
+        quote(descriptor.model_id_column),
+        param(primary.dialect(), 1)
+    );
+    let row: Option<(Option<String>, Option<Vec<u8>>)> = on_pool!(primary, read, pool => sqlx::query_as(AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?);
+    Ok(row)
+}

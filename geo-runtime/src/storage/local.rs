@@ -101,6 +101,27 @@ impl LocalStore {
         Ok(written)
     }
 
+    /// Writes a body already in memory durably, with the same guarantees as
+    /// [`LocalStore::write`] but in one trip to the blocking pool (small objects are dominated by
+    /// those trips, not by their bytes).
+    pub async fn write_bytes(
+        &self,
+        key: &ObjectKey,
+        data: Bytes,
+        expected_sha256: Option<[u8; 32]>,
+    ) -> Result<WrittenBlob, StorageError> {
+        let path = self.path(key);
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            write_bytes_blocking(&root, &path, &data, expected_sha256)
+        })
+        .await
+        .map_err(|e| StorageError::Source {
+            bytes: 0,
+            reason: e.to_string(),
+        })?
+    }
+
     /// Removes `key`; true when it existed. The directory is fsynced so the removal survives a
     /// power cut.
     pub async fn delete(&self, key: &ObjectKey) -> Result<bool, StorageError> {
@@ -149,6 +170,48 @@ impl LocalStore {
             reason: e.to_string(),
         })?
     }
+}
+
+fn write_bytes_blocking(
+    root: &Path,
+    path: &Path,
+    data: &[u8],
+    expected_sha256: Option<[u8; 32]>,
+) -> Result<WrittenBlob, StorageError> {
+    use std::io::Write;
+    let sha256: [u8; 32] = Sha256::digest(data).into();
+    if let Some(expected) = expected_sha256
+        && expected != sha256
+    {
+        return Err(StorageError::ChecksumMismatch {
+            expected: hex(&expected),
+            actual: hex(&sha256),
+        });
+    }
+    let dir = path.parent().unwrap_or(root);
+    std::fs::create_dir_all(dir).map_err(io("create directory", dir))?;
+    let tmp = dir.join(format!("{TEMP_PREFIX}{:016x}", fastrand::u64(..)));
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io("create", &tmp))?;
+        file.write_all(data).map_err(io("write", &tmp))?;
+        file.sync_all().map_err(io("fsync", &tmp))?;
+        std::fs::rename(&tmp, path).map_err(io("rename into place", path))
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(io("fsync directory", dir))?;
+    Ok(WrittenBlob {
+        size: data.len() as u64,
+        sha256,
+    })
 }
 
 async fn write_temp<S, E>(

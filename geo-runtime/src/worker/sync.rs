@@ -21,6 +21,13 @@ use crate::registry::{ClaimedRow, Registry, SyncFailure};
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
 use crate::storage::{LocalStore, ObjectKey, parse_sha256};
 
+/// Objects up to this size are read whole and written in one step; larger ones are streamed.
+pub const SMALL_OBJECT: u64 = 1024 * 1024;
+
+/// Rows claimed per replicable and round, as a multiple of the capacity, so that a slow download
+/// does not leave the other slots idle until the round ends.
+const CLAIM_FACTOR: usize = 4;
+
 /// Tuning of the blob sync.
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
@@ -90,8 +97,8 @@ impl BlobSync {
         }
     }
 
-    /// One round: for each replicable whose replication is on here, claims up to
-    /// `files_max_capacity` due rows and syncs them, that many at once.
+    /// One round: for each replicable whose replication is on here, claims due rows and syncs
+    /// them, `files_max_capacity` at once.
     pub async fn step(&self) -> Result<SyncRound, DbError> {
         let mut round = SyncRound::default();
         let capacity = self.config.files_max_capacity.max(1);
@@ -100,7 +107,7 @@ impl BlobSync {
             if !flags::is_enabled(&self.tracking, d).await? {
                 continue;
             }
-            let claimed = registry.claim(capacity, now()).await?;
+            let claimed = registry.claim(capacity * CLAIM_FACTOR, now()).await?;
             if claimed.is_empty() {
                 continue;
             }
@@ -194,12 +201,32 @@ impl BlobSync {
             None => None,
         };
         let expected_size = response.content_length();
-        let body = response.bytes_stream().map_err(|e| e.to_string());
-        let written = self
-            .store
-            .write(&key, body, expected_size, expected_sha)
-            .await
-            .map_err(|e| fail(format!("Error downloading file: {e}"), false))?;
+        let written = match expected_size {
+            // Small objects: read whole, then one durable write.
+            Some(size) if size <= SMALL_OBJECT => {
+                let data = response
+                    .bytes()
+                    .await
+                    .map_err(|e| fail(format!("Error downloading file: {e}"), false))?;
+                if data.len() as u64 != size {
+                    return Err(fail(
+                        format!(
+                            "Error downloading file: size mismatch: expected {size} bytes, got {}",
+                            data.len()
+                        ),
+                        false,
+                    ));
+                }
+                self.store.write_bytes(&key, data, expected_sha).await
+            }
+            _ => {
+                let body = response.bytes_stream().map_err(|e| e.to_string());
+                self.store
+                    .write(&key, body, expected_size, expected_sha)
+                    .await
+            }
+        }
+        .map_err(|e| fail(format!("Error downloading file: {e}"), false))?;
         tracing::debug!(
             bytes = written.size,
             download_time_s = started.elapsed().as_secs_f64(),
