@@ -19,7 +19,7 @@ use crate::flags;
 use crate::node::{FILE_NOT_FOUND, HEADER_OBJECT_KEY, HEADER_SHA256, PrimaryClient};
 use crate::registry::{ClaimedRow, Registry, SyncFailure};
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
-use crate::storage::{LocalStore, ObjectKey, parse_sha256};
+use crate::storage::{LocalStore, ObjectKey, StagedBlob, parse_sha256};
 
 /// Objects up to this size are read whole and written in one step; larger ones are streamed.
 pub const SMALL_OBJECT: u64 = 1024 * 1024;
@@ -69,10 +69,10 @@ pub struct BlobSync {
     registries: Vec<Registry>,
 }
 
-struct Synced {
+struct Downloaded {
     row: ClaimedRow,
     key: String,
-    bytes: u64,
+    staged: StagedBlob,
 }
 
 impl BlobSync {
@@ -112,7 +112,7 @@ impl BlobSync {
                 continue;
             }
             round.claimed += claimed.len();
-            let results: Vec<Result<Synced, SyncFailure>> = futures_util::stream::iter(claimed)
+            let results: Vec<Result<Downloaded, SyncFailure>> = futures_util::stream::iter(claimed)
                 .map(|row| {
                     let span = tracing::info_span!(
                         "sync",
@@ -120,20 +120,34 @@ impl BlobSync {
                         id = row.model_record_id,
                         attempt = row.sync_attempt
                     );
-                    self.sync_one(d, row).instrument(span)
+                    self.download(d, row).instrument(span)
                 })
                 .buffer_unordered(capacity)
                 .collect()
                 .await;
-            let mut ok = Vec::new();
+            let mut downloaded = Vec::new();
             let mut failed = Vec::new();
             for r in results {
                 match r {
-                    Ok(s) => {
-                        round.bytes += s.bytes;
-                        ok.push((s.row, Some(s.key)));
-                    }
+                    Ok(d) => downloaded.push(d),
                     Err(f) => failed.push(f),
+                }
+            }
+            // Durable and in place, all together, before any row is marked synced.
+            let (meta, staged): (Vec<(ClaimedRow, String)>, Vec<StagedBlob>) = downloaded
+                .into_iter()
+                .map(|d| ((d.row, d.key), d.staged))
+                .unzip();
+            let mut ok = Vec::new();
+            for ((row, key), committed) in meta.into_iter().zip(self.store.commit(staged).await) {
+                match committed {
+                    Ok(written) => {
+                        round.bytes += written.size;
+                        ok.push((row, Some(key)));
+                    }
+                    Err(e) => {
+                        failed.push(row.failed(format!("Error downloading file: {e}"), false))
+                    }
                 }
             }
             round.synced += registry.mark_synced_at(&ok).await?.len();
@@ -148,11 +162,12 @@ impl BlobSync {
         Ok(round)
     }
 
-    async fn sync_one(
+    /// Downloads one object into a staged temp file (checked, not yet durable).
+    async fn download(
         &self,
         d: &ReplicatorDescriptor,
         row: ClaimedRow,
-    ) -> Result<Synced, SyncFailure> {
+    ) -> Result<Downloaded, SyncFailure> {
         let started = std::time::Instant::now();
         let fail = |reason: String, missing: bool| {
             tracing::warn!(reason = %reason, missing_on_primary = missing, "blob download failed");
@@ -201,8 +216,8 @@ impl BlobSync {
             None => None,
         };
         let expected_size = response.content_length();
-        let written = match expected_size {
-            // Small objects: read whole, then one durable write.
+        let staged = match expected_size {
+            // Small objects: read whole, then written in one step.
             Some(size) if size <= SMALL_OBJECT => {
                 let data = response
                     .bytes()
@@ -217,26 +232,26 @@ impl BlobSync {
                         false,
                     ));
                 }
-                self.store.write_bytes(&key, data, expected_sha).await
+                self.store.stage_bytes(&key, data, expected_sha).await
             }
             _ => {
                 let body = response.bytes_stream().map_err(|e| e.to_string());
                 self.store
-                    .write(&key, body, expected_size, expected_sha)
+                    .stage_stream(&key, body, expected_size, expected_sha)
                     .await
             }
         }
         .map_err(|e| fail(format!("Error downloading file: {e}"), false))?;
         tracing::debug!(
-            bytes = written.size,
+            bytes = staged.written().size,
             download_time_s = started.elapsed().as_secs_f64(),
             checksum_checked = expected_sha.is_some(),
             "blob downloaded"
         );
-        Ok(Synced {
+        Ok(Downloaded {
             row,
             key: key.as_str().to_owned(),
-            bytes: written.size,
+            staged,
         })
     }
 
