@@ -78,6 +78,9 @@ fn rsync(from: &Path, to: &Path) -> Duration {
 
 /// Syncs `count` files of `size` bytes; prints files/s and MB/s next to rsync.
 async fn run(label: &str, tracking: TestDatabase, count: usize, size: usize, capacity: usize) {
+    if count == 0 {
+        return;
+    }
     let primary_db = testing::sqlite().await;
     let set = ReplicatorSet::linked().expect("linked");
     exec(
@@ -163,6 +166,8 @@ async fn run(label: &str, tracking: TestDatabase, count: usize, size: usize, cap
     }
     let took = t.elapsed();
     let rss = peak_rss_mib();
+    // rsync right after, into a fresh directory; the file system's inode allocation after many
+    // deletes makes single figures noisy, so compare within one run.
     let rdir = tempfile::tempdir().expect("tempdir");
     let anchor = rsync(pdir.path(), rdir.path());
     let files_s = count as f64 / took.as_secs_f64();

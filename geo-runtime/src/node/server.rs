@@ -26,8 +26,11 @@ use super::{FILE_NOT_FOUND, HEADER_OBJECT_KEY, HEADER_SHA256};
 use crate::db::Database;
 use crate::events::{DbEventSource, Event, EventSource, record_secondary_cursor};
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet, model_object};
-use crate::storage::{LocalStore, ObjectKey, hex};
+use crate::storage::{LocalStore, ObjectKey, Opened, hex};
 use crate::worker::consistency::{DbModelIdSource, ModelIdSource};
+
+/// Objects up to this size are read whole before they are sent; larger ones are streamed.
+pub const WHOLE_READ_BELOW: u64 = 256 * 1024;
 
 /// Largest page of events or ids served at once.
 pub const MAX_PAGE: usize = 10_000;
@@ -324,15 +327,29 @@ async fn retrieve(
         tracing::error!(replicable = %name, id, error = %e, "the model's object key is not a safe path");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the object key on the primary is not a safe path")
     })?;
-    let Some((file, size)) = api.store.open(&key).await.map_err(|e| {
-        tracing::error!(error = %e, "opening an object");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-    })?
-    else {
-        return Err(missing_file());
+    let opened = api
+        .store
+        .read_or_open(&key, WHOLE_READ_BELOW)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "opening an object");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        })?
+        .ok_or_else(missing_file)?;
+    let (body, size) = match opened {
+        Opened::Whole(bytes) => {
+            let size = bytes.len() as u64;
+            (Body::from(bytes), size)
+        }
+        Opened::Stream(file, size) => (
+            Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+                file,
+                256 * 1024,
+            )),
+            size,
+        ),
     };
-    let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
-    let mut response = Response::new(Body::from_stream(stream));
+    let mut response = Response::new(body);
     let h = response.headers_mut();
     h.insert(header::CONTENT_LENGTH, size.into());
     h.insert(

@@ -11,6 +11,15 @@ use tokio::io::AsyncWriteExt;
 
 use super::{ObjectKey, StorageError, WrittenBlob, hex};
 
+/// An object opened for serving.
+#[derive(Debug)]
+pub enum Opened {
+    /// Read whole (small objects).
+    Whole(Bytes),
+    /// Open for streaming, with its size.
+    Stream(tokio::fs::File, u64),
+}
+
 /// An object written to its temp file, not yet durable nor at its final path.
 #[derive(Debug)]
 pub struct StagedBlob {
@@ -189,6 +198,43 @@ impl LocalStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io("open", &path)(e)),
         }
+    }
+
+    /// Opens `key` for serving: objects up to `whole_below` bytes are read at once (one trip to
+    /// the blocking pool instead of one per read), larger ones are opened for streaming. `None`
+    /// when there is no such object.
+    pub async fn read_or_open(
+        &self,
+        key: &ObjectKey,
+        whole_below: u64,
+    ) -> Result<Option<Opened>, StorageError> {
+        let path = self.path(key);
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(io("open", &path)(e)),
+            };
+            let meta = file.metadata().map_err(io("stat", &path))?;
+            if !meta.is_file() {
+                return Ok(None);
+            }
+            if meta.len() <= whole_below {
+                let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+                file.read_to_end(&mut data).map_err(io("read", &path))?;
+                return Ok(Some(Opened::Whole(Bytes::from(data))));
+            }
+            Ok(Some(Opened::Stream(
+                tokio::fs::File::from_std(file),
+                meta.len(),
+            )))
+        })
+        .await
+        .map_err(|e| StorageError::Source {
+            bytes: 0,
+            reason: e.to_string(),
+        })?
     }
 
     /// Streams `body` into `key` durably. The SHA-256 is computed while streaming and compared
@@ -374,12 +420,15 @@ where
     S: Stream<Item = Result<Bytes, E>> + Send,
     E: std::fmt::Display,
 {
-    let mut file = tokio::fs::OpenOptions::new()
+    let file = tokio::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(tmp)
         .await
         .map_err(io("create", tmp))?;
+    // Network chunks are small (~16 KiB); each write to a tokio file is a trip to the blocking
+    // pool, so gather them into 1 MiB writes.
+    let mut file = tokio::io::BufWriter::with_capacity(1 << 20, file);
     let mut hasher = Sha256::new();
     let mut size: u64 = 0;
     let mut body = std::pin::pin!(body);
@@ -419,7 +468,7 @@ where
     }
     file.flush().await.map_err(io("flush", tmp))?;
     if durable {
-        file.sync_all().await.map_err(io("fsync", tmp))?;
+        file.get_ref().sync_all().await.map_err(io("fsync", tmp))?;
     }
     Ok(WrittenBlob { size, sha256 })
 }

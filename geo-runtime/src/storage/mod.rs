@@ -10,7 +10,7 @@ mod local;
 
 use std::fmt;
 
-pub use local::{LocalStore, StagedBlob, TEMP_PREFIX};
+pub use local::{LocalStore, Opened, StagedBlob, TEMP_PREFIX};
 
 /// A storage operation failed.
 #[derive(Debug, thiserror::Error)]
