@@ -23,7 +23,12 @@ use geo_runtime::{Database, ReplicableModel, Replicator, ReplicatorSet};
 use sha2::{Digest, Sha256};
 
 /// A file attached to a project.
-#[geo_runtime::replicable(strategy = "blob", registry = "widget_registry", table = "widgets", enabled_by_default = true)]
+#[geo_runtime::replicable(
+    strategy = "blob",
+    registry = "widget_registry",
+    table = "widgets",
+    enabled_by_default = true
+)]
 #[derive(Debug, Clone)]
 pub struct Widget {
     #[replicable(id)]
@@ -35,19 +40,35 @@ pub struct Widget {
 }
 
 fn content(id: i64, version: u32) -> Vec<u8> {
-    let len = if id % 25 == 0 { 2 * 1024 * 1024 } else { (id as usize * 1531) % 40_000 };
+    let len = if id % 25 == 0 {
+        2 * 1024 * 1024
+    } else {
+        (id as usize * 1531) % 40_000
+    };
     let mut rng = fastrand::Rng::with_seed(((id as u64) << 8) | u64::from(version));
     (0..len).map(|_| rng.u8(..)).collect()
 }
 
 fn widget(id: i64) -> Widget {
-    Widget { id, file: format!("widgets/{}/{id}.bin", id % 16), project_id: id % 3 }
+    Widget {
+        id,
+        file: format!("widgets/{}/{id}.bin", id % 16),
+        project_id: id % 3,
+    }
 }
 
 /// The application's write: the file, the row and its event, the last two in one transaction.
-async fn save(primary: &Database, store: &LocalStore, w: &Widget, version: u32, new: bool) -> Result<()> {
+async fn save(
+    primary: &Database,
+    store: &LocalStore,
+    w: &Widget,
+    version: u32,
+    new: bool,
+) -> Result<()> {
     let key = ObjectKey::parse(&w.file)?;
-    store.write_bytes(&key, content(w.id, version).into(), None).await?;
+    store
+        .write_bytes(&key, content(w.id, version).into(), None)
+        .await?;
     let mut tx = primary.begin_write().await?;
     if new {
         match tx.conn() {
@@ -73,7 +94,10 @@ async fn remove(primary: &Database, store: &LocalStore, w: &Widget) -> Result<()
     let mut tx = primary.begin_write().await?;
     w.publish_deleted(tx.conn()).await?;
     if let Conn::Sqlite(c) = tx.conn() {
-        sqlx::query("DELETE FROM widgets WHERE id = ?1").bind(w.id).execute(&mut *c).await?;
+        sqlx::query("DELETE FROM widgets WHERE id = ?1")
+            .bind(w.id)
+            .execute(&mut *c)
+            .await?;
     }
     tx.commit().await?;
     store.delete(&ObjectKey::parse(&w.file)?).await?;
@@ -81,16 +105,25 @@ async fn remove(primary: &Database, store: &LocalStore, w: &Widget) -> Result<()
 }
 
 fn sha(path: &Path) -> Option<Vec<u8>> {
-    std::fs::read(path).ok().map(|b| Sha256::digest(&b).to_vec())
+    std::fs::read(path)
+        .ok()
+        .map(|b| Sha256::digest(&b).to_vec())
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let count: i64 = args.first().map(|s| s.parse()).transpose().context("the first argument is how many widgets")?.unwrap_or(200);
+    let count: i64 = args
+        .first()
+        .map(|s| s.parse())
+        .transpose()
+        .context("the first argument is how many widgets")?
+        .unwrap_or(200);
     let keep = args.get(1).map(PathBuf::from);
     let temp = tempfile::tempdir()?;
     let base = keep.clone().unwrap_or_else(|| temp.path().to_path_buf());
@@ -105,20 +138,55 @@ async fn main() -> Result<()> {
             .await?;
     }
     let primary_store = LocalStore::new(base.join("primary-objects"));
-    let primary = Node::start(NodeConfig::Primary(PrimaryConfig::new("127.0.0.1:0".parse()?, base.join("primary-objects"))), &primary_db, &set).await?;
-    let url = format!("http://{}", primary.local_addr().context("the primary's address")?);
-    println!("primary   listening on {url}, objects in {}", base.join("primary-objects").display());
+    let primary = Node::start(
+        NodeConfig::Primary(PrimaryConfig::new(
+            "127.0.0.1:0".parse()?,
+            base.join("primary-objects"),
+        )),
+        &primary_db,
+        &set,
+    )
+    .await?;
+    let url = format!(
+        "http://{}",
+        primary.local_addr().context("the primary's address")?
+    );
+    println!(
+        "primary   listening on {url}, objects in {}",
+        base.join("primary-objects").display()
+    );
 
     // The secondary: registered on the primary, its own tracking database and store.
     let name = format!("secondary-{}", std::process::id());
     let creds = add_secondary(&primary_db, &name, "http://127.0.0.1").await?;
-    println!("secondary {name} registered (access key {}, secret {:?})", creds.access_key, creds.secret);
-    let secondary_db = Database::connect(&format!("sqlite://{}/secondary-tracking.db", base.display())).await?;
-    let mut config = SecondaryConfig::new(&name, &url, &creds.access_key, creds.secret, base.join("secondary-objects"));
-    config.sync = SyncConfig { files_max_capacity: 16, idle_wait: Duration::from_millis(50) };
-    config.cursor = CursorConfig { idle_wait: Duration::from_millis(50), start: StartPosition::Latest, ..CursorConfig::default() };
+    println!(
+        "secondary {name} registered (access key {}, secret {:?})",
+        creds.access_key, creds.secret
+    );
+    let secondary_db = Database::connect(&format!(
+        "sqlite://{}/secondary-tracking.db",
+        base.display()
+    ))
+    .await?;
+    let mut config = SecondaryConfig::new(
+        &name,
+        &url,
+        &creds.access_key,
+        creds.secret,
+        base.join("secondary-objects"),
+    );
+    config.sync = SyncConfig {
+        files_max_capacity: 16,
+        idle_wait: Duration::from_millis(50),
+    };
+    config.cursor = CursorConfig {
+        idle_wait: Duration::from_millis(50),
+        start: StartPosition::Latest,
+        ..CursorConfig::default()
+    };
     config.consistency_interval = Duration::from_secs(2);
-    let secondary = Node::start(NodeConfig::Secondary(Box::new(config)), &secondary_db, &set).await?;
+    let secondary =
+        Node::start(NodeConfig::Secondary(Box::new(config)), &secondary_db, &set).await?;
 
     let t = Instant::now();
     for id in 1..=count {
@@ -132,7 +200,12 @@ async fn main() -> Result<()> {
     for id in &deleted {
         remove(&primary_db, &primary_store, &widget(*id)).await?;
     }
-    println!("primary   {count} widgets created, {} updated, {} deleted in {:.2} s", updated.len(), deleted.len(), t.elapsed().as_secs_f64());
+    println!(
+        "primary   {count} widgets created, {} updated, {} deleted in {:.2} s",
+        updated.len(),
+        deleted.len(),
+        t.elapsed().as_secs_f64()
+    );
 
     let registry = Registry::new(&secondary_db, WidgetReplicator::DESCRIPTOR);
     let live = count - deleted.len() as i64;
@@ -140,7 +213,10 @@ async fn main() -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let c = registry.count_by_state().await?;
-        print!("\rsecondary registry: {:>5} synced {:>5} pending {:>4} started {:>4} failed", c.synced, c.pending, c.started, c.failed);
+        print!(
+            "\rsecondary registry: {:>5} synced {:>5} pending {:>4} started {:>4} failed",
+            c.synced, c.pending, c.started, c.failed
+        );
         std::io::Write::flush(&mut std::io::stdout())?;
         let files_match = c.synced == live
             && c.total() == live
@@ -149,7 +225,11 @@ async fn main() -> Result<()> {
                 let p = primary_store.path(&key);
                 sha(&p).is_some() && sha(&p) == sha(&secondary_store.path(&key))
             })
-            && deleted.iter().all(|id| !secondary_store.path(&ObjectKey::parse(&widget(*id).file).expect("key")).exists());
+            && deleted.iter().all(|id| {
+                !secondary_store
+                    .path(&ObjectKey::parse(&widget(*id).file).expect("key"))
+                    .exists()
+            });
         if files_match {
             break;
         }
