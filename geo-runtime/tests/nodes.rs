@@ -400,3 +400,61 @@ async fn a_missing_object_fails_with_a_long_backoff_and_its_reason() {
     secondary.shutdown().await;
     primary.handle.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secondary_can_keep_its_objects_in_an_object_store() {
+    use geo_runtime::storage::{BlobStore, ObjectStoreBlobs, Opened};
+    use std::sync::Arc;
+
+    let primary = start_primary(testing::sqlite().await).await;
+    let sdb = testing::sqlite().await;
+    let creds = add_secondary(&primary.db, "bucket", "http://bucket.invalid")
+        .await
+        .expect("register");
+    let staging = tempfile::tempdir().expect("tempdir");
+    let bucket = Arc::new(object_store::memory::InMemory::new());
+    let store = ObjectStoreBlobs::new(bucket, staging.path());
+    let mut config = SecondaryConfig::new(
+        "bucket",
+        &primary.url,
+        &creds.access_key,
+        creds.secret,
+        staging.path(),
+    );
+    fast(&mut config);
+    let secondary = Node::start_secondary(config, &sdb, &common::set(), store.clone())
+        .await
+        .expect("secondary");
+    let ids: Vec<i64> = (1..=60).collect();
+    for id in &ids {
+        create(&primary, *id).await;
+    }
+    let registry = Registry::new(&sdb, WidgetReplicator::DESCRIPTOR);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while registry.count_by_state().await.expect("counts").synced < ids.len() as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "not synced into the object store"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for id in ids {
+        let key = ObjectKey::parse(&widget(id).file).expect("key");
+        let bytes = match store.read_or_open(&key, u64::MAX).await.expect("read") {
+            Some(Opened::Whole(b)) => b,
+            other => panic!("widget {id}: {other:?}"),
+        };
+        assert_eq!(
+            bytes.as_ref(),
+            content(id, 0).as_slice(),
+            "widget {id} differs in the bucket"
+        );
+    }
+    assert_eq!(
+        store.remove_stale_temp_files().await.expect("staging"),
+        0,
+        "staging files left"
+    );
+    secondary.shutdown().await;
+    primary.handle.shutdown().await;
+}

@@ -18,7 +18,7 @@ use crate::error::MigrateError;
 use crate::events::{CursorConfig, EventCursor, prune_events};
 use crate::registry::Registry;
 use crate::replicator::ReplicatorSet;
-use crate::storage::{LocalStore, StorageError};
+use crate::storage::{BlobStore, LocalStore, StorageError};
 use crate::worker::consistency::Consistency;
 use crate::worker::removal::remove_objects;
 use crate::worker::sync::{BlobSync, SyncConfig};
@@ -184,159 +184,181 @@ where
 }
 
 impl Node {
-    /// Applies the role's migrations to `db` and starts every worker of the role.
+    /// Applies the role's migrations to `db` and starts every worker of the role, with objects
+    /// on the local file system under the configured `storage_root`.
     pub async fn start(
         config: NodeConfig,
         db: &Database,
         set: &ReplicatorSet,
     ) -> Result<NodeHandle, NodeStartError> {
-        let cancel = CancellationToken::new();
-        let tracker = TaskTracker::new();
         match config {
             NodeConfig::Primary(c) => {
-                db::migrate(db, NodeRole::Primary, set).await?;
                 let store = LocalStore::new(&c.storage_root);
-                let listener = tokio::net::TcpListener::bind(c.listen)
-                    .await
-                    .map_err(|source| NodeStartError::Listen {
-                        addr: c.listen,
-                        source,
-                    })?;
-                let local_addr = listener.local_addr().ok();
-                let api = PrimaryApi::new(db, set, store);
-                let shutdown = cancel.clone();
-                tracker.spawn(async move {
-                    if let Err(e) = serve(listener, api, shutdown).await {
-                        tracing::error!(error = %e, "the primary API stopped");
-                    }
-                });
-                let pdb = db.clone();
-                every(&tracker, &cancel, c.prune_interval, move || {
-                    let pdb = pdb.clone();
-                    async move {
-                        if let Err(e) = prune_events(&pdb, 50_000).await {
-                            tracing::warn!(error = %e, "pruning the event log failed");
-                        }
-                    }
-                });
-                tracing::info!(addr = ?local_addr, "primary started");
-                Ok(NodeHandle {
-                    cancel,
-                    tracker,
-                    local_addr,
-                })
+                Self::start_primary(c, db, set, store).await
             }
             NodeConfig::Secondary(c) => {
-                let c = *c;
-                db::migrate(db, NodeRole::Secondary, set).await?;
                 let store = LocalStore::new(&c.storage_root);
-                let stale = store.remove_stale_temp_files().await?;
-                if stale > 0 {
-                    tracing::info!(removed = stale, "removed temp files left by a crash");
-                }
-                let client = PrimaryClient::new(
-                    &c.primary_url,
-                    &c.access_key,
-                    c.secret.clone(),
-                    c.idle_timeout,
-                )?;
-                let holder = format!(
-                    "{}:{}:{:08x}",
-                    c.name,
-                    std::process::id(),
-                    fastrand::u32(..)
-                );
-
-                let cursor = EventCursor::new(db, set, client.clone(), c.cursor.clone(), holder);
-                let token = cancel.clone();
-                tracker.spawn(async move {
-                    if let Err(e) = cursor.run(token).await {
-                        tracing::error!(error = %e, "the event cursor stopped");
-                    }
-                });
-
-                let sync = BlobSync::new(db, set, client.clone(), store.clone(), c.sync.clone());
-                let token = cancel.clone();
-                tracker.spawn(async move { sync.run(token).await });
-
-                let (tdb, tset, tclient) = (db.clone(), set.clone(), client.clone());
-                every(&tracker, &cancel, c.consistency_interval, move || {
-                    let pass = Consistency::new(&tdb, tclient.clone());
-                    let (tdb, tset) = (tdb.clone(), tset.clone());
-                    async move {
-                        for d in tset.descriptors() {
-                            match flags::is_enabled(&tdb, d).await {
-                                Ok(true) => {
-                                    if let Err(e) = pass.run_pass(d).await {
-                                        tracing::warn!(replicable = d.replicable_name, error = %e, "consistency pass failed");
-                                    }
-                                }
-                                Ok(false) => {}
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "reading a feature flag failed")
-                                }
-                            }
-                        }
-                    }
-                });
-
-                let (tdb, tset, timeout) = (db.clone(), set.clone(), c.sync_timeout);
-                every(&tracker, &cancel, c.sweep_interval, move || {
-                    let (tdb, tset) = (tdb.clone(), tset.clone());
-                    async move {
-                        for d in tset.descriptors() {
-                            match Registry::new(&tdb, d).fail_timed_out(timeout, now()).await {
-                                Ok(0) => {}
-                                Ok(n) => tracing::warn!(
-                                    replicable = d.replicable_name,
-                                    rows = n,
-                                    "failed syncs that timed out"
-                                ),
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "the sync-timeout sweep failed")
-                                }
-                            }
-                        }
-                    }
-                });
-
-                let (tdb, tset, tstore) = (db.clone(), set.clone(), store.clone());
-                every(&tracker, &cancel, Duration::from_secs(1), move || {
-                    let (tdb, tset, tstore) = (tdb.clone(), tset.clone(), tstore.clone());
-                    async move {
-                        loop {
-                            match remove_objects(&tdb, &tset, &tstore, 1000).await {
-                                Ok(r) if r.deleted + r.kept + r.orphaned == 1000 => continue,
-                                Ok(_) => break,
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "removing local objects failed");
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                });
-
-                let (tdb, tset, tclient, tc) = (db.clone(), set.clone(), client, c.cursor.clone());
-                every(&tracker, &cancel, c.report_interval, move || {
-                    let position_reader =
-                        EventCursor::new(&tdb, &tset, tclient.clone(), tc.clone(), "reporter");
-                    let tclient = tclient.clone();
-                    async move {
-                        if let Ok(Some(p)) = position_reader.safe_position().await
-                            && let Err(e) = tclient.report_cursor(p).await
-                        {
-                            tracing::debug!(error = %e, "could not report the cursor to the primary");
-                        }
-                    }
-                });
-                tracing::info!(node = %c.name, primary = %c.primary_url, "secondary started");
-                Ok(NodeHandle {
-                    cancel,
-                    tracker,
-                    local_addr: None,
-                })
+                Self::start_secondary(*c, db, set, store).await
             }
         }
+    }
+
+    /// Starts a primary serving from any [`BlobStore`] (`storage_root` is not used).
+    pub async fn start_primary<S: BlobStore>(
+        c: PrimaryConfig,
+        db: &Database,
+        set: &ReplicatorSet,
+        store: S,
+    ) -> Result<NodeHandle, NodeStartError> {
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        db::migrate(db, NodeRole::Primary, set).await?;
+        let listener = tokio::net::TcpListener::bind(c.listen)
+            .await
+            .map_err(|source| NodeStartError::Listen {
+                addr: c.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().ok();
+        let api = PrimaryApi::new(db, set, store);
+        let shutdown = cancel.clone();
+        tracker.spawn(async move {
+            if let Err(e) = serve(listener, api, shutdown).await {
+                tracing::error!(error = %e, "the primary API stopped");
+            }
+        });
+        let pdb = db.clone();
+        every(&tracker, &cancel, c.prune_interval, move || {
+            let pdb = pdb.clone();
+            async move {
+                if let Err(e) = prune_events(&pdb, 50_000).await {
+                    tracing::warn!(error = %e, "pruning the event log failed");
+                }
+            }
+        });
+        tracing::info!(addr = ?local_addr, "primary started");
+        Ok(NodeHandle {
+            cancel,
+            tracker,
+            local_addr,
+        })
+    }
+
+    /// Starts a secondary syncing into any [`BlobStore`] (`storage_root` is not used).
+    pub async fn start_secondary<S: BlobStore>(
+        c: SecondaryConfig,
+        db: &Database,
+        set: &ReplicatorSet,
+        store: S,
+    ) -> Result<NodeHandle, NodeStartError> {
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        db::migrate(db, NodeRole::Secondary, set).await?;
+        let stale = store.remove_stale_temp_files().await?;
+        if stale > 0 {
+            tracing::info!(removed = stale, "removed temp files left by a crash");
+        }
+        let client = PrimaryClient::new(
+            &c.primary_url,
+            &c.access_key,
+            c.secret.clone(),
+            c.idle_timeout,
+        )?;
+        let holder = format!(
+            "{}:{}:{:08x}",
+            c.name,
+            std::process::id(),
+            fastrand::u32(..)
+        );
+
+        let cursor = EventCursor::new(db, set, client.clone(), c.cursor.clone(), holder);
+        let token = cancel.clone();
+        tracker.spawn(async move {
+            if let Err(e) = cursor.run(token).await {
+                tracing::error!(error = %e, "the event cursor stopped");
+            }
+        });
+
+        let sync = BlobSync::new(db, set, client.clone(), store.clone(), c.sync.clone());
+        let token = cancel.clone();
+        tracker.spawn(async move { sync.run(token).await });
+
+        let (tdb, tset, tclient) = (db.clone(), set.clone(), client.clone());
+        every(&tracker, &cancel, c.consistency_interval, move || {
+            let pass = Consistency::new(&tdb, tclient.clone());
+            let (tdb, tset) = (tdb.clone(), tset.clone());
+            async move {
+                for d in tset.descriptors() {
+                    match flags::is_enabled(&tdb, d).await {
+                        Ok(true) => {
+                            if let Err(e) = pass.run_pass(d).await {
+                                tracing::warn!(replicable = d.replicable_name, error = %e, "consistency pass failed");
+                            }
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "reading a feature flag failed")
+                        }
+                    }
+                }
+            }
+        });
+
+        let (tdb, tset, timeout) = (db.clone(), set.clone(), c.sync_timeout);
+        every(&tracker, &cancel, c.sweep_interval, move || {
+            let (tdb, tset) = (tdb.clone(), tset.clone());
+            async move {
+                for d in tset.descriptors() {
+                    match Registry::new(&tdb, d).fail_timed_out(timeout, now()).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::warn!(
+                            replicable = d.replicable_name,
+                            rows = n,
+                            "failed syncs that timed out"
+                        ),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the sync-timeout sweep failed")
+                        }
+                    }
+                }
+            }
+        });
+
+        let (tdb, tset, tstore) = (db.clone(), set.clone(), store.clone());
+        every(&tracker, &cancel, Duration::from_secs(1), move || {
+            let (tdb, tset, tstore) = (tdb.clone(), tset.clone(), tstore.clone());
+            async move {
+                loop {
+                    match remove_objects(&tdb, &tset, &tstore, 1000).await {
+                        Ok(r) if r.deleted + r.kept + r.orphaned == 1000 => continue,
+                        Ok(_) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "removing local objects failed");
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+
+        let (tdb, tset, tclient, tc) = (db.clone(), set.clone(), client, c.cursor.clone());
+        every(&tracker, &cancel, c.report_interval, move || {
+            let position_reader =
+                EventCursor::new(&tdb, &tset, tclient.clone(), tc.clone(), "reporter");
+            let tclient = tclient.clone();
+            async move {
+                if let Ok(Some(p)) = position_reader.safe_position().await
+                    && let Err(e) = tclient.report_cursor(p).await
+                {
+                    tracing::debug!(error = %e, "could not report the cursor to the primary");
+                }
+            }
+        });
+        tracing::info!(node = %c.name, primary = %c.primary_url, "secondary started");
+        Ok(NodeHandle {
+            cancel,
+            tracker,
+            local_addr: None,
+        })
     }
 }

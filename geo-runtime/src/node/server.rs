@@ -26,7 +26,7 @@ use super::{FILE_NOT_FOUND, HEADER_OBJECT_KEY, HEADER_SHA256};
 use crate::db::Database;
 use crate::events::{DbEventSource, Event, EventSource, record_secondary_cursor};
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet, model_object};
-use crate::storage::{LocalStore, ObjectKey, Opened, hex};
+use crate::storage::{BlobStore, LocalStore, ObjectKey, Opened, hex};
 use crate::worker::consistency::{DbModelIdSource, ModelIdSource};
 
 /// Objects up to this size are read whole before they are sent; larger ones are streamed.
@@ -43,18 +43,18 @@ type NodeCache = std::sync::Arc<
     std::sync::Mutex<std::collections::HashMap<String, (KnownNode, std::time::Instant)>>,
 >;
 
-/// What the API serves from.
+/// What the API serves from: the primary's database, replicators and object store.
 #[derive(Debug, Clone)]
-pub struct PrimaryApi {
+pub struct PrimaryApi<S = LocalStore> {
     db: Database,
     set: ReplicatorSet,
-    store: LocalStore,
+    store: S,
     nodes: NodeCache,
 }
 
-impl PrimaryApi {
+impl<S: BlobStore> PrimaryApi<S> {
     /// The API over the primary's database, replicators and object store.
-    pub fn new(db: &Database, set: &ReplicatorSet, store: LocalStore) -> Self {
+    pub fn new(db: &Database, set: &ReplicatorSet, store: S) -> Self {
         PrimaryApi {
             db: db.clone(),
             set: set.clone(),
@@ -66,19 +66,19 @@ impl PrimaryApi {
     /// The axum router (mount it in your own server, or use [`serve`]).
     pub fn router(self) -> axum::Router {
         axum::Router::new()
-            .route("/geo/v1/events", get(events))
-            .route("/geo/v1/replicables/{name}", get(replicables))
-            .route("/geo/v1/retrieve/{name}/{id}", get(retrieve))
-            .route("/geo/v1/cursor", post(cursor))
+            .route("/geo/v1/events", get(events::<S>))
+            .route("/geo/v1/replicables/{name}", get(replicables::<S>))
+            .route("/geo/v1/retrieve/{name}/{id}", get(retrieve::<S>))
+            .route("/geo/v1/cursor", post(cursor::<S>))
             .with_state(self)
     }
 }
 
 /// Serves the API on `listener` (TCP_NODELAY set on every connection: small responses would
 /// otherwise wait ~40 ms for delayed ACKs) until `shutdown` is cancelled.
-pub async fn serve(
+pub async fn serve<S: BlobStore>(
     listener: tokio::net::TcpListener,
-    api: PrimaryApi,
+    api: PrimaryApi<S>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let listener = listener.tap_io(|tcp| {
@@ -140,8 +140,8 @@ fn unix_now() -> i64 {
 }
 
 /// Authenticates the request for `scope` before anything else is read.
-async fn authenticate(
-    api: &PrimaryApi,
+async fn authenticate<S: BlobStore>(
+    api: &PrimaryApi<S>,
     headers: &HeaderMap,
     scope: &RequestScope,
 ) -> Result<KnownNode, ApiError> {
@@ -185,7 +185,10 @@ async fn authenticate(
     Ok(node)
 }
 
-fn descriptor(api: &PrimaryApi, name: &str) -> Result<&'static ReplicatorDescriptor, ApiError> {
+fn descriptor<S: BlobStore>(
+    api: &PrimaryApi<S>,
+    name: &str,
+) -> Result<&'static ReplicatorDescriptor, ApiError> {
     api.set.get(name).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -212,8 +215,8 @@ pub struct EventsPage {
     pub latest_id: i64,
 }
 
-async fn events(
-    State(api): State<PrimaryApi>,
+async fn events<S: BlobStore>(
+    State(api): State<PrimaryApi<S>>,
     headers: HeaderMap,
     Query(q): Query<EventsQuery>,
 ) -> Result<Json<EventsPage>, ApiError> {
@@ -264,8 +267,8 @@ pub struct IdsPage {
     pub ids: Vec<i64>,
 }
 
-async fn replicables(
-    State(api): State<PrimaryApi>,
+async fn replicables<S: BlobStore>(
+    State(api): State<PrimaryApi<S>>,
     headers: HeaderMap,
     Path(name): Path<String>,
     Query(q): Query<IdsQuery>,
@@ -293,8 +296,8 @@ async fn replicables(
     Ok(Json(IdsPage { ids }))
 }
 
-async fn retrieve(
-    State(api): State<PrimaryApi>,
+async fn retrieve<S: BlobStore>(
+    State(api): State<PrimaryApi<S>>,
     headers: HeaderMap,
     Path((name, id)): Path<(String, i64)>,
 ) -> Result<Response, ApiError> {
@@ -341,13 +344,7 @@ async fn retrieve(
             let size = bytes.len() as u64;
             (Body::from(bytes), size)
         }
-        Opened::Stream(file, size) => (
-            Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-                file,
-                256 * 1024,
-            )),
-            size,
-        ),
+        Opened::Stream(stream, size) => (Body::from_stream(stream), size),
     };
     let mut response = Response::new(body);
     let h = response.headers_mut();
@@ -374,8 +371,8 @@ pub struct CursorReport {
     pub last_event_id: i64,
 }
 
-async fn cursor(
-    State(api): State<PrimaryApi>,
+async fn cursor<S: BlobStore>(
+    State(api): State<PrimaryApi<S>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {

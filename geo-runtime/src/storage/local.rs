@@ -9,16 +9,7 @@ use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use super::{ObjectKey, StorageError, WrittenBlob, hex};
-
-/// An object opened for serving.
-#[derive(Debug)]
-pub enum Opened {
-    /// Read whole (small objects).
-    Whole(Bytes),
-    /// Open for streaming, with its size.
-    Stream(tokio::fs::File, u64),
-}
+use super::{BlobStore, ObjectKey, Opened, StorageError, WrittenBlob, hex};
 
 /// An object written to its temp file, not yet durable nor at its final path.
 #[derive(Debug)]
@@ -32,6 +23,11 @@ impl StagedBlob {
     /// What was written.
     pub fn written(&self) -> WrittenBlob {
         self.written
+    }
+
+    /// The temp file holding the bytes.
+    pub fn temp_path(&self) -> &Path {
+        &self.tmp
     }
 }
 
@@ -225,10 +221,9 @@ impl LocalStore {
                 file.read_to_end(&mut data).map_err(io("read", &path))?;
                 return Ok(Some(Opened::Whole(Bytes::from(data))));
             }
-            Ok(Some(Opened::Stream(
-                tokio::fs::File::from_std(file),
-                meta.len(),
-            )))
+            let file = tokio::fs::File::from_std(file);
+            let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
+            Ok(Some(Opened::Stream(Box::pin(stream), meta.len())))
         })
         .await
         .map_err(|e| StorageError::Source {
@@ -485,6 +480,57 @@ async fn sync_dir(dir: &Path) -> Result<(), StorageError> {
         bytes: 0,
         reason: e.to_string(),
     })?
+}
+
+impl BlobStore for LocalStore {
+    type Staged = StagedBlob;
+
+    fn staged_size(staged: &StagedBlob) -> u64 {
+        staged.written.size
+    }
+
+    async fn stage_bytes(
+        &self,
+        key: &ObjectKey,
+        data: Bytes,
+        expected_sha256: Option<[u8; 32]>,
+    ) -> Result<StagedBlob, StorageError> {
+        LocalStore::stage_bytes(self, key, data, expected_sha256).await
+    }
+
+    async fn stage_stream<S, E>(
+        &self,
+        key: &ObjectKey,
+        body: S,
+        expected_size: Option<u64>,
+        expected_sha256: Option<[u8; 32]>,
+    ) -> Result<StagedBlob, StorageError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display + Send,
+    {
+        LocalStore::stage_stream(self, key, body, expected_size, expected_sha256).await
+    }
+
+    async fn commit(&self, staged: Vec<StagedBlob>) -> Vec<Result<WrittenBlob, StorageError>> {
+        LocalStore::commit(self, staged).await
+    }
+
+    async fn read_or_open(
+        &self,
+        key: &ObjectKey,
+        whole_below: u64,
+    ) -> Result<Option<Opened>, StorageError> {
+        LocalStore::read_or_open(self, key, whole_below).await
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<bool, StorageError> {
+        LocalStore::delete(self, key).await
+    }
+
+    async fn remove_stale_temp_files(&self) -> Result<usize, StorageError> {
+        LocalStore::remove_stale_temp_files(self).await
+    }
 }
 
 #[cfg(test)]

@@ -7,10 +7,91 @@
 //! leaves nothing at the final path.
 
 mod local;
+#[cfg(feature = "object-store")]
+mod remote;
 
 use std::fmt;
+use std::future::Future;
 
-pub use local::{LocalStore, Opened, StagedBlob, TEMP_PREFIX};
+use bytes::Bytes;
+use futures_util::Stream;
+
+pub use local::{LocalStore, StagedBlob, TEMP_PREFIX};
+#[cfg(feature = "object-store")]
+pub use remote::{ObjectStoreBlobs, RemoteStaged};
+
+/// A stream of an object's bytes.
+pub type ByteStream = futures_util::stream::BoxStream<'static, std::io::Result<Bytes>>;
+
+/// An object opened for serving.
+pub enum Opened {
+    /// Read whole (small objects).
+    Whole(Bytes),
+    /// To stream, with its size.
+    Stream(ByteStream, u64),
+}
+
+impl fmt::Debug for Opened {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Opened::Whole(b) => write!(f, "Opened::Whole({} bytes)", b.len()),
+            Opened::Stream(_, size) => write!(f, "Opened::Stream({size} bytes)"),
+        }
+    }
+}
+
+/// Where a node keeps its objects: the local file system ([`LocalStore`]) or, with the
+/// `object-store` feature, any `object_store` backend ([`ObjectStoreBlobs`]: S3 with `s3`).
+/// The sync and the API use only this trait, never local paths.
+///
+/// Writes are staged, then committed in batches: nothing is visible at a key, and nothing may be
+/// reported written, before [`BlobStore::commit`] returns it as written (durable and in place).
+pub trait BlobStore: Clone + Send + Sync + fmt::Debug + 'static {
+    /// A staged write.
+    type Staged: Send + 'static;
+
+    /// Bytes a staged write holds.
+    fn staged_size(staged: &Self::Staged) -> u64;
+
+    /// Stages a body already in memory, checking its SHA-256.
+    fn stage_bytes(
+        &self,
+        key: &ObjectKey,
+        data: Bytes,
+        expected_sha256: Option<[u8; 32]>,
+    ) -> impl Future<Output = Result<Self::Staged, StorageError>> + Send;
+
+    /// Stages a streamed body, checking its size and SHA-256.
+    fn stage_stream<S, E>(
+        &self,
+        key: &ObjectKey,
+        body: S,
+        expected_size: Option<u64>,
+        expected_sha256: Option<[u8; 32]>,
+    ) -> impl Future<Output = Result<Self::Staged, StorageError>> + Send
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: fmt::Display + Send;
+
+    /// Makes a batch durable and visible; one result per staged write, in order.
+    fn commit(
+        &self,
+        staged: Vec<Self::Staged>,
+    ) -> impl Future<Output = Vec<Result<WrittenBlob, StorageError>>> + Send;
+
+    /// Opens `key` for serving (whole when at most `whole_below` bytes); `None` when missing.
+    fn read_or_open(
+        &self,
+        key: &ObjectKey,
+        whole_below: u64,
+    ) -> impl Future<Output = Result<Option<Opened>, StorageError>> + Send;
+
+    /// Removes `key`; true when it existed.
+    fn delete(&self, key: &ObjectKey) -> impl Future<Output = Result<bool, StorageError>> + Send;
+
+    /// Removes what an interrupted write left behind; returns how many.
+    fn remove_stale_temp_files(&self) -> impl Future<Output = Result<usize, StorageError>> + Send;
+}
 
 /// A storage operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,7 @@ use crate::db::{Database, on_pool};
 use crate::error::DbError;
 use crate::registry::Registry;
 use crate::replicator::ReplicatorSet;
-use crate::storage::{LocalStore, ObjectKey};
+use crate::storage::{BlobStore, ObjectKey};
 
 /// What a removal round did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -23,10 +23,10 @@ pub struct RemovalRound {
 }
 
 /// Processes up to `limit` pending removals.
-pub async fn remove_objects(
+pub async fn remove_objects<S: BlobStore>(
     tracking: &Database,
     set: &ReplicatorSet,
-    store: &LocalStore,
+    store: &S,
     limit: i64,
 ) -> Result<RemovalRound, DbError> {
     let sql = format!(

@@ -19,7 +19,7 @@ use crate::flags;
 use crate::node::{FILE_NOT_FOUND, HEADER_OBJECT_KEY, HEADER_SHA256, PrimaryClient};
 use crate::registry::{ClaimedRow, Registry, SyncFailure};
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
-use crate::storage::{LocalStore, ObjectKey, StagedBlob, parse_sha256};
+use crate::storage::{BlobStore, LocalStore, ObjectKey, parse_sha256};
 
 /// Objects up to this size are read whole and written in one step; larger ones are streamed.
 pub const SMALL_OBJECT: u64 = 1024 * 1024;
@@ -61,27 +61,27 @@ pub struct SyncRound {
 
 /// The blob sync of one secondary.
 #[derive(Debug, Clone)]
-pub struct BlobSync {
+pub struct BlobSync<S = LocalStore> {
     tracking: Database,
     client: PrimaryClient,
-    store: LocalStore,
+    store: S,
     config: SyncConfig,
     registries: Vec<Registry>,
 }
 
-struct Downloaded {
+struct Downloaded<T> {
     row: ClaimedRow,
     key: String,
-    staged: StagedBlob,
+    staged: T,
 }
 
-impl BlobSync {
+impl<S: BlobStore> BlobSync<S> {
     /// The sync of `tracking`'s registries from the primary behind `client` into `store`.
     pub fn new(
         tracking: &Database,
         set: &ReplicatorSet,
         client: PrimaryClient,
-        store: LocalStore,
+        store: S,
         config: SyncConfig,
     ) -> Self {
         BlobSync {
@@ -112,19 +112,20 @@ impl BlobSync {
                 continue;
             }
             round.claimed += claimed.len();
-            let results: Vec<Result<Downloaded, SyncFailure>> = futures_util::stream::iter(claimed)
-                .map(|row| {
-                    let span = tracing::info_span!(
-                        "sync",
-                        replicable = d.replicable_name,
-                        id = row.model_record_id,
-                        attempt = row.sync_attempt
-                    );
-                    self.download(d, row).instrument(span)
-                })
-                .buffer_unordered(capacity)
-                .collect()
-                .await;
+            let results: Vec<Result<Downloaded<S::Staged>, SyncFailure>> =
+                futures_util::stream::iter(claimed)
+                    .map(|row| {
+                        let span = tracing::info_span!(
+                            "sync",
+                            replicable = d.replicable_name,
+                            id = row.model_record_id,
+                            attempt = row.sync_attempt
+                        );
+                        self.download(d, row).instrument(span)
+                    })
+                    .buffer_unordered(capacity)
+                    .collect()
+                    .await;
             let mut downloaded = Vec::new();
             let mut failed = Vec::new();
             for r in results {
@@ -134,7 +135,7 @@ impl BlobSync {
                 }
             }
             // Durable and in place, all together, before any row is marked synced.
-            let (meta, staged): (Vec<(ClaimedRow, String)>, Vec<StagedBlob>) = downloaded
+            let (meta, staged): (Vec<(ClaimedRow, String)>, Vec<S::Staged>) = downloaded
                 .into_iter()
                 .map(|d| ((d.row, d.key), d.staged))
                 .unzip();
@@ -167,7 +168,7 @@ impl BlobSync {
         &self,
         d: &ReplicatorDescriptor,
         row: ClaimedRow,
-    ) -> Result<Downloaded, SyncFailure> {
+    ) -> Result<Downloaded<S::Staged>, SyncFailure> {
         let started = std::time::Instant::now();
         let fail = |reason: String, missing: bool| {
             tracing::warn!(reason = %reason, missing_on_primary = missing, "blob download failed");
@@ -243,7 +244,7 @@ impl BlobSync {
         }
         .map_err(|e| fail(format!("Error downloading file: {e}"), false))?;
         tracing::debug!(
-            bytes = staged.written().size,
+            bytes = S::staged_size(&staged),
             download_time_s = started.elapsed().as_secs_f64(),
             checksum_checked = expected_sha.is_some(),
             "blob downloaded"
