@@ -168,6 +168,29 @@ async fn cursor_bench(pg: bool, set: &ReplicatorSet) -> Option<Figure> {
     })
 }
 
+/// The raw claim-only loop (`sql` claims up to 100 rows) until nothing is left; its duration.
+async fn raw_claim_loop(db: &Database, sql: &str) -> Duration {
+    let t = Instant::now();
+    loop {
+        let ids: Vec<i64> = match db.dialect() {
+            Dialect::Postgres => {
+                sqlx::query_scalar(AssertSqlSafe(sql))
+                    .fetch_all(db.as_postgres().expect("pg"))
+                    .await
+            }
+            Dialect::Sqlite => {
+                sqlx::query_scalar(AssertSqlSafe(sql))
+                    .fetch_all(db.as_sqlite_writer().expect("sqlite"))
+                    .await
+            }
+        }
+        .expect("raw claim");
+        if ids.is_empty() {
+            return t.elapsed();
+        }
+    }
+}
+
 async fn lease_bench(pg: bool, set: &ReplicatorSet, batch: usize) -> Option<Figure> {
     let db = fresh(pg).await?;
     let d = db.dialect();
@@ -202,26 +225,7 @@ async fn lease_bench(pg: bool, set: &ReplicatorSet, batch: usize) -> Option<Figu
     let sql = format!(
         "UPDATE widget_registry SET state = 1 WHERE id IN (SELECT id FROM widget_registry WHERE state = 0 ORDER BY id LIMIT 100{lock}) RETURNING id"
     );
-    let t = Instant::now();
-    loop {
-        let ids: Vec<i64> = match d {
-            Dialect::Postgres => {
-                sqlx::query_scalar(AssertSqlSafe(sql.as_str()))
-                    .fetch_all(db.as_postgres().expect("pg"))
-                    .await
-            }
-            Dialect::Sqlite => {
-                sqlx::query_scalar(AssertSqlSafe(sql.as_str()))
-                    .fetch_all(db.as_sqlite_writer().expect("sqlite"))
-                    .await
-            }
-        }
-        .expect("raw claim");
-        if ids.is_empty() {
-            break;
-        }
-    }
-    let raw = t.elapsed();
+    let raw = raw_claim_loop(&db, &sql).await;
     if batch == 100 {
         // Context: the same raw loop on a bare table (id, state) with only a partial pending
         // index, the shape of the published anchor; the registry's indexes are the difference.
@@ -232,29 +236,11 @@ async fn lease_bench(pg: bool, set: &ReplicatorSet, batch: usize) -> Option<Figu
         let sql = format!(
             "UPDATE bare SET state = 1 WHERE id IN (SELECT id FROM bare WHERE state = 0 ORDER BY id LIMIT 100{lock}) RETURNING id"
         );
-        let t = Instant::now();
-        loop {
-            let ids: Vec<i64> = match d {
-                Dialect::Postgres => {
-                    sqlx::query_scalar(AssertSqlSafe(sql.as_str()))
-                        .fetch_all(db.as_postgres().expect("pg"))
-                        .await
-                }
-                Dialect::Sqlite => {
-                    sqlx::query_scalar(AssertSqlSafe(sql.as_str()))
-                        .fetch_all(db.as_sqlite_writer().expect("sqlite"))
-                        .await
-                }
-            }
-            .expect("raw claim");
-            if ids.is_empty() {
-                break;
-            }
-        }
+        let bare = raw_claim_loop(&db, &sql).await;
         Figure {
             what: "raw claim-only loop, bare table",
             rows: n,
-            took: t.elapsed(),
+            took: bare,
             anchor: None,
         }
         .print(if pg { "postgres" } else { "sqlite" });

@@ -293,6 +293,25 @@ impl Registry {
     }
 }
 
+/// Runs a statement taking (`$1` ids, `$2` now); returns the rows affected.
+async fn ids_at(
+    conn: Conn<'_>,
+    sql: &str,
+    ids: &[i64],
+    now: DateTime<Utc>,
+) -> Result<u64, DbError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let ids = IdList(ids.to_vec());
+    Ok(on_conn!(conn, c => sqlx::query(AssertSqlSafe(sql))
+        .bind(ids)
+        .bind(Ts(now))
+        .execute(&mut *c)
+        .await?
+        .rows_affected()))
+}
+
 /// Inside a caller's transaction: new pending rows for untracked ids. Returns rows created.
 pub async fn insert_pending_many(
     conn: Conn<'_>,
@@ -300,14 +319,7 @@ pub async fn insert_pending_many(
     ids: &[i64],
     now: DateTime<Utc>,
 ) -> Result<u64, DbError> {
-    if ids.is_empty() {
-        return Ok(0);
-    }
-    let q = AssertSqlSafe(sql.insert_pending_many.as_str());
-    let ids = IdList(ids.to_vec());
-    Ok(
-        on_conn!(conn, c => sqlx::query(q).bind(ids).bind(Ts(now)).execute(&mut *c).await?.rows_affected()),
-    )
+    ids_at(conn, &sql.insert_pending_many, ids, now).await
 }
 
 /// Inside a caller's transaction: rows back to pending from any state (created when missing).
@@ -317,14 +329,7 @@ pub async fn reset_pending_many(
     ids: &[i64],
     now: DateTime<Utc>,
 ) -> Result<u64, DbError> {
-    if ids.is_empty() {
-        return Ok(0);
-    }
-    let q = AssertSqlSafe(sql.reset_pending_many.as_str());
-    let ids = IdList(ids.to_vec());
-    Ok(
-        on_conn!(conn, c => sqlx::query(q).bind(ids).bind(Ts(now)).execute(&mut *c).await?.rows_affected()),
-    )
+    ids_at(conn, &sql.reset_pending_many, ids, now).await
 }
 
 /// Inside a caller's transaction: deletes rows, returning the model ids that had one and the

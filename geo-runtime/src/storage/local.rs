@@ -246,26 +246,13 @@ impl LocalStore {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let path = self.path(key);
-        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
-        tokio::fs::create_dir_all(&dir)
+        let staged = self
+            .stage_stream(key, body, expected_size, expected_sha256)
+            .await?;
+        self.commit(vec![staged])
             .await
-            .map_err(io("create directory", &dir))?;
-        let tmp = dir.join(format!("{TEMP_PREFIX}{:016x}", fastrand::u64(..)));
-        let result = write_temp(&tmp, body, expected_size, expected_sha256, true).await;
-        let written = match result {
-            Ok(w) => w,
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(e);
-            }
-        };
-        if let Err(e) = tokio::fs::rename(&tmp, &path).await {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(io("rename into place", &path)(e));
-        }
-        sync_dir(&dir).await?;
-        Ok(written)
+            .pop()
+            .unwrap_or_else(|| unreachable!("one result per staged object"))
     }
 
     /// Writes a body already in memory durably, with the same guarantees as
@@ -322,7 +309,7 @@ impl LocalStore {
             .await
             .map_err(io("create directory", &dir))?;
         let tmp = dir.join(format!("{TEMP_PREFIX}{:016x}", fastrand::u64(..)));
-        match write_temp(&tmp, body, expected_size, expected_sha256, false).await {
+        match write_temp(&tmp, body, expected_size, expected_sha256).await {
             Ok(written) => Ok(StagedBlob { tmp, path, written }),
             Err(e) => {
                 let _ = tokio::fs::remove_file(&tmp).await;
@@ -409,7 +396,6 @@ async fn write_temp<S, E>(
     body: S,
     expected_size: Option<u64>,
     expected_sha256: Option<[u8; 32]>,
-    durable: bool,
 ) -> Result<WrittenBlob, StorageError>
 where
     S: Stream<Item = Result<Bytes, E>> + Send,
@@ -462,9 +448,6 @@ where
         });
     }
     file.flush().await.map_err(io("flush", tmp))?;
-    if durable {
-        file.get_ref().sync_all().await.map_err(io("fsync", tmp))?;
-    }
     Ok(WrittenBlob { size, sha256 })
 }
 
