@@ -122,7 +122,8 @@ struct Setup {
     primary_store: LocalStore,
     primary: NodeHandle,
     secondary_db: geo_runtime::testing::TestDatabase,
-    secondary: NodeHandle,
+    secondary: Option<NodeHandle>,
+    secondary_config: SecondaryConfig,
     root: tempfile::TempDir,
     _primary_dir: tempfile::TempDir,
     fault: Arc<Mutex<Fault>>,
@@ -175,19 +176,13 @@ async fn setup() -> Setup {
         ..CursorConfig::default()
     };
     config.idle_timeout = Duration::from_secs(2);
-    let secondary = Node::start(
-        NodeConfig::Secondary(Box::new(config)),
-        &secondary_db,
-        &common::set(),
-    )
-    .await
-    .expect("secondary");
     Setup {
         primary_store: LocalStore::new(primary_dir.path()),
         primary_db,
         primary,
         secondary_db,
-        secondary,
+        secondary: None,
+        secondary_config: config,
         root,
         _primary_dir: primary_dir,
         fault,
@@ -195,6 +190,26 @@ async fn setup() -> Setup {
         proxy_stop,
         upstream,
     }
+}
+
+/// Starts the secondary (its cursor reads the log from the beginning).
+async fn start_secondary(s: &mut Setup) {
+    let node = Node::start(
+        NodeConfig::Secondary(Box::new(s.secondary_config.clone())),
+        &s.secondary_db,
+        &common::set(),
+    )
+    .await
+    .expect("secondary");
+    s.secondary = Some(node);
+}
+
+async fn stop(s: Setup) {
+    if let Some(node) = s.secondary {
+        node.shutdown().await;
+    }
+    s.proxy_stop.cancel();
+    s.primary.shutdown().await;
 }
 
 fn body(id: i64) -> Vec<u8> {
@@ -227,6 +242,11 @@ async fn create(s: &Setup, id: i64) {
         id,
         file: format!("w/{id}"),
     };
+    // Publishing `created` resets verification to pending; the checksum is recorded after it,
+    // as the primary's verification worker would.
+    let mut tx = s.primary_db.begin_write().await.expect("begin");
+    w.publish_created(tx.conn()).await.expect("publish");
+    tx.commit().await.expect("commit");
     let now = geo_runtime::db::dialect::now();
     w.set_verification_details(
         &s.primary_db,
@@ -239,9 +259,6 @@ async fn create(s: &Setup, id: i64) {
     )
     .await
     .expect("checksum");
-    let mut tx = s.primary_db.begin_write().await.expect("begin");
-    w.publish_created(tx.conn()).await.expect("publish");
-    tx.commit().await.expect("commit");
 }
 
 /// Every file under the secondary's root is the primary's bytes, and no temp file is left.
@@ -320,12 +337,14 @@ async fn time_passes(db: &Database) {
 }
 
 async fn check_fault(fault: Fault, reason: &str) {
-    let s = setup().await;
+    let mut s = setup().await;
     *s.fault.lock().expect("fault") = fault;
     let ids = [1, 2, 3];
     for id in ids {
         create(&s, id).await;
     }
+    // Started once the primary has the objects' checksums, so every transfer is checked.
+    start_secondary(&mut s).await;
     wait_for(&s, &ids, SyncState::Failed, Some(reason)).await;
     only_primary_bytes(s.root.path());
     *s.fault.lock().expect("fault") = Fault::None;
@@ -335,9 +354,7 @@ async fn check_fault(fault: Fault, reason: &str) {
     for id in ids {
         assert!(s.root.path().join(format!("w/{id}")).exists());
     }
-    s.secondary.shutdown().await;
-    s.proxy_stop.cancel();
-    s.primary.shutdown().await;
+    stop(s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,14 +383,15 @@ async fn a_key_pointing_outside_the_store_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_that_goes_down_and_comes_back() {
-    let s = setup().await;
+    let mut s = setup().await;
+    start_secondary(&mut s).await;
     create(&s, 1).await;
     wait_for(&s, &[1], SyncState::Synced, None).await;
     // Down: the proxy stops listening; the cursor and the sync fail and retry meanwhile.
     s.proxy_stop.cancel();
     create(&s, 2).await;
     // Back on the same address: the cursor catches up and the sync resumes.
-    let (_, stop) = loop {
+    let (_, restarted) = loop {
         match tokio::net::TcpListener::bind(s.proxy_addr).await {
             Ok(l) => {
                 drop(l);
@@ -385,7 +403,6 @@ async fn a_primary_that_goes_down_and_comes_back() {
     time_passes(&s.secondary_db).await;
     wait_for(&s, &[1, 2], SyncState::Synced, None).await;
     only_primary_bytes(s.root.path());
-    s.secondary.shutdown().await;
-    stop.cancel();
-    s.primary.shutdown().await;
+    restarted.cancel();
+    stop(s).await;
 }

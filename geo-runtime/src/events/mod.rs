@@ -129,7 +129,8 @@ pub async fn publish(
         p(7)
     );
     let doc = serde_json::to_value(&payload).unwrap_or_default();
-    let id: Option<i64> = on_conn!(conn, c => sqlx::query_scalar(AssertSqlSafe(sql))
+    let mut conn = conn;
+    let id: Option<i64> = on_conn!(conn.reborrow(), c => sqlx::query_scalar(AssertSqlSafe(sql))
         .bind(descriptor.replicable_name)
         .bind(event_name.as_str())
         .bind(model_record_id)
@@ -139,6 +140,16 @@ pub async fn publish(
         .bind(descriptor.enabled_by_default)
         .fetch_optional(&mut *c)
         .await?);
+    // A new or changed object needs a new checksum: its verification goes back to pending in the
+    // same transaction (the primary verifies its data whether or not replication is on).
+    if matches!(event_name, EventName::Created | EventName::Updated) {
+        let sql = crate::verification::sql::mark_pending_sql(descriptor, d);
+        on_conn!(conn, c => sqlx::query(AssertSqlSafe(sql))
+            .bind(model_record_id)
+            .execute(&mut *c)
+            .await?
+            .rows_affected());
+    }
     match id {
         Some(id) => {
             tracing::debug!(replicable = descriptor.replicable_name, model_record_id, event = %event_name, id, "event published")

@@ -22,6 +22,7 @@ use crate::storage::{BlobStore, LocalStore, StorageError};
 use crate::worker::consistency::Consistency;
 use crate::worker::removal::remove_objects;
 use crate::worker::sync::{BlobSync, SyncConfig};
+use crate::worker::verify::{PrimaryVerification, VerifyConfig};
 use crate::{db::dialect::now, flags};
 
 /// A primary: serves its objects and events.
@@ -33,6 +34,8 @@ pub struct PrimaryConfig {
     pub storage_root: PathBuf,
     /// How often events below every secondary's cursor are pruned (Geo: 5 min).
     pub prune_interval: Duration,
+    /// Checksumming of the primary's objects.
+    pub verification: VerifyConfig,
 }
 
 impl PrimaryConfig {
@@ -42,6 +45,7 @@ impl PrimaryConfig {
             listen,
             storage_root: storage_root.into(),
             prune_interval: Duration::from_secs(300),
+            verification: VerifyConfig::default(),
         }
     }
 }
@@ -220,7 +224,7 @@ impl Node {
                 source,
             })?;
         let local_addr = listener.local_addr().ok();
-        let api = PrimaryApi::new(db, set, store);
+        let api = PrimaryApi::new(db, set, store.clone());
         let shutdown = cancel.clone();
         tracker.spawn(async move {
             if let Err(e) = serve(listener, api, shutdown).await {
@@ -228,6 +232,20 @@ impl Node {
             }
         });
         let pdb = db.clone();
+        let verification = PrimaryVerification::new(db, set, store.clone(), c.verification.clone());
+        let token = cancel.clone();
+        let worker = verification.clone();
+        tracker.spawn(async move { worker.run(token).await });
+        every(&tracker, &cancel, Duration::from_secs(600), move || {
+            let verification = verification.clone();
+            async move {
+                match verification.fail_timed_out().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(rows = n, "failed checksums that timed out"),
+                    Err(e) => tracing::warn!(error = %e, "the verification-timeout sweep failed"),
+                }
+            }
+        });
         every(&tracker, &cancel, c.prune_interval, move || {
             let pdb = pdb.clone();
             async move {

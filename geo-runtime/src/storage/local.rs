@@ -514,6 +514,36 @@ impl BlobStore for LocalStore {
     async fn remove_stale_temp_files(&self) -> Result<usize, StorageError> {
         LocalStore::remove_stale_temp_files(self).await
     }
+
+    /// Hashed on the blocking pool, 1 MiB at a time: never on the async threads.
+    async fn sha256(&self, key: &ObjectKey) -> Result<Option<(u64, [u8; 32])>, StorageError> {
+        let path = self.path(key);
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(io("open", &path)(e)),
+            };
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut size = 0u64;
+            loop {
+                let n = file.read(&mut buf).map_err(io("read", &path))?;
+                if n == 0 {
+                    break;
+                }
+                size += n as u64;
+                hasher.update(&buf[..n]);
+            }
+            Ok(Some((size, hasher.finalize().into())))
+        })
+        .await
+        .map_err(|e| StorageError::Source {
+            bytes: 0,
+            reason: e.to_string(),
+        })?
+    }
 }
 
 #[cfg(test)]

@@ -91,6 +91,39 @@ pub trait BlobStore: Clone + Send + Sync + fmt::Debug + 'static {
 
     /// Removes what an interrupted write left behind; returns how many.
     fn remove_stale_temp_files(&self) -> impl Future<Output = Result<usize, StorageError>> + Send;
+
+    /// Size and SHA-256 of `key`, streamed in constant memory; `None` when missing.
+    fn sha256(
+        &self,
+        key: &ObjectKey,
+    ) -> impl Future<Output = Result<Option<(u64, [u8; 32])>, StorageError>> + Send {
+        async move {
+            use futures_util::StreamExt;
+            use sha2::{Digest, Sha256};
+            let Some(opened) = self.read_or_open(key, 1 << 20).await? else {
+                return Ok(None);
+            };
+            let mut hasher = Sha256::new();
+            let mut size = 0u64;
+            match opened {
+                Opened::Whole(b) => {
+                    size = b.len() as u64;
+                    hasher.update(&b);
+                }
+                Opened::Stream(mut s, _) => {
+                    while let Some(chunk) = s.next().await {
+                        let chunk = chunk.map_err(|e| StorageError::Source {
+                            bytes: size,
+                            reason: e.to_string(),
+                        })?;
+                        size += chunk.len() as u64;
+                        hasher.update(&chunk);
+                    }
+                }
+            }
+            Ok(Some((size, hasher.finalize().into())))
+        }
+    }
 }
 
 /// A storage operation failed.

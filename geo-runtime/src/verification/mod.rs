@@ -2,6 +2,7 @@
 //! failed 3 / disabled 4), and the primary's verification details.
 
 mod details;
+pub mod sql;
 mod state;
 pub mod store;
 

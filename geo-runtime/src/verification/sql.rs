@@ -1,0 +1,109 @@
+//! The statements of the primary's verification, rendered from the descriptor's validated names,
+//! for the table that holds the verification columns (the model table, or `<name>_states`).
+//! Like the registry's, the state machine lives in the `WHERE` clauses: only the attempt that
+//! started a checksum may record it, so a record changed while it was hashed stays pending.
+
+use crate::db::Dialect;
+use crate::db::dialect::{param, plus_random_secs, quote, skip_locked};
+use crate::replicator::{ReplicatorDescriptor, VerificationStorage};
+
+/// `$1` model id: verification back to pending (a new or changed object), when the record
+/// exists; run in the same transaction as the model change's event.
+pub fn mark_pending_sql(d: &ReplicatorDescriptor, dialect: Dialect) -> String {
+    VerificationSql::new(d, dialect).mark_pending
+}
+
+/// Verification statements for one replicable and dialect.
+#[derive(Debug, Clone)]
+pub struct VerificationSql {
+    /// `$1` limit: creates missing state rows (separate table only; `None` inline).
+    pub ensure_rows: Option<String>,
+    /// `$1` model id: back to pending (a new or changed object), when the record exists.
+    pub mark_pending: String,
+    /// `$1` limit, `$2` now: pending → started, returning the ids.
+    pub claim_pending: String,
+    /// `$1` limit, `$2` now: failed and due → started, returning the ids.
+    pub claim_failed_due: String,
+    /// `$1` id, `$2` started at, `$3` checksum, `$4` now: started → succeeded, same attempt only.
+    pub mark_succeeded: String,
+    /// `$1` id, `$2` started at, `$3` failure, `$4` now, `$5` retry at: started → failed.
+    pub mark_failed: String,
+    /// `$1` started before, `$2` earliest retry, `$3` failure: started too long → failed.
+    pub fail_timed_out: String,
+    /// Rows per verification state.
+    pub count_by_state: String,
+}
+
+impl VerificationSql {
+    /// Renders the statements.
+    pub fn new(d: &ReplicatorDescriptor, dialect: Dialect) -> Self {
+        let p = |n| param(dialect, n);
+        let model = quote(d.model_table);
+        let model_id = quote(d.model_id_column);
+        let (table, key) = match d.verification {
+            VerificationStorage::SeparateTable { table } => {
+                (quote(table), quote(d.model_foreign_key))
+            }
+            VerificationStorage::Inline => (model.clone(), model_id.clone()),
+        };
+        let lock = skip_locked(dialect);
+        let reset = "\"verification_state\" = 0, \"verification_retry_count\" = 0, \"verification_retry_at\" = NULL, \"verification_failure\" = NULL";
+        let (ensure_rows, mark_pending) = match d.verification {
+            VerificationStorage::SeparateTable { .. } => (
+                Some(format!(
+                    "INSERT INTO {table} ({key}) SELECT m.{model_id} FROM {model} m WHERE NOT EXISTS (SELECT 1 FROM {table} s WHERE s.{key} = m.{model_id}) LIMIT {} ON CONFLICT ({key}) DO NOTHING",
+                    p(1)
+                )),
+                format!(
+                    "INSERT INTO {table} ({key}) SELECT m.{model_id} FROM {model} m WHERE m.{model_id} = {} ON CONFLICT ({key}) DO UPDATE SET {reset}",
+                    p(1)
+                ),
+            ),
+            VerificationStorage::Inline => (
+                None,
+                format!("UPDATE {table} SET {reset} WHERE {key} = {}", p(1)),
+            ),
+        };
+        let start = format!(
+            "\"verification_state\" = 1, \"verification_started_at\" = {}",
+            p(2)
+        );
+        VerificationSql {
+            ensure_rows,
+            mark_pending,
+            claim_pending: format!(
+                "UPDATE {table} SET {start} WHERE {key} IN (SELECT {key} FROM {table} WHERE \"verification_state\" = 0 ORDER BY \"verified_at\" NULLS FIRST, {key} LIMIT {}{lock}) RETURNING {key} AS \"id\", \"verification_retry_count\"",
+                p(1)
+            ),
+            claim_failed_due: format!(
+                "UPDATE {table} SET {start} WHERE {key} IN (SELECT {key} FROM {table} WHERE \"verification_state\" = 3 AND (\"verification_retry_at\" IS NULL OR \"verification_retry_at\" <= {}) ORDER BY \"verification_retry_at\" LIMIT {}{lock}) RETURNING {key} AS \"id\", \"verification_retry_count\"",
+                p(2),
+                p(1)
+            ),
+            mark_succeeded: format!(
+                "UPDATE {table} SET \"verification_state\" = 2, \"verification_checksum\" = {}, \"verified_at\" = {}, \"verification_failure\" = NULL, \"verification_retry_count\" = 0, \"verification_retry_at\" = NULL WHERE {key} = {} AND \"verification_state\" = 1 AND \"verification_started_at\" = {}",
+                p(3),
+                p(4),
+                p(1),
+                p(2)
+            ),
+            mark_failed: format!(
+                "UPDATE {table} SET \"verification_state\" = 3, \"verification_checksum\" = NULL, \"verification_failure\" = {}, \"verified_at\" = {}, \"verification_retry_count\" = \"verification_retry_count\" + 1, \"verification_retry_at\" = {} WHERE {key} = {} AND \"verification_state\" = 1 AND \"verification_started_at\" = {}",
+                p(3),
+                p(4),
+                p(5),
+                p(1),
+                p(2)
+            ),
+            fail_timed_out: format!(
+                "UPDATE {table} SET \"verification_state\" = 3, \"verification_failure\" = {}, \"verification_retry_count\" = \"verification_retry_count\" + 1, \"verification_retry_at\" = {} WHERE \"verification_state\" = 1 AND \"verification_started_at\" < {}",
+                p(3),
+                plus_random_secs(dialect, &p(2), 58),
+                p(1)
+            ),
+            count_by_state: format!(
+                "SELECT \"verification_state\", count(*) AS \"rows\" FROM {table} GROUP BY \"verification_state\""
+            ),
+        }
+    }
+}

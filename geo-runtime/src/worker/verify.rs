@@ -1,0 +1,297 @@
+//! The primary's verification (checksumming) worker, Geo's `VerificationBatchWorker`: claims
+//! records whose verification is pending (or failed and due) with `SKIP LOCKED` / the single
+//! writer, computes the SHA-256 of each object in constant memory off the async threads, and
+//! records it. Only the attempt that started a checksum may record it, so a record changed while
+//! it was hashed goes back to pending rather than keeping a wrong checksum.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use futures_util::StreamExt;
+use sqlx::{AssertSqlSafe, Row};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::db::dialect::{Ts, now};
+use crate::db::{Database, on_pool};
+use crate::error::DbError;
+use crate::registry::{backoff, truncate_failure};
+use crate::replicator::{ReplicatorDescriptor, ReplicatorSet, model_object};
+use crate::storage::{BlobStore, ObjectKey};
+use crate::verification::VerificationState;
+use crate::verification::sql::VerificationSql;
+
+/// Tuning of the verification worker.
+#[derive(Debug, Clone)]
+pub struct VerifyConfig {
+    /// Checksums at once, shared fairly across replicables (Geo's `verification_max_capacity`).
+    pub verification_max_capacity: usize,
+    /// Pause when there was nothing to verify.
+    pub idle_wait: Duration,
+    /// A checksum running longer than this is failed by the sweep (Geo: 8 h).
+    pub timeout: Duration,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        VerifyConfig {
+            verification_max_capacity: 100,
+            idle_wait: Duration::from_secs(1),
+            timeout: Duration::from_secs(8 * 3600),
+        }
+    }
+}
+
+/// What a verification round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VerifyRound {
+    /// Records claimed.
+    pub claimed: usize,
+    /// Checksums recorded.
+    pub succeeded: usize,
+    /// Failures recorded.
+    pub failed: usize,
+    /// Results dropped because the record changed while it was hashed.
+    pub superseded: usize,
+}
+
+/// Rows per verification state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VerificationCounts {
+    /// Pending.
+    pub pending: i64,
+    /// Started.
+    pub started: i64,
+    /// Succeeded.
+    pub succeeded: i64,
+    /// Failed.
+    pub failed: i64,
+    /// Disabled.
+    pub disabled: i64,
+}
+
+/// The primary's verification of every replicable in a set.
+#[derive(Debug, Clone)]
+pub struct PrimaryVerification<S> {
+    db: Database,
+    store: S,
+    config: VerifyConfig,
+    items: Arc<Vec<(&'static ReplicatorDescriptor, VerificationSql)>>,
+}
+
+impl<S: BlobStore> PrimaryVerification<S> {
+    /// The verification of the primary's `db` and `store`.
+    pub fn new(db: &Database, set: &ReplicatorSet, store: S, config: VerifyConfig) -> Self {
+        PrimaryVerification {
+            items: Arc::new(
+                set.descriptors()
+                    .iter()
+                    .map(|d| (*d, VerificationSql::new(d, db.dialect())))
+                    .collect(),
+            ),
+            db: db.clone(),
+            store,
+            config,
+        }
+    }
+
+    /// One round: creates missing state rows, then claims and checksums each replicable's share
+    /// of the capacity.
+    pub async fn step(&self) -> Result<VerifyRound, DbError> {
+        let mut round = VerifyRound::default();
+        let share = (self.config.verification_max_capacity / self.items.len().max(1)).max(1);
+        for (d, sql) in self.items.iter() {
+            if let Some(ensure) = &sql.ensure_rows {
+                on_pool!(self.db, write, pool => sqlx::query(AssertSqlSafe(ensure.as_str())).bind(10_000_i64).execute(pool).await?.rows_affected());
+            }
+            let started = now();
+            let mut claimed = self.claim(&sql.claim_pending, share, started).await?;
+            if claimed.len() < share {
+                claimed.extend(
+                    self.claim(&sql.claim_failed_due, share - claimed.len(), started)
+                        .await?,
+                );
+            }
+            round.claimed += claimed.len();
+            let outcomes: Vec<(i64, i32, Result<[u8; 32], String>)> =
+                futures_util::stream::iter(claimed)
+                    .map(|(id, retries)| {
+                        let span =
+                            tracing::info_span!("verify", replicable = d.replicable_name, id);
+                        async move { (id, retries, self.checksum(d, id).await) }.instrument(span)
+                    })
+                    .buffer_unordered(share)
+                    .collect()
+                    .await;
+            for (id, retries, outcome) in outcomes {
+                let applied = match &outcome {
+                    Ok(sum) => self.record_success(sql, id, started, sum).await?,
+                    Err(reason) => {
+                        self.record_failure(sql, id, started, reason, retries)
+                            .await?
+                    }
+                };
+                match (applied, outcome.is_ok()) {
+                    (false, _) => round.superseded += 1,
+                    (true, true) => round.succeeded += 1,
+                    (true, false) => round.failed += 1,
+                }
+            }
+        }
+        if round.claimed > 0 {
+            metrics::counter!("geo_verification_succeeded_total").increment(round.succeeded as u64);
+            metrics::counter!("geo_verification_failed_total").increment(round.failed as u64);
+        }
+        Ok(round)
+    }
+
+    async fn claim(
+        &self,
+        sql: &str,
+        limit: usize,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<(i64, i32)>, DbError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        on_pool!(self.db, write, pool => {
+            let rows = sqlx::query(AssertSqlSafe(sql)).bind(limit).bind(Ts(at)).fetch_all(pool).await?;
+            rows.iter().map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<i32, _>(1)?))).collect()
+        })
+    }
+
+    async fn checksum(&self, d: &ReplicatorDescriptor, id: i64) -> Result<[u8; 32], String> {
+        let key = match model_object(&self.db, d, id).await {
+            Ok(Some((Some(key), _))) => key,
+            Ok(Some((None, _))) => {
+                return Err("File is not checksummable: the record has no object key".into());
+            }
+            Ok(None) => return Err("The model record is missing".into()),
+            Err(e) => return Err(format!("Error during verification: {e}")),
+        };
+        let key = ObjectKey::parse(&key).map_err(|e| format!("File is not checksummable: {e}"))?;
+        match self.store.sha256(&key).await {
+            Ok(Some((_, sum))) => Ok(sum),
+            Ok(None) => Err("The file is missing".into()),
+            Err(e) => Err(format!("Error during verification: {e}")),
+        }
+    }
+
+    async fn record_success(
+        &self,
+        sql: &VerificationSql,
+        id: i64,
+        started: DateTime<Utc>,
+        sum: &[u8; 32],
+    ) -> Result<bool, DbError> {
+        let n = on_pool!(self.db, write, pool => sqlx::query(AssertSqlSafe(sql.mark_succeeded.as_str()))
+            .bind(id)
+            .bind(Ts(started))
+            .bind(sum.as_slice())
+            .bind(Ts(now()))
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(n == 1)
+    }
+
+    async fn record_failure(
+        &self,
+        sql: &VerificationSql,
+        id: i64,
+        started: DateTime<Utc>,
+        reason: &str,
+        retries: i32,
+    ) -> Result<bool, DbError> {
+        tracing::warn!(reason, "verification failed");
+        let at = now();
+        let retry_at = backoff::next_retry_at(
+            at,
+            u32::try_from(retries.saturating_add(1)).unwrap_or(1),
+            false,
+        );
+        let n = on_pool!(self.db, write, pool => sqlx::query(AssertSqlSafe(sql.mark_failed.as_str()))
+            .bind(id)
+            .bind(Ts(started))
+            .bind(truncate_failure(reason))
+            .bind(Ts(at))
+            .bind(Ts(retry_at))
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(n == 1)
+    }
+
+    /// Checksums running longer than the timeout become failed ("Verification timed out after
+    /// …"). Returns how many.
+    pub async fn fail_timed_out(&self) -> Result<u64, DbError> {
+        let at = now();
+        let before = Ts(at
+            .checked_sub_signed(TimeDelta::from_std(self.config.timeout).unwrap_or(TimeDelta::MAX))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC));
+        let message = format!(
+            "Verification timed out after {}",
+            self.config.timeout.as_secs()
+        );
+        let mut total = 0;
+        for (_, sql) in self.items.iter() {
+            total += on_pool!(self.db, write, pool => sqlx::query(AssertSqlSafe(sql.fail_timed_out.as_str()))
+                .bind(before)
+                .bind(Ts(at + TimeDelta::seconds(16)))
+                .bind(message.as_str())
+                .execute(pool)
+                .await?
+                .rows_affected());
+        }
+        Ok(total)
+    }
+
+    /// Rows per verification state for `descriptor`.
+    pub async fn counts(
+        &self,
+        descriptor: &ReplicatorDescriptor,
+    ) -> Result<VerificationCounts, DbError> {
+        let mut counts = VerificationCounts::default();
+        let Some((_, sql)) = self
+            .items
+            .iter()
+            .find(|(d, _)| d.replicable_name == descriptor.replicable_name)
+        else {
+            return Ok(counts);
+        };
+        let rows: Vec<(i16, i64)> = on_pool!(self.db, read, pool => sqlx::query_as(AssertSqlSafe(sql.count_by_state.as_str())).fetch_all(pool).await?);
+        for (state, n) in rows {
+            match VerificationState::from_i16(state) {
+                Some(VerificationState::Pending) => counts.pending = n,
+                Some(VerificationState::Started) => counts.started = n,
+                Some(VerificationState::Succeeded) => counts.succeeded = n,
+                Some(VerificationState::Failed) => counts.failed = n,
+                Some(VerificationState::Disabled) => counts.disabled = n,
+                None => {}
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Runs rounds until cancelled.
+    pub async fn run(&self, cancel: CancellationToken) {
+        while !cancel.is_cancelled() {
+            let wait = match self.step().await {
+                Ok(r) if r.claimed > 0 => Duration::ZERO,
+                Ok(_) => self.config.idle_wait,
+                Err(e) => {
+                    tracing::warn!(error = %e, "verification round failed; retrying");
+                    self.config.idle_wait
+                }
+            };
+            if !wait.is_zero() {
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! The primary's verification worker on real SQLite and PostgreSQL, with both places for the
+//! verification state (a `<name>_states` table and inline columns).
+
+mod common;
+
+use bytes::Bytes;
+use common::{Widget, WidgetReplicator, exec};
+use geo_runtime::db::dialect::now;
+use geo_runtime::events::EventName;
+use geo_runtime::storage::{BlobStore, LocalStore, ObjectKey, Opened, StorageError, WrittenBlob};
+use geo_runtime::testing::{self, TestDatabase};
+use geo_runtime::worker::verify::{PrimaryVerification, VerifyConfig};
+use geo_runtime::{Database, ReplicableModel, Replicator, ReplicatorSet, VerificationState};
+use sha2::{Digest, Sha256};
+
+/// A model whose verification columns live on its own table.
+#[geo_runtime::replicable(strategy = "blob", table = "docs", verification = "inline")]
+#[derive(Debug, Clone)]
+pub struct Doc {
+    #[replicable(id)]
+    pub id: i64,
+    #[replicable(blob)]
+    pub path: Option<String>,
+}
+
+async fn primary() -> Vec<TestDatabase> {
+    let dbs = testing::all().await;
+    for db in &dbs {
+        exec(db, "CREATE TABLE widgets (id BIGINT PRIMARY KEY, file TEXT NOT NULL); CREATE TABLE gizmos (id BIGINT PRIMARY KEY, file TEXT NOT NULL); CREATE TABLE docs (id BIGINT PRIMARY KEY, path TEXT)").await;
+        geo_runtime::db::migrate(
+            db,
+            geo_runtime::NodeRole::Primary,
+            &ReplicatorSet::linked().expect("set"),
+        )
+        .await
+        .expect("migrate");
+    }
+    dbs
+}
+
+async fn put(store: &LocalStore, key: &str, data: &[u8]) -> [u8; 32] {
+    store
+        .write_bytes(
+            &ObjectKey::parse(key).expect("key"),
+            Bytes::copy_from_slice(data),
+            None,
+        )
+        .await
+        .expect("write");
+    Sha256::digest(data).into()
+}
+
+async fn publish(db: &Database, w: &impl ReplicableModel, event: EventName) {
+    let mut tx = db.begin_write().await.expect("begin");
+    w.publish(tx.conn(), event).await.expect("publish");
+    tx.commit().await.expect("commit");
+}
+
+async fn drain<S: BlobStore>(v: &PrimaryVerification<S>) {
+    for _ in 0..100 {
+        if v.step().await.expect("round").claimed == 0 {
+            return;
+        }
+    }
+    panic!("verification never ran out of work");
+}
+
+#[tokio::test]
+async fn every_record_gets_its_checksum_or_a_reason() {
+    for db in primary().await {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LocalStore::new(dir.path());
+        let label = db.label().to_owned();
+        let mut sums = Vec::new();
+        for id in 1..=5 {
+            sums.push(
+                put(
+                    &store,
+                    &format!("w/{id}"),
+                    format!("widget {id}").repeat(id as usize * 1000).as_bytes(),
+                )
+                .await,
+            );
+            exec(&db, &format!("INSERT INTO widgets VALUES ({id}, 'w/{id}')")).await;
+            publish(
+                &db,
+                &Widget {
+                    id,
+                    file: format!("w/{id}"),
+                },
+                EventName::Created,
+            )
+            .await;
+        }
+        // A record that never published an event still gets a state row and a checksum.
+        let quiet = put(&store, "w/6", b"quiet").await;
+        exec(&db, "INSERT INTO widgets VALUES (6, 'w/6')").await;
+        // A record whose file is gone.
+        exec(&db, "INSERT INTO widgets VALUES (7, 'w/7')").await;
+        // Inline verification columns.
+        let doc_sum = put(&store, "d/1", b"doc").await;
+        exec(
+            &db,
+            "INSERT INTO docs (id, path) VALUES (1, 'd/1'), (2, NULL)",
+        )
+        .await;
+
+        let v = PrimaryVerification::new(
+            &db,
+            &ReplicatorSet::linked().expect("set"),
+            store.clone(),
+            VerifyConfig::default(),
+        );
+        drain(&v).await;
+        for (i, sum) in sums.iter().chain([&quiet]).enumerate() {
+            let d = Widget {
+                id: i as i64 + 1,
+                file: String::new(),
+            }
+            .verification_details(&db)
+            .await
+            .expect("details");
+            assert_eq!(
+                d.verification_state,
+                VerificationState::Succeeded,
+                "{label}: widget {}",
+                i + 1
+            );
+            assert_eq!(
+                d.verification_checksum.as_deref(),
+                Some(sum.as_slice()),
+                "{label}: widget {}",
+                i + 1
+            );
+            assert!(d.verified_at.is_some());
+        }
+        let missing = Widget {
+            id: 7,
+            file: String::new(),
+        }
+        .verification_details(&db)
+        .await
+        .expect("details");
+        assert_eq!(
+            missing.verification_state,
+            VerificationState::Failed,
+            "{label}"
+        );
+        assert_eq!(
+            missing.verification_failure.as_deref(),
+            Some("The file is missing")
+        );
+        assert_eq!(missing.verification_retry_count, 1);
+        assert!(missing.verification_retry_at.expect("retry") > now());
+        assert_eq!(missing.verification_checksum, None);
+
+        let doc = Doc { id: 1, path: None }
+            .verification_details(&db)
+            .await
+            .expect("doc");
+        assert_eq!(
+            doc.verification_checksum.as_deref(),
+            Some(doc_sum.as_slice()),
+            "{label}: inline"
+        );
+        let no_key = Doc { id: 2, path: None }
+            .verification_details(&db)
+            .await
+            .expect("doc");
+        assert_eq!(no_key.verification_state, VerificationState::Failed);
+        assert!(
+            no_key
+                .verification_failure
+                .unwrap_or_default()
+                .starts_with("File is not checksummable")
+        );
+
+        let counts = v
+            .counts(WidgetReplicator::DESCRIPTOR)
+            .await
+            .expect("counts");
+        assert_eq!(
+            (counts.succeeded, counts.failed, counts.pending),
+            (6, 1, 0),
+            "{label}: {counts:?}"
+        );
+
+        // An updated object is checksummed again.
+        let new_sum = put(&store, "w/1", b"changed").await;
+        publish(
+            &db,
+            &Widget {
+                id: 1,
+                file: "w/1".into(),
+            },
+            EventName::Updated,
+        )
+        .await;
+        let pending = Widget {
+            id: 1,
+            file: String::new(),
+        }
+        .verification_details(&db)
+        .await
+        .expect("details");
+        assert_eq!(
+            pending.verification_state,
+            VerificationState::Pending,
+            "{label}: an update resets verification"
+        );
+        drain(&v).await;
+        let d = Widget {
+            id: 1,
+            file: String::new(),
+        }
+        .verification_details(&db)
+        .await
+        .expect("details");
+        assert_eq!(
+            d.verification_checksum.as_deref(),
+            Some(new_sum.as_slice()),
+            "{label}"
+        );
+    }
+}
+
+/// A store during whose hashing the record changes (its verification goes back to pending).
+#[derive(Debug, Clone)]
+struct ChangingStore {
+    inner: LocalStore,
+    db: Database,
+}
+
+impl BlobStore for ChangingStore {
+    type Staged = <LocalStore as BlobStore>::Staged;
+    fn staged_size(staged: &Self::Staged) -> u64 {
+        <LocalStore as BlobStore>::staged_size(staged)
+    }
+    async fn stage_bytes(
+        &self,
+        key: &ObjectKey,
+        data: Bytes,
+        sha: Option<[u8; 32]>,
+    ) -> Result<Self::Staged, StorageError> {
+        BlobStore::stage_bytes(&self.inner, key, data, sha).await
+    }
+    async fn stage_stream<St, E>(
+        &self,
+        key: &ObjectKey,
+        body: St,
+        size: Option<u64>,
+        sha: Option<[u8; 32]>,
+    ) -> Result<Self::Staged, StorageError>
+    where
+        St: futures_util::Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display + Send,
+    {
+        BlobStore::stage_stream(&self.inner, key, body, size, sha).await
+    }
+    async fn commit(&self, staged: Vec<Self::Staged>) -> Vec<Result<WrittenBlob, StorageError>> {
+        BlobStore::commit(&self.inner, staged).await
+    }
+    async fn read_or_open(
+        &self,
+        key: &ObjectKey,
+        whole_below: u64,
+    ) -> Result<Option<Opened>, StorageError> {
+        BlobStore::read_or_open(&self.inner, key, whole_below).await
+    }
+    async fn delete(&self, key: &ObjectKey) -> Result<bool, StorageError> {
+        BlobStore::delete(&self.inner, key).await
+    }
+    async fn remove_stale_temp_files(&self) -> Result<usize, StorageError> {
+        BlobStore::remove_stale_temp_files(&self.inner).await
+    }
+    async fn sha256(&self, key: &ObjectKey) -> Result<Option<(u64, [u8; 32])>, StorageError> {
+        let result = BlobStore::sha256(&self.inner, key).await;
+        // What an `updated` event does to the record's verification, meanwhile.
+        exec(
+            &self.db,
+            "UPDATE widget_states SET verification_state = 0 WHERE widget_id = 1",
+        )
+        .await;
+        result
+    }
+}
+
+#[tokio::test]
+async fn a_record_changed_while_it_is_hashed_goes_back_to_pending() {
+    for db in primary().await {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LocalStore::new(dir.path());
+        put(&store, "w/1", b"old").await;
+        exec(&db, "INSERT INTO widgets VALUES (1, 'w/1')").await;
+        publish(
+            &db,
+            &Widget {
+                id: 1,
+                file: "w/1".into(),
+            },
+            EventName::Created,
+        )
+        .await;
+        let changing = ChangingStore {
+            inner: store,
+            db: db.database().clone(),
+        };
+        let v = PrimaryVerification::new(
+            &db,
+            &ReplicatorSet::linked().expect("set"),
+            changing,
+            VerifyConfig::default(),
+        );
+        let round = v.step().await.expect("round");
+        assert_eq!(
+            (round.claimed, round.succeeded, round.superseded),
+            (1, 0, 1),
+            "{}: {round:?}",
+            db.label()
+        );
+        let d = Widget {
+            id: 1,
+            file: String::new(),
+        }
+        .verification_details(&db)
+        .await
+        .expect("details");
+        assert_eq!(
+            d.verification_state,
+            VerificationState::Pending,
+            "{}: a stale checksum was recorded",
+            db.label()
+        );
+        assert_eq!(d.verification_checksum, None);
+    }
+}
