@@ -351,8 +351,13 @@ async fn check_fault(fault: Fault, reason: &str) {
     time_passes(&s.secondary_db).await;
     wait_for(&s, &ids, SyncState::Synced, None).await;
     only_primary_bytes(s.root.path());
+    let registry = Registry::new(&s.secondary_db, WidgetReplicator::DESCRIPTOR);
     for id in ids {
         assert!(s.root.path().join(format!("w/{id}")).exists());
+        // Checked against the primary's checksum while it was written: verified at once.
+        let row = registry.find_by_model_id(id).await.expect("find").expect("row");
+        assert_eq!(row.verification_state, VerificationState::Succeeded);
+        assert_eq!(row.verification_checksum, Some(Sha256::digest(body(id)).to_vec()));
     }
     stop(s).await;
 }

@@ -235,6 +235,14 @@ pub fn param(dialect: super::Dialect, n: usize) -> String {
     }
 }
 
+/// `FALSE` (PostgreSQL) / `0` (SQLite).
+pub fn false_literal(dialect: super::Dialect) -> &'static str {
+    match dialect {
+        super::Dialect::Postgres => "FALSE",
+        super::Dialect::Sqlite => "0",
+    }
+}
+
 /// The row-locking clause of a claim: `FOR UPDATE SKIP LOCKED` on PostgreSQL (concurrent
 /// claimers skip each other's rows); nothing on SQLite, whose single writer serialises claims.
 pub fn skip_locked(dialect: super::Dialect) -> &'static str {
@@ -273,17 +281,48 @@ pub fn id_list_rows(dialect: super::Dialect, n: usize) -> String {
     }
 }
 
-/// Rows `(id, attempt, key)` from the [`IdList`] parameters `a`, `b` and the [`TextList`]
-/// parameter `c`, zipped. On SQLite the second and third lists are indexed by position (`->>`),
-/// so the zip stays linear.
-pub fn id_attempt_key_rows(dialect: super::Dialect, a: usize, b: usize, c: usize) -> String {
+/// Rows `(id, attempt, key, sum, vstate)` of a batch of synced copies, zipped from parameters
+/// `$1` ids and `$2` attempts ([`IdList`]), `$3` keys ([`TextList`]), `$4` checksums
+/// ([`BlobList`]) and `$5` verification states ([`IdList`]). On SQLite the lists after the first
+/// are indexed by position (`->>`), so the zip stays linear.
+pub fn synced_rows(dialect: super::Dialect) -> String {
     match dialect {
-        super::Dialect::Postgres => format!(
-            "SELECT * FROM unnest(${a}::bigint[], ${b}::bigint[], ${c}::text[]) AS t(id, attempt, key)"
-        ),
-        super::Dialect::Sqlite => format!(
-            "SELECT x.value AS id, jsonb(?{b}) ->> x.key AS attempt, jsonb(?{c}) ->> x.key AS key FROM json_each(?{a}) x"
-        ),
+        super::Dialect::Postgres => "SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bytea[], $5::bigint[]) AS t(id, attempt, key, sum, vstate)".to_owned(),
+        super::Dialect::Sqlite => "SELECT x.value AS id, jsonb(?2) ->> x.key AS attempt, jsonb(?3) ->> x.key AS key, unhex(jsonb(?4) ->> x.key) AS sum, jsonb(?5) ->> x.key AS vstate FROM json_each(?1) x".to_owned(),
+    }
+}
+
+/// A list of optional byte strings bound as `bytea[]` on PostgreSQL and as a JSON array of hex
+/// strings on SQLite.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BlobList(pub Vec<Option<Vec<u8>>>);
+
+impl Type<Postgres> for BlobList {
+    fn type_info() -> PgTypeInfo {
+        <Vec<Option<Vec<u8>>> as Type<Postgres>>::type_info()
+    }
+}
+
+impl Encode<'_, Postgres> for BlobList {
+    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        <Vec<Option<Vec<u8>>> as Encode<'_, Postgres>>::encode_by_ref(&self.0, buf)
+    }
+}
+
+impl Type<Sqlite> for BlobList {
+    fn type_info() -> SqliteTypeInfo {
+        <String as Type<Sqlite>>::type_info()
+    }
+}
+
+impl Encode<'_, Sqlite> for BlobList {
+    fn encode_by_ref(&self, buf: &mut SqliteArgumentsBuffer) -> Result<IsNull, BoxDynError> {
+        let hex: Vec<Option<String>> = self
+            .0
+            .iter()
+            .map(|b| b.as_deref().map(crate::storage::hex))
+            .collect();
+        <String as Encode<'_, Sqlite>>::encode(serde_json::to_string(&hex)?, buf)
     }
 }
 

@@ -9,4 +9,4 @@ pub mod store;
 
 pub use row::{LAST_SYNC_FAILURE_MAX, REGISTRY_COLUMNS, RegistryRecord, truncate_failure};
 pub use state::{InvalidTransition, SyncEvent, SyncState};
-pub use store::{ClaimedRow, Registry, StateCounts, SyncFailure};
+pub use store::{ClaimedRow, Registry, StateCounts, SyncFailure, SyncedCopy};

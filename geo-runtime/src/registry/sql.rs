@@ -5,7 +5,8 @@
 use super::REGISTRY_COLUMNS;
 use crate::db::Dialect;
 use crate::db::dialect::{
-    id_attempt_key_rows, id_list_rows, in_id_list, param, plus_random_secs, quote, skip_locked,
+    false_literal, id_list_rows, in_id_list, param, plus_random_secs, quote, skip_locked,
+    synced_rows,
 };
 use crate::replicator::ReplicatorDescriptor;
 
@@ -26,7 +27,8 @@ pub struct RegistrySql {
     pub claim_pending: String,
     /// `$1` limit, `$2` now: start failed rows whose retry time has come, earliest first.
     pub claim_failed_due: String,
-    /// `$1` ids, `$2` attempts, `$3` object keys: started → synced for those attempts, returning
+    /// `$1` ids, `$2` attempts, `$3` object keys, `$4` checksums, `$5` verification states,
+    /// `$6` now: started → synced for those attempts (with the copy's verification), returning
     /// the ids.
     pub mark_synced_many: String,
     /// `$1` id, `$2` attempt, `$3` retry_at, `$4` failure: started → failed for that attempt.
@@ -95,8 +97,15 @@ impl RegistrySql {
             // the statistics, so they would loop over them and scan the id list for each
             // (quadratic in the batch); this way each listed id is one primary-key lookup.
             mark_synced_many: format!(
-                "UPDATE {t} SET \"state\" = 2, \"retry_count\" = 0, \"retry_at\" = NULL, \"last_sync_failure\" = NULL, \"object_key\" = attempts.\"key\" FROM ({}) AS attempts WHERE {t}.\"id\" = attempts.\"id\" AND {t}.\"state\" + 0 = 1 AND {t}.\"sync_attempt\" = attempts.\"attempt\" RETURNING {t}.\"id\"",
-                id_attempt_key_rows(dialect, 1, 2, 3)
+                "UPDATE {t} SET \"state\" = 2, \"retry_count\" = 0, \"retry_at\" = NULL, \"last_sync_failure\" = NULL, \"object_key\" = copies.\"key\", \
+                 \"verification_checksum\" = copies.\"sum\", \"verification_state\" = copies.\"vstate\", \
+                 \"verified_at\" = CASE WHEN copies.\"vstate\" = 2 THEN {now} ELSE NULL END, \
+                 \"verification_retry_count\" = CASE WHEN copies.\"vstate\" = 2 THEN 0 ELSE {t}.\"verification_retry_count\" END, \
+                 \"verification_retry_at\" = NULL, \"checksum_mismatch\" = {no}, \"verification_checksum_mismatched\" = NULL, \"verification_failure\" = NULL \
+                 FROM ({rows}) AS copies WHERE {t}.\"id\" = copies.\"id\" AND {t}.\"state\" + 0 = 1 AND {t}.\"sync_attempt\" = copies.\"attempt\" RETURNING {t}.\"id\"",
+                now = p(6),
+                no = false_literal(dialect),
+                rows = synced_rows(dialect)
             ),
             mark_failed: format!(
                 "UPDATE {t} SET \"state\" = 3, \"retry_count\" = \"retry_count\" + 1, \"retry_at\" = {}, \"last_sync_failure\" = {} WHERE \"id\" = {} AND \"state\" = 1 AND \"sync_attempt\" = {}",

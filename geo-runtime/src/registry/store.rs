@@ -16,10 +16,11 @@ use sqlx::Row;
 
 use super::sql::RegistrySql;
 use super::{RegistryRecord, SyncState, backoff, truncate_failure};
-use crate::db::dialect::{IdList, RowReader, TextList, Ts};
+use crate::db::dialect::{BlobList, IdList, RowReader, TextList, Ts};
 use crate::db::{Conn, Database, on_conn, on_pool};
 use crate::error::DbError;
 use crate::replicator::ReplicatorDescriptor;
+use crate::verification::VerificationState;
 use sqlx::AssertSqlSafe;
 
 /// A row a worker has claimed: its identity and the attempt it must finish.
@@ -44,6 +45,19 @@ impl ClaimedRow {
             missing_on_primary,
         }
     }
+}
+
+/// A synced copy, to record with [`Registry::mark_synced_copies`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncedCopy {
+    /// The claimed row.
+    pub row: ClaimedRow,
+    /// Where the copy is stored.
+    pub object_key: Option<String>,
+    /// Its SHA-256, computed while it was written.
+    pub sha256: Option<[u8; 32]>,
+    /// Whether it was compared with the primary's checksum (and matched).
+    pub checked_against_primary: bool,
 }
 
 /// A failed attempt, to record with [`Registry::mark_failed`].
@@ -192,24 +206,58 @@ impl Registry {
     /// started → synced for each row whose attempt is still the running one; returns the ids
     /// that were marked (the others were reset or re-claimed meanwhile and stay as they are).
     pub async fn mark_synced(&self, rows: &[ClaimedRow]) -> Result<Vec<i64>, DbError> {
-        let rows: Vec<(ClaimedRow, Option<String>)> = rows.iter().map(|r| (*r, None)).collect();
-        self.mark_synced_at(&rows).await
+        let copies: Vec<SyncedCopy> = rows
+            .iter()
+            .map(|r| SyncedCopy {
+                row: *r,
+                object_key: None,
+                sha256: None,
+                checked_against_primary: false,
+            })
+            .collect();
+        self.mark_synced_copies(&copies).await
     }
 
-    /// Like [`Registry::mark_synced`], recording where each copy is stored (its object key).
-    pub async fn mark_synced_at(
-        &self,
-        rows: &[(ClaimedRow, Option<String>)],
-    ) -> Result<Vec<i64>, DbError> {
-        if rows.is_empty() {
+    /// Like [`Registry::mark_synced`], recording where each copy is stored and its checksum: a
+    /// copy checked against the primary's checksum is verified (`succeeded`) at once; one the
+    /// primary had no checksum for is `disabled` until it has.
+    pub async fn mark_synced_copies(&self, copies: &[SyncedCopy]) -> Result<Vec<i64>, DbError> {
+        if copies.is_empty() {
             return Ok(Vec::new());
         }
         let sql = AssertSqlSafe(self.sql.mark_synced_many.as_str());
-        let ids = IdList(rows.iter().map(|(r, _)| r.id).collect());
-        let attempts = IdList(rows.iter().map(|(r, _)| r.sync_attempt).collect());
-        let keys = TextList(rows.iter().map(|(_, k)| k.clone()).collect());
+        let ids = IdList(copies.iter().map(|c| c.row.id).collect());
+        let attempts = IdList(copies.iter().map(|c| c.row.sync_attempt).collect());
+        let keys = TextList(copies.iter().map(|c| c.object_key.clone()).collect());
+        let sums = BlobList(
+            copies
+                .iter()
+                .map(|c| c.sha256.map(|s| s.to_vec()))
+                .collect(),
+        );
+        let states = IdList(
+            copies
+                .iter()
+                .map(|c| {
+                    let state = if c.checked_against_primary && c.sha256.is_some() {
+                        VerificationState::Succeeded
+                    } else {
+                        VerificationState::Disabled
+                    };
+                    i64::from(state.as_i16())
+                })
+                .collect(),
+        );
         on_pool!(self.db, write, pool => {
-            let done = sqlx::query(sql).bind(ids).bind(attempts).bind(keys).fetch_all(pool).await?;
+            let done = sqlx::query(sql)
+                .bind(ids)
+                .bind(attempts)
+                .bind(keys)
+                .bind(sums)
+                .bind(states)
+                .bind(Ts(crate::db::dialect::now()))
+                .fetch_all(pool)
+                .await?;
             done.iter().map(|r| Ok(r.try_get::<i64, _>(0)?)).collect()
         })
     }

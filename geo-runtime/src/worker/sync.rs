@@ -17,7 +17,7 @@ use crate::db::dialect::now;
 use crate::error::DbError;
 use crate::flags;
 use crate::node::{FILE_NOT_FOUND, HEADER_OBJECT_KEY, HEADER_SHA256, PrimaryClient};
-use crate::registry::{ClaimedRow, Registry, SyncFailure};
+use crate::registry::{ClaimedRow, Registry, SyncFailure, SyncedCopy};
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
 use crate::storage::{BlobStore, LocalStore, ObjectKey, parse_sha256};
 
@@ -73,6 +73,8 @@ struct Downloaded<T> {
     row: ClaimedRow,
     key: String,
     staged: T,
+    /// Whether the primary sent its checksum (and the bytes matched it).
+    checked: bool,
 }
 
 impl<S: BlobStore> BlobSync<S> {
@@ -135,23 +137,30 @@ impl<S: BlobStore> BlobSync<S> {
                 }
             }
             // Durable and in place, all together, before any row is marked synced.
-            let (meta, staged): (Vec<(ClaimedRow, String)>, Vec<S::Staged>) = downloaded
+            let (meta, staged): (Vec<(ClaimedRow, String, bool)>, Vec<S::Staged>) = downloaded
                 .into_iter()
-                .map(|d| ((d.row, d.key), d.staged))
+                .map(|d| ((d.row, d.key, d.checked), d.staged))
                 .unzip();
             let mut ok = Vec::new();
-            for ((row, key), committed) in meta.into_iter().zip(self.store.commit(staged).await) {
+            for ((row, key, checked), committed) in
+                meta.into_iter().zip(self.store.commit(staged).await)
+            {
                 match committed {
                     Ok(written) => {
                         round.bytes += written.size;
-                        ok.push((row, Some(key)));
+                        ok.push(SyncedCopy {
+                            row,
+                            object_key: Some(key),
+                            sha256: Some(written.sha256),
+                            checked_against_primary: checked,
+                        });
                     }
                     Err(e) => {
                         failed.push(row.failed(format!("Error downloading file: {e}"), false))
                     }
                 }
             }
-            round.synced += registry.mark_synced_at(&ok).await?.len();
+            round.synced += registry.mark_synced_copies(&ok).await?.len();
             round.failed +=
                 usize::try_from(registry.mark_failed(&failed, now()).await?).unwrap_or(usize::MAX);
         }
@@ -253,6 +262,7 @@ impl<S: BlobStore> BlobSync<S> {
             row,
             key: key.as_str().to_owned(),
             staged,
+            checked: expected_sha.is_some(),
         })
     }
 
