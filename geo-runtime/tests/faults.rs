@@ -355,9 +355,16 @@ async fn check_fault(fault: Fault, reason: &str) {
     for id in ids {
         assert!(s.root.path().join(format!("w/{id}")).exists());
         // Checked against the primary's checksum while it was written: verified at once.
-        let row = registry.find_by_model_id(id).await.expect("find").expect("row");
+        let row = registry
+            .find_by_model_id(id)
+            .await
+            .expect("find")
+            .expect("row");
         assert_eq!(row.verification_state, VerificationState::Succeeded);
-        assert_eq!(row.verification_checksum, Some(Sha256::digest(body(id)).to_vec()));
+        assert_eq!(
+            row.verification_checksum,
+            Some(Sha256::digest(body(id)).to_vec())
+        );
     }
     stop(s).await;
 }

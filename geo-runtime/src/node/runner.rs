@@ -22,7 +22,9 @@ use crate::storage::{BlobStore, LocalStore, StorageError};
 use crate::worker::consistency::Consistency;
 use crate::worker::removal::remove_objects;
 use crate::worker::sync::{BlobSync, SyncConfig};
-use crate::worker::verify::{PrimaryVerification, VerifyConfig};
+use crate::worker::verify::{
+    PrimaryVerification, SecondaryVerification, SecondaryVerifyConfig, VerifyConfig,
+};
 use crate::{db::dialect::now, flags};
 
 /// A primary: serves its objects and events.
@@ -77,6 +79,8 @@ pub struct SecondaryConfig {
     pub sync_timeout: Duration,
     /// How often the cursor position is reported to the primary (for pruning).
     pub report_interval: Duration,
+    /// Re-verification of the local copies on this node's own schedule.
+    pub verification: SecondaryVerifyConfig,
 }
 
 impl SecondaryConfig {
@@ -101,6 +105,7 @@ impl SecondaryConfig {
             sweep_interval: Duration::from_secs(600),
             sync_timeout: Duration::from_secs(8 * 3600),
             report_interval: Duration::from_secs(60),
+            verification: SecondaryVerifyConfig::default(),
         }
     }
 }
@@ -296,6 +301,11 @@ impl Node {
                 tracing::error!(error = %e, "the event cursor stopped");
             }
         });
+
+        let verification =
+            SecondaryVerification::new(db, set, store.clone(), c.verification.clone());
+        let token = cancel.clone();
+        tracker.spawn(async move { verification.run(token).await });
 
         let sync = BlobSync::new(db, set, client.clone(), store.clone(), c.sync.clone());
         let token = cancel.clone();

@@ -135,3 +135,66 @@ impl RegistrySql {
         }
     }
 }
+
+/// The statements of a secondary's own verification of its copies, on the registry table.
+#[derive(Debug, Clone)]
+pub struct SecondaryVerificationSql {
+    /// `$1` limit, `$2` now, `$3` verified before: synced rows due for (re-)verification →
+    /// started, returning `id`, `model_record_id`, `object_key`, `verification_checksum`,
+    /// `verification_retry_count`.
+    pub claim: String,
+    /// `$1` id, `$2` started at, `$3` now: started → succeeded, same attempt only.
+    pub mark_succeeded: String,
+    /// `$1` id, `$2` started at, `$3` failure, `$4` mismatch, `$5` local checksum, `$6` now,
+    /// `$7` retry at, `$8` sync failure: the verification fails and the row is resynced, its sync
+    /// backoff following the verification's failure count.
+    pub mark_failed: String,
+    /// `$1` id, `$2` started at: nothing to compare with (no checksum) → disabled.
+    pub mark_disabled: String,
+}
+
+impl SecondaryVerificationSql {
+    /// Renders the statements.
+    pub fn new(d: &ReplicatorDescriptor, dialect: Dialect) -> Self {
+        let t = quote(d.registry_table);
+        let fk = quote(d.model_foreign_key);
+        let p = |n| param(dialect, n);
+        let lock = skip_locked(dialect);
+        let this_attempt = format!(
+            "\"id\" = {} AND \"verification_state\" = 1 AND \"verification_started_at\" = {} AND \"state\" = 2",
+            p(1),
+            p(2)
+        );
+        SecondaryVerificationSql {
+            claim: format!(
+                "UPDATE {t} SET \"verification_state\" = 1, \"verification_started_at\" = {now} WHERE \"id\" IN (\
+                 SELECT \"id\" FROM {t} WHERE \"state\" = 2 AND (\"verification_state\" = 0 \
+                 OR (\"verification_state\" = 2 AND \"verified_at\" < {before})) \
+                 ORDER BY \"verified_at\" NULLS FIRST LIMIT {limit}{lock}) \
+                 RETURNING \"id\", {fk} AS \"model_record_id\", \"object_key\", \"verification_checksum\", \"verification_retry_count\"",
+                now = p(2),
+                before = p(3),
+                limit = p(1)
+            ),
+            mark_succeeded: format!(
+                "UPDATE {t} SET \"verification_state\" = 2, \"verified_at\" = {}, \"verification_retry_count\" = 0, \"verification_retry_at\" = NULL, \"verification_failure\" = NULL, \"checksum_mismatch\" = {no}, \"verification_checksum_mismatched\" = NULL WHERE {this_attempt}",
+                p(3),
+                no = false_literal(dialect)
+            ),
+            mark_failed: format!(
+                "UPDATE {t} SET \"verification_state\" = 3, \"verification_failure\" = {}, \"checksum_mismatch\" = {}, \"verification_checksum_mismatched\" = {}, \"verified_at\" = {}, \
+                 \"verification_retry_count\" = \"verification_retry_count\" + 1, \"verification_retry_at\" = {retry}, \
+                 \"state\" = 3, \"retry_count\" = \"verification_retry_count\" + 1, \"retry_at\" = {retry}, \"last_sync_failure\" = {} WHERE {this_attempt}",
+                p(3),
+                p(4),
+                p(5),
+                p(6),
+                p(8),
+                retry = p(7)
+            ),
+            mark_disabled: format!(
+                "UPDATE {t} SET \"verification_state\" = 4 WHERE {this_attempt}"
+            ),
+        }
+    }
+}

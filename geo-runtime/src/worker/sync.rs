@@ -69,6 +69,9 @@ pub struct BlobSync<S = LocalStore> {
     registries: Vec<Registry>,
 }
 
+/// A downloaded row, its key and whether its checksum was the primary's.
+type DownloadMeta = (ClaimedRow, String, bool);
+
 struct Downloaded<T> {
     row: ClaimedRow,
     key: String,
@@ -137,7 +140,7 @@ impl<S: BlobStore> BlobSync<S> {
                 }
             }
             // Durable and in place, all together, before any row is marked synced.
-            let (meta, staged): (Vec<(ClaimedRow, String, bool)>, Vec<S::Staged>) = downloaded
+            let (meta, staged): (Vec<DownloadMeta>, Vec<S::Staged>) = downloaded
                 .into_iter()
                 .map(|d| ((d.row, d.key, d.checked), d.staged))
                 .unzip();

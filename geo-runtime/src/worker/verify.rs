@@ -295,3 +295,198 @@ impl<S: BlobStore> PrimaryVerification<S> {
         }
     }
 }
+
+/// A copy claimed for verification: registry id, object key, expected checksum, failures.
+type ClaimedCopy = (i64, Option<String>, Option<Vec<u8>>, i32);
+
+/// A secondary's verification of its own copies, on its own schedule (Geo's secondaries verify
+/// only when the primary publishes `checksum_succeeded`): synced rows whose copy was verified
+/// longer ago than the interval are hashed again and compared with the checksum recorded when
+/// the copy was written (the primary's). A mismatch or a missing file records both checksums,
+/// fails the verification and puts the row back to the sync with a backoff that follows the
+/// verification's failure count, which only a verified copy resets (Geo's counter bug is not
+/// copied).
+#[derive(Debug, Clone)]
+pub struct SecondaryVerification<S> {
+    tracking: Database,
+    store: S,
+    config: SecondaryVerifyConfig,
+    items: Arc<Vec<crate::registry::sql::SecondaryVerificationSql>>,
+}
+
+/// Tuning of a secondary's verification.
+#[derive(Debug, Clone)]
+pub struct SecondaryVerifyConfig {
+    /// Copies verified at once, shared across replicables.
+    pub verification_max_capacity: usize,
+    /// A copy is verified again this long after its last verification (default 7 days; at
+    /// least one day, as Geo's minimum re-verification interval).
+    pub reverify_interval: Duration,
+    /// Pause when there was nothing to verify.
+    pub idle_wait: Duration,
+}
+
+impl Default for SecondaryVerifyConfig {
+    fn default() -> Self {
+        SecondaryVerifyConfig {
+            verification_max_capacity: 100,
+            reverify_interval: Duration::from_secs(7 * 24 * 3600),
+            idle_wait: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The minimum re-verification interval.
+pub const MIN_REVERIFY_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+impl<S: BlobStore> SecondaryVerification<S> {
+    /// The verification of `tracking`'s registries against the copies in `store`.
+    pub fn new(
+        tracking: &Database,
+        set: &ReplicatorSet,
+        store: S,
+        config: SecondaryVerifyConfig,
+    ) -> Self {
+        SecondaryVerification {
+            items: Arc::new(
+                set.descriptors()
+                    .iter()
+                    .map(|d| {
+                        crate::registry::sql::SecondaryVerificationSql::new(d, tracking.dialect())
+                    })
+                    .collect(),
+            ),
+            tracking: tracking.clone(),
+            store,
+            config,
+        }
+    }
+
+    /// One round, verifying copies last verified before `verified_before` (normally now minus
+    /// the interval, never less than a day).
+    pub async fn step_before(
+        &self,
+        verified_before: DateTime<Utc>,
+    ) -> Result<VerifyRound, DbError> {
+        let mut round = VerifyRound::default();
+        let share = (self.config.verification_max_capacity / self.items.len().max(1)).max(1);
+        for sql in self.items.iter() {
+            let started = now();
+            let claimed: Vec<ClaimedCopy> = on_pool!(self.tracking, write, pool => {
+                let rows = sqlx::query(AssertSqlSafe(sql.claim.as_str()))
+                    .bind(i64::try_from(share).unwrap_or(i64::MAX))
+                    .bind(Ts(started))
+                    .bind(Ts(verified_before))
+                    .fetch_all(pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get::<i64, _>("id")?, r.try_get::<Option<String>, _>("object_key")?, r.try_get::<Option<Vec<u8>>, _>("verification_checksum")?, r.try_get::<i32, _>("verification_retry_count")?)))
+                    .collect::<Result<Vec<_>, DbError>>()?
+            });
+            round.claimed += claimed.len();
+            let outcomes: Vec<_> = futures_util::stream::iter(claimed)
+                .map(|(id, key, expected, retries)| async move {
+                    let local = match key.as_deref().map(ObjectKey::parse) {
+                        Some(Ok(k)) => self.store.sha256(&k).await.map_err(|e| e.to_string()),
+                        Some(Err(e)) => Err(e.to_string()),
+                        None => Ok(None),
+                    };
+                    (id, expected, retries, local)
+                })
+                .buffer_unordered(share)
+                .collect()
+                .await;
+            for (id, expected, retries, local) in outcomes {
+                let applied = match (expected, local) {
+                    (None, _) => self.exec(&sql.mark_disabled, id, started).await?,
+                    (Some(want), Ok(Some((_, got)))) if want.as_slice() == got.as_slice() => {
+                        let n = on_pool!(self.tracking, write, pool => sqlx::query(AssertSqlSafe(sql.mark_succeeded.as_str())).bind(id).bind(Ts(started)).bind(Ts(now())).execute(pool).await?.rows_affected());
+                        if n == 1 {
+                            round.succeeded += 1;
+                        }
+                        n == 1
+                    }
+                    (Some(want), local) => {
+                        let (reason, mismatch, got) = match local {
+                            Ok(Some((_, got))) => (
+                                format!(
+                                    "Checksum does not match the primary checksum (primary {}, local {})",
+                                    crate::storage::hex(&want),
+                                    crate::storage::hex(&got)
+                                ),
+                                true,
+                                Some(got.to_vec()),
+                            ),
+                            Ok(None) => ("The local copy is missing".to_owned(), false, None),
+                            Err(e) => (format!("Error during verification: {e}"), false, None),
+                        };
+                        tracing::warn!(registry_id = id, reason = %reason, "a local copy failed verification; resyncing it");
+                        let at = now();
+                        let retry_at = backoff::next_retry_at(
+                            at,
+                            u32::try_from(retries.saturating_add(1)).unwrap_or(1),
+                            false,
+                        );
+                        let failure = truncate_failure(&reason);
+                        let sync_failure =
+                            truncate_failure(&format!("Verification failed with: {reason}"));
+                        let n = on_pool!(self.tracking, write, pool => sqlx::query(AssertSqlSafe(sql.mark_failed.as_str()))
+                            .bind(id)
+                            .bind(Ts(started))
+                            .bind(failure)
+                            .bind(mismatch)
+                            .bind(got)
+                            .bind(Ts(at))
+                            .bind(Ts(retry_at))
+                            .bind(sync_failure)
+                            .execute(pool)
+                            .await?
+                            .rows_affected());
+                        if n == 1 {
+                            round.failed += 1;
+                        }
+                        n == 1
+                    }
+                };
+                if !applied {
+                    round.superseded += 1;
+                }
+            }
+        }
+        Ok(round)
+    }
+
+    async fn exec(&self, sql: &str, id: i64, started: DateTime<Utc>) -> Result<bool, DbError> {
+        let n = on_pool!(self.tracking, write, pool => sqlx::query(AssertSqlSafe(sql)).bind(id).bind(Ts(started)).execute(pool).await?.rows_affected());
+        Ok(n == 1)
+    }
+
+    /// One round with the configured interval.
+    pub async fn step(&self) -> Result<VerifyRound, DbError> {
+        let interval = self.config.reverify_interval.max(MIN_REVERIFY_INTERVAL);
+        let before = now()
+            .checked_sub_signed(TimeDelta::from_std(interval).unwrap_or(TimeDelta::MAX))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        self.step_before(before).await
+    }
+
+    /// Runs rounds until cancelled.
+    pub async fn run(&self, cancel: CancellationToken) {
+        while !cancel.is_cancelled() {
+            let wait = match self.step().await {
+                Ok(r) if r.claimed > 0 => Duration::ZERO,
+                Ok(_) => self.config.idle_wait,
+                Err(e) => {
+                    tracing::warn!(error = %e, "secondary verification round failed; retrying");
+                    self.config.idle_wait
+                }
+            };
+            if !wait.is_zero() {
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! A secondary verifies its own copies on its own schedule and heals them through the sync,
+//! with a backoff that keeps growing while the mismatch persists.
+
+mod common;
+
+use bytes::Bytes;
+use chrono::TimeDelta;
+use common::{WidgetReplicator, secondaries};
+use geo_runtime::db::dialect::now;
+use geo_runtime::registry::{Registry, SyncState, SyncedCopy};
+use geo_runtime::storage::{LocalStore, ObjectKey};
+use geo_runtime::worker::verify::{SecondaryVerification, SecondaryVerifyConfig};
+use geo_runtime::{Replicator, ReplicatorSet, VerificationState};
+use sha2::{Digest, Sha256};
+
+#[tokio::test]
+async fn bit_rot_is_found_without_any_event_and_resynced_with_growing_backoff() {
+    for db in secondaries().await {
+        let label = db.label().to_owned();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LocalStore::new(dir.path());
+        let registry = Registry::new(&db, WidgetReplicator::DESCRIPTOR);
+        let key = ObjectKey::parse("w/1").expect("key");
+        let good = b"the primary's bytes".to_vec();
+
+        // A copy synced and checked against the primary's checksum.
+        registry.insert_pending(&[1], now()).await.expect("pending");
+        let claimed = registry.claim(1, now()).await.expect("claim");
+        let written = store
+            .write_bytes(&key, Bytes::from(good.clone()), None)
+            .await
+            .expect("write");
+        let copy = SyncedCopy {
+            row: claimed[0],
+            object_key: Some("w/1".into()),
+            sha256: Some(written.sha256),
+            checked_against_primary: true,
+        };
+        registry.mark_synced_copies(&[copy]).await.expect("synced");
+        let row = registry
+            .find_by_model_id(1)
+            .await
+            .expect("find")
+            .expect("row");
+        assert_eq!(
+            row.verification_state,
+            VerificationState::Succeeded,
+            "{label}"
+        );
+        assert_eq!(
+            row.verification_checksum.as_deref(),
+            Some(Sha256::digest(&good).as_slice())
+        );
+
+        let v = SecondaryVerification::new(
+            &db,
+            &ReplicatorSet::linked().expect("set"),
+            store.clone(),
+            SecondaryVerifyConfig::default(),
+        );
+        // Verified just now: not due.
+        assert_eq!(
+            v.step_before(now() - TimeDelta::days(1))
+                .await
+                .expect("round")
+                .claimed,
+            0
+        );
+        // Due (its interval passed): verified again, still good.
+        let round = v
+            .step_before(now() + TimeDelta::seconds(1))
+            .await
+            .expect("round");
+        assert_eq!(
+            (round.claimed, round.succeeded),
+            (1, 1),
+            "{label}: {round:?}"
+        );
+
+        // Bit rot at rest: no event from the primary, the secondary finds it on its own.
+        std::fs::write(store.path(&key), b"the primary's bytez").expect("rot");
+        let round = v
+            .step_before(now() + TimeDelta::seconds(1))
+            .await
+            .expect("round");
+        assert_eq!(round.failed, 1, "{label}: {round:?}");
+        let row = registry
+            .find_by_model_id(1)
+            .await
+            .expect("find")
+            .expect("row");
+        assert_eq!(row.verification_state, VerificationState::Failed);
+        assert!(row.checksum_mismatch);
+        assert_eq!(
+            row.verification_checksum.as_deref(),
+            Some(Sha256::digest(&good).as_slice()),
+            "the expected checksum is kept"
+        );
+        assert_eq!(
+            row.verification_checksum_mismatched.as_deref(),
+            Some(Sha256::digest(b"the primary's bytez").as_slice())
+        );
+        assert_eq!(
+            row.state,
+            SyncState::Failed,
+            "{label}: the copy goes back to the sync"
+        );
+        assert_eq!((row.retry_count, row.verification_retry_count), (1, 1));
+        assert!(
+            row.last_sync_failure
+                .as_deref()
+                .unwrap_or_default()
+                .starts_with("Verification failed with: Checksum does not match")
+        );
+        let first_wait = row.retry_at.expect("retry_at") - now();
+
+        // The resync hits a primary whose checksum is stale: it fails, and the backoff grows
+        // (Geo's counter swings 1 ↔ 0 here and never backs off).
+        let due = registry
+            .claim(1, now() + TimeDelta::hours(2))
+            .await
+            .expect("claim");
+        assert_eq!(due.len(), 1);
+        registry
+            .mark_failed(
+                &[due[0].failed("Error downloading file: checksum mismatch", false)],
+                now(),
+            )
+            .await
+            .expect("failed");
+        let row = registry
+            .find_by_model_id(1)
+            .await
+            .expect("find")
+            .expect("row");
+        assert_eq!(
+            (row.retry_count, row.verification_retry_count),
+            (2, 1),
+            "{label}"
+        );
+        assert!(
+            row.retry_at.expect("retry_at") - now() > first_wait - TimeDelta::seconds(60),
+            "{label}"
+        );
+
+        // The primary's bytes come back: a checked resync heals the copy and resets the counts.
+        let due = registry
+            .claim(1, now() + TimeDelta::hours(2))
+            .await
+            .expect("claim");
+        store
+            .write_bytes(&key, Bytes::from(good.clone()), None)
+            .await
+            .expect("write");
+        let copy = SyncedCopy {
+            row: due[0],
+            object_key: Some("w/1".into()),
+            sha256: Some(Sha256::digest(&good).into()),
+            checked_against_primary: true,
+        };
+        registry.mark_synced_copies(&[copy]).await.expect("synced");
+        let row = registry
+            .find_by_model_id(1)
+            .await
+            .expect("find")
+            .expect("row");
+        assert_eq!(
+            (row.state, row.verification_state),
+            (SyncState::Synced, VerificationState::Succeeded),
+            "{label}"
+        );
+        assert_eq!((row.retry_count, row.verification_retry_count), (0, 0));
+        assert!(!row.checksum_mismatch);
+    }
+}
+
+#[tokio::test]
+async fn a_copy_without_a_primary_checksum_stays_disabled() {
+    for db in secondaries().await {
+        let registry = Registry::new(&db, WidgetReplicator::DESCRIPTOR);
+        registry.insert_pending(&[1], now()).await.expect("pending");
+        let claimed = registry.claim(1, now()).await.expect("claim");
+        let copy = SyncedCopy {
+            row: claimed[0],
+            object_key: Some("w/1".into()),
+            sha256: Some([7; 32]),
+            checked_against_primary: false,
+        };
+        registry.mark_synced_copies(&[copy]).await.expect("synced");
+        let row = registry
+            .find_by_model_id(1)
+            .await
+            .expect("find")
+            .expect("row");
+        assert_eq!(
+            row.verification_state,
+            VerificationState::Disabled,
+            "{}",
+            db.label()
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let v = SecondaryVerification::new(
+            &db,
+            &ReplicatorSet::linked().expect("set"),
+            LocalStore::new(dir.path()),
+            SecondaryVerifyConfig::default(),
+        );
+        assert_eq!(
+            v.step_before(now() + TimeDelta::days(30))
+                .await
+                .expect("round")
+                .claimed,
+            0
+        );
+    }
+}
