@@ -334,3 +334,82 @@ async fn a_record_changed_while_it_is_hashed_goes_back_to_pending() {
         assert_eq!(d.verification_checksum, None);
     }
 }
+
+#[tokio::test]
+async fn re_verification_reports_a_primary_copy_that_changed_behind_our_back() {
+    for db in primary().await {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LocalStore::new(dir.path());
+        let label = db.label().to_owned();
+        let sum = put(&store, "w/1", b"original").await;
+        exec(&db, "INSERT INTO widgets VALUES (1, 'w/1')").await;
+        publish(
+            &db,
+            &Widget {
+                id: 1,
+                file: "w/1".into(),
+            },
+            EventName::Created,
+        )
+        .await;
+        let v = PrimaryVerification::new(
+            &db,
+            &ReplicatorSet::linked().expect("set"),
+            store.clone(),
+            VerifyConfig::default(),
+        );
+        drain(&v).await;
+        // The interval has not passed: nothing to re-verify.
+        assert_eq!(v.step().await.expect("round").claimed, 0, "{label}");
+        // The object changes on disk without any update; the interval passes.
+        std::fs::write(
+            store.path(&ObjectKey::parse("w/1").expect("key")),
+            b"tampered",
+        )
+        .expect("write");
+        let ago = match db.dialect() {
+            geo_runtime::Dialect::Postgres => "now() - interval '8 days'".to_owned(),
+            geo_runtime::Dialect::Sqlite => {
+                (now().timestamp_micros() - 8 * 86_400_000_000).to_string()
+            }
+        };
+        exec(
+            &db,
+            &format!("UPDATE widget_states SET verified_at = {ago}"),
+        )
+        .await;
+        let round = v.step().await.expect("round");
+        assert_eq!((round.claimed, round.failed), (1, 1), "{label}: {round:?}");
+        let d = Widget {
+            id: 1,
+            file: String::new(),
+        }
+        .verification_details(&db)
+        .await
+        .expect("details");
+        assert_eq!(d.verification_state, VerificationState::Failed, "{label}");
+        assert!(
+            d.verification_failure
+                .unwrap_or_default()
+                .starts_with("The primary's copy no longer matches its checksum")
+        );
+        assert_eq!(
+            d.verification_checksum.as_deref(),
+            Some(sum.as_slice()),
+            "{label}: the recorded checksum is kept, not replaced"
+        );
+        // Its retry compares with the recorded checksum again: still a failure, not a new checksum.
+        exec(&db, "UPDATE widget_states SET verification_retry_at = NULL").await;
+        let round = v.step().await.expect("round");
+        assert_eq!(round.failed, 1, "{label}: {round:?}");
+        let d = Widget {
+            id: 1,
+            file: String::new(),
+        }
+        .verification_details(&db)
+        .await
+        .expect("details");
+        assert_eq!(d.verification_retry_count, 2);
+        assert_eq!(d.verification_checksum.as_deref(), Some(sum.as_slice()));
+    }
+}

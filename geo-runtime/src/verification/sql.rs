@@ -22,11 +22,16 @@ pub struct VerificationSql {
     pub mark_pending: String,
     /// `$1` limit, `$2` now: pending → started, returning the ids.
     pub claim_pending: String,
-    /// `$1` limit, `$2` now: failed and due → started, returning the ids.
+    /// `$1` limit, `$2` now: failed and due → started, returning the ids and the checksum kept
+    /// by a failed re-verification (to compare against again).
     pub claim_failed_due: String,
+    /// `$1` limit, `$2` now, `$3` verified before: succeeded long ago → started, returning the
+    /// ids and their recorded checksums.
+    pub claim_reverify: String,
     /// `$1` id, `$2` started at, `$3` checksum, `$4` now: started → succeeded, same attempt only.
     pub mark_succeeded: String,
-    /// `$1` id, `$2` started at, `$3` failure, `$4` now, `$5` retry at: started → failed.
+    /// `$1` id, `$2` started at, `$3` failure, `$4` now, `$5` retry at, `$6` checksum to keep
+    /// (a re-verification's expected one) or NULL: started → failed.
     pub mark_failed: String,
     /// `$1` started before, `$2` earliest retry, `$3` failure: started too long → failed.
     pub fail_timed_out: String,
@@ -47,6 +52,10 @@ impl VerificationSql {
             VerificationStorage::Inline => (model.clone(), model_id.clone()),
         };
         let lock = skip_locked(dialect);
+        let bytes = match dialect {
+            Dialect::Postgres => "BYTEA",
+            Dialect::Sqlite => "BLOB",
+        };
         let reset = "\"verification_state\" = 0, \"verification_retry_count\" = 0, \"verification_retry_at\" = NULL, \"verification_failure\" = NULL";
         let (ensure_rows, mark_pending) = match d.verification {
             VerificationStorage::SeparateTable { .. } => (
@@ -72,11 +81,16 @@ impl VerificationSql {
             ensure_rows,
             mark_pending,
             claim_pending: format!(
-                "UPDATE {table} SET {start} WHERE {key} IN (SELECT {key} FROM {table} WHERE \"verification_state\" = 0 ORDER BY \"verified_at\" NULLS FIRST, {key} LIMIT {}{lock}) RETURNING {key} AS \"id\", \"verification_retry_count\"",
+                "UPDATE {table} SET {start} WHERE {key} IN (SELECT {key} FROM {table} WHERE \"verification_state\" = 0 ORDER BY \"verified_at\" NULLS FIRST, {key} LIMIT {}{lock}) RETURNING {key} AS \"id\", \"verification_retry_count\", CAST(NULL AS {bytes}) AS \"expected\"",
+                p(1)
+            ),
+            claim_reverify: format!(
+                "UPDATE {table} SET {start} WHERE {key} IN (SELECT {key} FROM {table} WHERE \"verification_state\" = 2 AND \"verified_at\" < {} ORDER BY \"verified_at\" LIMIT {}{lock}) RETURNING {key} AS \"id\", \"verification_retry_count\", \"verification_checksum\" AS \"expected\"",
+                p(3),
                 p(1)
             ),
             claim_failed_due: format!(
-                "UPDATE {table} SET {start} WHERE {key} IN (SELECT {key} FROM {table} WHERE \"verification_state\" = 3 AND (\"verification_retry_at\" IS NULL OR \"verification_retry_at\" <= {}) ORDER BY \"verification_retry_at\" LIMIT {}{lock}) RETURNING {key} AS \"id\", \"verification_retry_count\"",
+                "UPDATE {table} SET {start} WHERE {key} IN (SELECT {key} FROM {table} WHERE \"verification_state\" = 3 AND (\"verification_retry_at\" IS NULL OR \"verification_retry_at\" <= {}) ORDER BY \"verification_retry_at\" LIMIT {}{lock}) RETURNING {key} AS \"id\", \"verification_retry_count\", \"verification_checksum\" AS \"expected\"",
                 p(2),
                 p(1)
             ),
@@ -88,7 +102,8 @@ impl VerificationSql {
                 p(2)
             ),
             mark_failed: format!(
-                "UPDATE {table} SET \"verification_state\" = 3, \"verification_checksum\" = NULL, \"verification_failure\" = {}, \"verified_at\" = {}, \"verification_retry_count\" = \"verification_retry_count\" + 1, \"verification_retry_at\" = {} WHERE {key} = {} AND \"verification_state\" = 1 AND \"verification_started_at\" = {}",
+                "UPDATE {table} SET \"verification_state\" = 3, \"verification_checksum\" = {}, \"verification_failure\" = {}, \"verified_at\" = {}, \"verification_retry_count\" = \"verification_retry_count\" + 1, \"verification_retry_at\" = {} WHERE {key} = {} AND \"verification_state\" = 1 AND \"verification_started_at\" = {}",
+                p(6),
                 p(3),
                 p(4),
                 p(5),

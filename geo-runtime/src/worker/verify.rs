@@ -31,6 +31,9 @@ pub struct VerifyConfig {
     pub idle_wait: Duration,
     /// A checksum running longer than this is failed by the sweep (Geo: 8 h).
     pub timeout: Duration,
+    /// Verified objects are checked again this long after their last verification (Geo's
+    /// `minimum_reverification_interval`: 7 days; at least a day).
+    pub reverify_interval: Duration,
 }
 
 impl Default for VerifyConfig {
@@ -39,6 +42,7 @@ impl Default for VerifyConfig {
             verification_max_capacity: 100,
             idle_wait: Duration::from_secs(1),
             timeout: Duration::from_secs(8 * 3600),
+            reverify_interval: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -106,29 +110,49 @@ impl<S: BlobStore> PrimaryVerification<S> {
                 on_pool!(self.db, write, pool => sqlx::query(AssertSqlSafe(ensure.as_str())).bind(10_000_i64).execute(pool).await?.rows_affected());
             }
             let started = now();
-            let mut claimed = self.claim(&sql.claim_pending, share, started).await?;
-            if claimed.len() < share {
-                claimed.extend(
-                    self.claim(&sql.claim_failed_due, share - claimed.len(), started)
-                        .await?,
-                );
+            let reverify_before = started
+                .checked_sub_signed(
+                    TimeDelta::from_std(self.config.reverify_interval.max(MIN_REVERIFY_INTERVAL))
+                        .unwrap_or(TimeDelta::MAX),
+                )
+                .unwrap_or(DateTime::<Utc>::MIN_UTC);
+            let mut claimed = self.claim(&sql.claim_pending, share, started, None).await?;
+            for (claim, before) in [
+                (&sql.claim_failed_due, None),
+                (&sql.claim_reverify, Some(reverify_before)),
+            ] {
+                if claimed.len() < share {
+                    claimed.extend(
+                        self.claim(claim, share - claimed.len(), started, before)
+                            .await?,
+                    );
+                }
             }
             round.claimed += claimed.len();
-            let outcomes: Vec<(i64, i32, Result<[u8; 32], String>)> =
-                futures_util::stream::iter(claimed)
-                    .map(|(id, retries)| {
-                        let span =
-                            tracing::info_span!("verify", replicable = d.replicable_name, id);
-                        async move { (id, retries, self.checksum(d, id).await) }.instrument(span)
-                    })
-                    .buffer_unordered(share)
-                    .collect()
-                    .await;
-            for (id, retries, outcome) in outcomes {
+            let outcomes: Vec<Checksummed> = futures_util::stream::iter(claimed)
+                .map(|(id, retries, expected)| {
+                    let span = tracing::info_span!("verify", replicable = d.replicable_name, id);
+                    async move { (id, retries, expected, self.checksum(d, id).await) }
+                        .instrument(span)
+                })
+                .buffer_unordered(share)
+                .collect()
+                .await;
+            for (id, retries, expected, outcome) in outcomes {
+                // A re-verification compares with the recorded checksum: a primary object that
+                // changed behind our back is a primary failure, never silently re-checksummed.
+                let outcome = match (outcome, &expected) {
+                    (Ok(sum), Some(want)) if want.as_slice() != sum.as_slice() => Err(format!(
+                        "The primary's copy no longer matches its checksum (recorded {}, now {})",
+                        crate::storage::hex(want),
+                        crate::storage::hex(&sum)
+                    )),
+                    (other, _) => other,
+                };
                 let applied = match &outcome {
                     Ok(sum) => self.record_success(sql, id, started, sum).await?,
                     Err(reason) => {
-                        self.record_failure(sql, id, started, reason, retries)
+                        self.record_failure(sql, id, started, reason, retries, expected.as_deref())
                             .await?
                     }
                 };
@@ -146,19 +170,28 @@ impl<S: BlobStore> PrimaryVerification<S> {
         Ok(round)
     }
 
+    /// Claims with `sql` (`$1` limit, `$2` now, and `$3` verified-before when given); returns
+    /// (id, failures so far, checksum to compare with).
     async fn claim(
         &self,
         sql: &str,
         limit: usize,
         at: DateTime<Utc>,
-    ) -> Result<Vec<(i64, i32)>, DbError> {
+        before: Option<DateTime<Utc>>,
+    ) -> Result<Vec<(i64, i32, Option<Vec<u8>>)>, DbError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         on_pool!(self.db, write, pool => {
-            let rows = sqlx::query(AssertSqlSafe(sql)).bind(limit).bind(Ts(at)).fetch_all(pool).await?;
-            rows.iter().map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<i32, _>(1)?))).collect()
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(limit).bind(Ts(at));
+            if let Some(before) = before {
+                q = q.bind(Ts(before));
+            }
+            let rows = q.fetch_all(pool).await?;
+            rows.iter()
+                .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<i32, _>(1)?, r.try_get::<Option<Vec<u8>>, _>(2)?)))
+                .collect()
         })
     }
 
@@ -204,6 +237,7 @@ impl<S: BlobStore> PrimaryVerification<S> {
         started: DateTime<Utc>,
         reason: &str,
         retries: i32,
+        keep: Option<&[u8]>,
     ) -> Result<bool, DbError> {
         tracing::warn!(reason, "verification failed");
         let at = now();
@@ -218,6 +252,7 @@ impl<S: BlobStore> PrimaryVerification<S> {
             .bind(truncate_failure(reason))
             .bind(Ts(at))
             .bind(Ts(retry_at))
+            .bind(keep)
             .execute(pool)
             .await?
             .rows_affected());
@@ -295,6 +330,9 @@ impl<S: BlobStore> PrimaryVerification<S> {
         }
     }
 }
+
+/// A checksum attempt: id, failures so far, the checksum to compare with, and the outcome.
+type Checksummed = (i64, i32, Option<Vec<u8>>, Result<[u8; 32], String>);
 
 /// A copy claimed for verification: registry id, object key, expected checksum, failures.
 type ClaimedCopy = (i64, Option<String>, Option<Vec<u8>>, i32);
