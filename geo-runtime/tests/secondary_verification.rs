@@ -5,7 +5,7 @@ mod common;
 
 use bytes::Bytes;
 use chrono::TimeDelta;
-use common::{WidgetReplicator, secondaries};
+use common::{WidgetReplicator, exec, secondaries};
 use geo_runtime::db::dialect::now;
 use geo_runtime::registry::{Registry, SyncState, SyncedCopy};
 use geo_runtime::storage::{LocalStore, ObjectKey};
@@ -57,6 +57,31 @@ async fn bit_rot_is_found_without_any_event_and_resynced_with_growing_backoff() 
             &ReplicatorSet::linked().expect("set"),
             store.clone(),
             SecondaryVerifyConfig::default(),
+        );
+        // A verification a crash interrupted (started an hour ago) is released, then done again.
+        let hour_ago = match db.dialect() {
+            geo_runtime::Dialect::Postgres => "now() - interval '1 hour'".to_owned(),
+            geo_runtime::Dialect::Sqlite => (now().timestamp_micros() - 3_600_000_000).to_string(),
+        };
+        exec(
+            &db,
+            &format!("UPDATE widget_registry SET verification_state = 1, verification_started_at = {hour_ago}"),
+        )
+        .await;
+        assert_eq!(
+            v.release_stuck(now() - TimeDelta::minutes(30))
+                .await
+                .expect("release"),
+            1,
+            "{label}"
+        );
+        let round = v
+            .step_before(now() - TimeDelta::days(1))
+            .await
+            .expect("round");
+        assert_eq!(
+            round.succeeded, 1,
+            "{label}: a released copy is verified again"
         );
         // Verified just now: not due.
         assert_eq!(

@@ -151,6 +151,8 @@ pub struct SecondaryVerificationSql {
     pub mark_failed: String,
     /// `$1` id, `$2` started at: nothing to compare with (no checksum) → disabled.
     pub mark_disabled: String,
+    /// `$1` started before: verifications interrupted (a crash) go back to pending.
+    pub release_stuck: String,
 }
 
 impl SecondaryVerificationSql {
@@ -194,6 +196,10 @@ impl SecondaryVerificationSql {
             ),
             mark_disabled: format!(
                 "UPDATE {t} SET \"verification_state\" = 4 WHERE {this_attempt}"
+            ),
+            release_stuck: format!(
+                "UPDATE {t} SET \"verification_state\" = 0 WHERE \"verification_state\" = 1 AND \"verification_started_at\" < {}",
+                p(1)
             ),
         }
     }

@@ -499,6 +499,16 @@ impl<S: BlobStore> SecondaryVerification<S> {
         Ok(n == 1)
     }
 
+    /// Verifications started before `before` and never finished (the process died) go back to
+    /// pending, so no copy is left out of verification. Returns how many.
+    pub async fn release_stuck(&self, before: DateTime<Utc>) -> Result<u64, DbError> {
+        let mut total = 0;
+        for sql in self.items.iter() {
+            total += on_pool!(self.tracking, write, pool => sqlx::query(AssertSqlSafe(sql.release_stuck.as_str())).bind(Ts(before)).execute(pool).await?.rows_affected());
+        }
+        Ok(total)
+    }
+
     /// One round with the configured interval.
     pub async fn step(&self) -> Result<VerifyRound, DbError> {
         let interval = self.config.reverify_interval.max(MIN_REVERIFY_INTERVAL);
@@ -508,8 +518,14 @@ impl<S: BlobStore> SecondaryVerification<S> {
         self.step_before(before).await
     }
 
-    /// Runs rounds until cancelled.
+    /// Runs rounds until cancelled. Verifications a crash interrupted (started more than an hour
+    /// before this process) are released first.
     pub async fn run(&self, cancel: CancellationToken) {
+        match self.release_stuck(now() - TimeDelta::hours(1)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "released verifications a crash interrupted"),
+            Err(e) => tracing::warn!(error = %e, "could not release interrupted verifications"),
+        }
         while !cancel.is_cancelled() {
             let wait = match self.step().await {
                 Ok(r) if r.claimed > 0 => Duration::ZERO,
