@@ -239,3 +239,139 @@ async fn a_copy_without_a_primary_checksum_stays_disabled() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabled_copies_are_picked_up_when_the_primary_has_a_checksum() {
+    use common::Widget;
+    use geo_runtime::VerificationDetails;
+    use geo_runtime::node::nodes::add_secondary;
+    use geo_runtime::node::{Node, NodeConfig, PrimaryClient, PrimaryConfig};
+
+    let primary_db = geo_runtime::testing::sqlite().await;
+    exec(&primary_db, "CREATE TABLE widgets (id BIGINT PRIMARY KEY, file TEXT NOT NULL); CREATE TABLE gizmos (id BIGINT PRIMARY KEY, file TEXT NOT NULL); INSERT INTO widgets VALUES (1, 'w/1'), (2, 'w/2'), (3, 'w/3')").await;
+    let pdir = tempfile::tempdir().expect("tempdir");
+    let primary = Node::start(
+        NodeConfig::Primary(PrimaryConfig::new(
+            "127.0.0.1:0".parse().expect("addr"),
+            pdir.path(),
+        )),
+        &primary_db,
+        &ReplicatorSet::linked().expect("set"),
+    )
+    .await
+    .expect("primary");
+    let creds = add_secondary(&primary_db, "s", "http://s.invalid")
+        .await
+        .expect("register");
+    let url = format!("http://{}", primary.local_addr().expect("addr"));
+    let (a, b) = ([0xaa_u8; 32], [0xbb_u8; 32]);
+    for (id, sum) in [(1, a), (2, b)] {
+        let details = VerificationDetails {
+            verification_state: VerificationState::Succeeded,
+            verified_at: Some(now()),
+            verification_checksum: Some(sum.to_vec()),
+            ..VerificationDetails::default()
+        };
+        Widget {
+            id,
+            file: format!("w/{id}"),
+        }
+        .set_verification_details(&primary_db, &details)
+        .await
+        .expect("checksum");
+    }
+    // Widget 3 has no primary checksum yet (its verification worker may get to it, its file does
+    // not exist: it can only fail, never succeed).
+
+    for db in secondaries().await {
+        let registry = Registry::new(&db, WidgetReplicator::DESCRIPTOR);
+        registry
+            .insert_pending(&[1, 2, 3], now())
+            .await
+            .expect("pending");
+        let claimed = registry.claim(3, now()).await.expect("claim");
+        let copies: Vec<SyncedCopy> = claimed
+            .iter()
+            .map(|c| SyncedCopy {
+                row: *c,
+                object_key: Some(format!("w/{}", c.model_record_id)),
+                sha256: Some(a),
+                checked_against_primary: false,
+            })
+            .collect();
+        registry.mark_synced_copies(&copies).await.expect("synced");
+        let client = PrimaryClient::new(
+            &url,
+            &creds.access_key,
+            creds.secret.clone(),
+            std::time::Duration::from_secs(5),
+        )
+        .expect("client");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let v = SecondaryVerification::new(
+            &db,
+            &ReplicatorSet::linked().expect("set"),
+            LocalStore::new(dir.path()),
+            SecondaryVerifyConfig::default(),
+        );
+        let round = v
+            .check_disabled(&client, std::time::Duration::from_secs(300))
+            .await
+            .expect("check");
+        assert_eq!(
+            (round.claimed, round.succeeded, round.failed),
+            (3, 1, 1),
+            "{}: {round:?}",
+            db.label()
+        );
+        let row = |id| {
+            let registry = registry.clone();
+            async move {
+                registry
+                    .find_by_model_id(id)
+                    .await
+                    .expect("find")
+                    .expect("row")
+            }
+        };
+        assert_eq!(
+            row(1).await.verification_state,
+            VerificationState::Succeeded,
+            "{}",
+            db.label()
+        );
+        let two = row(2).await;
+        assert_eq!(
+            (two.verification_state, two.state),
+            (VerificationState::Failed, SyncState::Failed),
+            "{}",
+            db.label()
+        );
+        assert!(two.checksum_mismatch);
+        assert_eq!(
+            two.verification_checksum.as_deref(),
+            Some(b.as_slice()),
+            "the primary's checksum is what the copy must match"
+        );
+        assert_eq!(
+            two.verification_checksum_mismatched.as_deref(),
+            Some(a.as_slice())
+        );
+        let three = row(3).await;
+        assert_eq!(three.verification_state, VerificationState::Disabled);
+        assert!(
+            three.verification_retry_at.expect("next look") > now(),
+            "{}",
+            db.label()
+        );
+        // Looked at again only after the recheck interval.
+        assert_eq!(
+            v.check_disabled(&client, std::time::Duration::from_secs(300))
+                .await
+                .expect("check")
+                .claimed,
+            0
+        );
+    }
+    primary.shutdown().await;
+}

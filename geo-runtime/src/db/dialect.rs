@@ -243,6 +243,14 @@ pub fn false_literal(dialect: super::Dialect) -> &'static str {
     }
 }
 
+/// `TRUE` (PostgreSQL) / `1` (SQLite).
+pub fn true_literal(dialect: super::Dialect) -> &'static str {
+    match dialect {
+        super::Dialect::Postgres => "TRUE",
+        super::Dialect::Sqlite => "1",
+    }
+}
+
 /// The row-locking clause of a claim: `FOR UPDATE SKIP LOCKED` on PostgreSQL (concurrent
 /// claimers skip each other's rows); nothing on SQLite, whose single writer serialises claims.
 pub fn skip_locked(dialect: super::Dialect) -> &'static str {

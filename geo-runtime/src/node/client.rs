@@ -8,7 +8,7 @@ use reqwest::header::AUTHORIZATION;
 use reqwest::{StatusCode, Url};
 
 use super::auth::{RequestScope, Secret, authorization};
-use super::server::{CursorReport, EventsPage, IdsPage};
+use super::server::{ChecksumsPage, CursorReport, EventsPage, IdsPage};
 use crate::events::{Event, EventSource, SourceError};
 use crate::replicator::ReplicatorDescriptor;
 use crate::worker::consistency::ModelIdSource;
@@ -133,6 +133,35 @@ impl PrimaryClient {
             .send()
             .await
             .map_err(transport)
+    }
+
+    /// The primary's verified checksums of `ids` (`None`: not verified yet); records the primary
+    /// no longer has are left out.
+    pub async fn primary_checksums(
+        &self,
+        replicable_name: &str,
+        ids: &[i64],
+    ) -> Result<Vec<(i64, Option<[u8; 32]>)>, SourceError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(1000) {
+            let mut url = self.url(&format!("/geo/v1/checksums/{replicable_name}"))?;
+            let list = chunk
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            url.query_pairs_mut().append_pair("ids", &list);
+            let scope = RequestScope::Replicables {
+                replicable_name: replicable_name.to_owned(),
+            };
+            let page: ChecksumsPage = self.get_json(url, &scope).await?;
+            out.extend(
+                page.checksums
+                    .into_iter()
+                    .map(|(id, hex)| (id, hex.as_deref().and_then(crate::storage::parse_sha256))),
+            );
+        }
+        Ok(out)
     }
 
     /// `POST /geo/v1/cursor`: tells the primary every event up to `last_event_id` was applied.

@@ -305,7 +305,17 @@ impl Node {
         let verification =
             SecondaryVerification::new(db, set, store.clone(), c.verification.clone());
         let token = cancel.clone();
-        tracker.spawn(async move { verification.run(token).await });
+        let worker = verification.clone();
+        tracker.spawn(async move { worker.run(token).await });
+        let (vclient, recheck) = (client.clone(), c.verification.disabled_recheck);
+        every(&tracker, &cancel, c.verification.idle_wait, move || {
+            let (verification, vclient) = (verification.clone(), vclient.clone());
+            async move {
+                if let Err(e) = verification.check_disabled(&vclient, recheck).await {
+                    tracing::warn!(error = %e, "checking disabled copies against the primary failed");
+                }
+            }
+        });
 
         let sync = BlobSync::new(db, set, client.clone(), store.clone(), c.sync.clone());
         let token = cancel.clone();

@@ -25,7 +25,7 @@ use super::nodes::{KnownNode, find_by_access_key};
 use super::{FILE_NOT_FOUND, HEADER_OBJECT_KEY, HEADER_SHA256};
 use crate::db::Database;
 use crate::events::{DbEventSource, Event, EventSource, record_secondary_cursor};
-use crate::replicator::{ReplicatorDescriptor, ReplicatorSet, model_object};
+use crate::replicator::{ReplicatorDescriptor, ReplicatorSet, model_checksums, model_object};
 use crate::storage::{BlobStore, LocalStore, ObjectKey, Opened, hex};
 use crate::worker::consistency::{DbModelIdSource, ModelIdSource};
 
@@ -69,6 +69,7 @@ impl<S: BlobStore> PrimaryApi<S> {
             .route("/geo/v1/events", get(events::<S>))
             .route("/geo/v1/replicables/{name}", get(replicables::<S>))
             .route("/geo/v1/retrieve/{name}/{id}", get(retrieve::<S>))
+            .route("/geo/v1/checksums/{name}", get(checksums::<S>))
             .route("/geo/v1/cursor", post(cursor::<S>))
             .with_state(self)
     }
@@ -362,6 +363,58 @@ async fn retrieve<S: BlobStore>(
         h.insert(HEADER_SHA256, v);
     }
     Ok(response)
+}
+
+#[derive(Debug, Deserialize)]
+struct ChecksumsQuery {
+    /// Comma-separated model ids.
+    ids: String,
+}
+
+/// The primary's verified checksums of some records.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ChecksumsPage {
+    /// `(id, hex SHA-256 or null)` for each requested record that exists.
+    pub checksums: Vec<(i64, Option<String>)>,
+}
+
+async fn checksums<S: BlobStore>(
+    State(api): State<PrimaryApi<S>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<ChecksumsQuery>,
+) -> Result<Json<ChecksumsPage>, ApiError> {
+    authenticate(
+        &api,
+        &headers,
+        &RequestScope::Replicables {
+            replicable_name: name.clone(),
+        },
+    )
+    .await?;
+    let d = descriptor(&api, &name)?;
+    let ids: Result<Vec<i64>, _> = q
+        .ids
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::parse)
+        .collect();
+    let ids = ids.map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "ids must be comma-separated integers",
+        )
+    })?;
+    if ids.len() > MAX_PAGE {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "too many ids"));
+    }
+    let rows = model_checksums(&api.db, d, &ids).await?;
+    Ok(Json(ChecksumsPage {
+        checksums: rows
+            .into_iter()
+            .map(|(id, sum)| (id, sum.filter(|s| s.len() == 32).map(|s| hex(&s))))
+            .collect(),
+    }))
 }
 
 /// How far a secondary has read.

@@ -6,7 +6,7 @@ use super::REGISTRY_COLUMNS;
 use crate::db::Dialect;
 use crate::db::dialect::{
     false_literal, id_list_rows, in_id_list, param, plus_random_secs, quote, skip_locked,
-    synced_rows,
+    synced_rows, true_literal,
 };
 use crate::replicator::ReplicatorDescriptor;
 
@@ -153,6 +153,14 @@ pub struct SecondaryVerificationSql {
     pub mark_disabled: String,
     /// `$1` started before: verifications interrupted (a crash) go back to pending.
     pub release_stuck: String,
+    /// `$1` limit, `$2` now, `$3` next check: synced copies `disabled` for want of a primary
+    /// checksum, due for a look, returning `id`, `model_record_id`, `verification_checksum`.
+    pub claim_disabled: String,
+    /// `$1` id, `$2` now: a disabled copy whose checksum the primary now confirms → succeeded.
+    pub disabled_succeeded: String,
+    /// `$1` id, `$2` failure, `$3` local checksum, `$4` now, `$5` retry at, `$6` sync failure,
+    /// `$7` the primary's checksum: a disabled copy that differs from the primary's → resync.
+    pub disabled_mismatch: String,
 }
 
 impl SecondaryVerificationSql {
@@ -200,6 +208,34 @@ impl SecondaryVerificationSql {
             release_stuck: format!(
                 "UPDATE {t} SET \"verification_state\" = 0 WHERE \"verification_state\" = 1 AND \"verification_started_at\" < {}",
                 p(1)
+            ),
+            claim_disabled: format!(
+                "UPDATE {t} SET \"verification_retry_at\" = {} WHERE \"id\" IN (SELECT \"id\" FROM {t} WHERE \"state\" = 2 AND \"verification_state\" = 4 \
+                 AND (\"verification_retry_at\" IS NULL OR \"verification_retry_at\" <= {}) ORDER BY \"id\" LIMIT {}{lock}) \
+                 RETURNING \"id\", {fk} AS \"model_record_id\", \"verification_checksum\"",
+                p(3),
+                p(2),
+                p(1)
+            ),
+            disabled_succeeded: format!(
+                "UPDATE {t} SET \"verification_state\" = 2, \"verified_at\" = {}, \"verification_retry_count\" = 0, \"verification_retry_at\" = NULL, \"verification_failure\" = NULL, \"checksum_mismatch\" = {no} WHERE \"id\" = {} AND \"verification_state\" = 4 AND \"state\" = 2",
+                p(2),
+                p(1),
+                no = false_literal(dialect)
+            ),
+            disabled_mismatch: format!(
+                "UPDATE {t} SET \"verification_state\" = 3, \"verification_failure\" = {}, \"checksum_mismatch\" = {yes}, \"verification_checksum_mismatched\" = {}, \"verification_checksum\" = {}, \"verified_at\" = {}, \
+                 \"verification_retry_count\" = \"verification_retry_count\" + 1, \"verification_retry_at\" = {retry}, \
+                 \"state\" = 3, \"retry_count\" = \"verification_retry_count\" + 1, \"retry_at\" = {retry}, \"last_sync_failure\" = {} \
+                 WHERE \"id\" = {} AND \"verification_state\" = 4 AND \"state\" = 2",
+                p(2),
+                p(3),
+                p(7),
+                p(4),
+                p(6),
+                p(1),
+                retry = p(5),
+                yes = true_literal(dialect)
             ),
         }
     }

@@ -3,7 +3,7 @@
 use sqlx::AssertSqlSafe;
 
 use super::ReplicatorDescriptor;
-use crate::db::dialect::{param, quote};
+use crate::db::dialect::{IdList, in_id_list, param, quote};
 use crate::db::{Database, on_pool};
 use crate::error::DbError;
 
@@ -46,4 +46,43 @@ pub async fn model_object(
         .fetch_optional(pool)
         .await?);
     Ok(row)
+}
+
+/// The primary's verified SHA-256 of each of `ids` that exists (`None`: not verified yet).
+pub async fn model_checksums(
+    primary: &Database,
+    descriptor: &ReplicatorDescriptor,
+    ids: &[i64],
+) -> Result<Vec<(i64, Option<Vec<u8>>)>, DbError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (join, checksum) = match descriptor.verification {
+        super::VerificationStorage::Inline => (
+            String::new(),
+            "CASE WHEN m.\"verification_state\" = 2 THEN m.\"verification_checksum\" END"
+                .to_owned(),
+        ),
+        super::VerificationStorage::SeparateTable { table } => (
+            format!(
+                " LEFT JOIN {} s ON s.{} = m.{}",
+                quote(table),
+                quote(descriptor.model_foreign_key),
+                quote(descriptor.model_id_column)
+            ),
+            "CASE WHEN s.\"verification_state\" = 2 THEN s.\"verification_checksum\" END"
+                .to_owned(),
+        ),
+    };
+    let id = format!("m.{}", quote(descriptor.model_id_column));
+    let sql = format!(
+        "SELECT {id}, {checksum} FROM {} m{join} WHERE {} ORDER BY {id}",
+        quote(descriptor.model_table),
+        in_id_list(primary.dialect(), &id, 1)
+    );
+    let rows: Vec<(i64, Option<Vec<u8>>)> = on_pool!(primary, read, pool => sqlx::query_as(AssertSqlSafe(sql))
+        .bind(IdList(ids.to_vec()))
+        .fetch_all(pool)
+        .await?);
+    Ok(rows)
 }

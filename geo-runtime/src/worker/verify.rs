@@ -349,7 +349,12 @@ pub struct SecondaryVerification<S> {
     tracking: Database,
     store: S,
     config: SecondaryVerifyConfig,
-    items: Arc<Vec<crate::registry::sql::SecondaryVerificationSql>>,
+    items: Arc<
+        Vec<(
+            &'static ReplicatorDescriptor,
+            crate::registry::sql::SecondaryVerificationSql,
+        )>,
+    >,
 }
 
 /// Tuning of a secondary's verification.
@@ -362,6 +367,8 @@ pub struct SecondaryVerifyConfig {
     pub reverify_interval: Duration,
     /// Pause when there was nothing to verify.
     pub idle_wait: Duration,
+    /// How often a copy disabled for want of a primary checksum is looked at again.
+    pub disabled_recheck: Duration,
 }
 
 impl Default for SecondaryVerifyConfig {
@@ -370,6 +377,7 @@ impl Default for SecondaryVerifyConfig {
             verification_max_capacity: 100,
             reverify_interval: Duration::from_secs(7 * 24 * 3600),
             idle_wait: Duration::from_secs(60),
+            disabled_recheck: Duration::from_secs(300),
         }
     }
 }
@@ -390,7 +398,13 @@ impl<S: BlobStore> SecondaryVerification<S> {
                 set.descriptors()
                     .iter()
                     .map(|d| {
-                        crate::registry::sql::SecondaryVerificationSql::new(d, tracking.dialect())
+                        (
+                            *d,
+                            crate::registry::sql::SecondaryVerificationSql::new(
+                                d,
+                                tracking.dialect(),
+                            ),
+                        )
                     })
                     .collect(),
             ),
@@ -408,7 +422,7 @@ impl<S: BlobStore> SecondaryVerification<S> {
     ) -> Result<VerifyRound, DbError> {
         let mut round = VerifyRound::default();
         let share = (self.config.verification_max_capacity / self.items.len().max(1)).max(1);
-        for sql in self.items.iter() {
+        for (_, sql) in self.items.iter() {
             let started = now();
             let claimed: Vec<ClaimedCopy> = on_pool!(self.tracking, write, pool => {
                 let rows = sqlx::query(AssertSqlSafe(sql.claim.as_str()))
@@ -503,10 +517,91 @@ impl<S: BlobStore> SecondaryVerification<S> {
     /// pending, so no copy is left out of verification. Returns how many.
     pub async fn release_stuck(&self, before: DateTime<Utc>) -> Result<u64, DbError> {
         let mut total = 0;
-        for sql in self.items.iter() {
+        for (_, sql) in self.items.iter() {
             total += on_pool!(self.tracking, write, pool => sqlx::query(AssertSqlSafe(sql.release_stuck.as_str())).bind(Ts(before)).execute(pool).await?.rows_affected());
         }
         Ok(total)
+    }
+
+    /// Looks at copies `disabled` for want of a primary checksum (at most once per `recheck`
+    /// each): confirmed by the primary's checksum now → verified; different → failed and
+    /// resynced; still none → left for the next look. No event is needed.
+    pub async fn check_disabled(
+        &self,
+        client: &crate::node::PrimaryClient,
+        recheck: Duration,
+    ) -> Result<VerifyRound, crate::events::SourceError> {
+        let mut round = VerifyRound::default();
+        for (d, sql) in self.items.iter() {
+            let at = now();
+            let next = at + TimeDelta::from_std(recheck).unwrap_or(TimeDelta::MAX);
+            let claimed: Vec<(i64, i64, Option<Vec<u8>>)> = on_pool!(self.tracking, write, pool => {
+                let rows = sqlx::query(AssertSqlSafe(sql.claim_disabled.as_str()))
+                    .bind(1000_i64)
+                    .bind(Ts(at))
+                    .bind(Ts(next))
+                    .fetch_all(pool)
+                    .await
+                    .map_err(DbError::from)?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?, r.try_get::<Option<Vec<u8>>, _>(2)?)))
+                    .collect::<Result<Vec<_>, DbError>>()?
+            });
+            if claimed.is_empty() {
+                continue;
+            }
+            round.claimed += claimed.len();
+            let ids: Vec<i64> = claimed.iter().map(|(_, model_id, _)| *model_id).collect();
+            let primary: std::collections::HashMap<i64, Option<[u8; 32]>> = client
+                .primary_checksums(d.replicable_name, &ids)
+                .await?
+                .into_iter()
+                .collect();
+            for (id, model_id, local) in claimed {
+                let Some(Some(want)) = primary.get(&model_id) else {
+                    continue;
+                };
+                let n = if local.as_deref() == Some(want.as_slice()) {
+                    round.succeeded += 1;
+                    on_pool!(self.tracking, write, pool => sqlx::query(AssertSqlSafe(sql.disabled_succeeded.as_str()))
+                        .bind(id)
+                        .bind(Ts(now()))
+                        .execute(pool)
+                        .await
+                        .map_err(DbError::from)?
+                        .rows_affected())
+                } else {
+                    round.failed += 1;
+                    let reason = format!(
+                        "Checksum does not match the primary checksum (primary {}, local {})",
+                        crate::storage::hex(want),
+                        local
+                            .as_deref()
+                            .map(crate::storage::hex)
+                            .unwrap_or_default()
+                    );
+                    tracing::warn!(replicable = d.replicable_name, model_id, reason = %reason, "a copy differs from the primary's now-known checksum; resyncing it");
+                    let at = now();
+                    let retry_at = backoff::next_retry_at(at, 1, false);
+                    on_pool!(self.tracking, write, pool => sqlx::query(AssertSqlSafe(sql.disabled_mismatch.as_str()))
+                        .bind(id)
+                        .bind(truncate_failure(&reason))
+                        .bind(local.as_deref())
+                        .bind(Ts(at))
+                        .bind(Ts(retry_at))
+                        .bind(truncate_failure(&format!("Verification failed with: {reason}")))
+                        .bind(want.as_slice())
+                        .execute(pool)
+                        .await
+                        .map_err(DbError::from)?
+                        .rows_affected())
+                };
+                if n == 0 {
+                    round.superseded += 1;
+                }
+            }
+        }
+        Ok(round)
     }
 
     /// One round with the configured interval.
