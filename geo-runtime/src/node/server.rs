@@ -186,6 +186,25 @@ async fn authenticate<S: BlobStore>(
     Ok(node)
 }
 
+/// `1,2,3` → ids, at most [`MAX_PAGE`] of them.
+fn parse_ids(list: &str) -> Result<Vec<i64>, ApiError> {
+    let ids: Vec<i64> = list
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "ids must be comma-separated integers",
+            )
+        })?;
+    if ids.len() > MAX_PAGE {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "too many ids"));
+    }
+    Ok(ids)
+}
+
 fn descriptor<S: BlobStore>(
     api: &PrimaryApi<S>,
     name: &str,
@@ -229,20 +248,7 @@ async fn events<S: BlobStore>(
     };
     let events = match q.ids {
         Some(ids) => {
-            let ids: Result<Vec<i64>, _> = ids
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(str::parse)
-                .collect();
-            let ids = ids.map_err(|_| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "ids must be comma-separated integers",
-                )
-            })?;
-            if ids.len() > MAX_PAGE {
-                return Err(ApiError::new(StatusCode::BAD_REQUEST, "too many ids"));
-            }
+            let ids = parse_ids(&ids)?;
             source.events_by_ids(&ids).await.map_err(failed)?
         }
         None => source
@@ -393,21 +399,7 @@ async fn checksums<S: BlobStore>(
     )
     .await?;
     let d = descriptor(&api, &name)?;
-    let ids: Result<Vec<i64>, _> = q
-        .ids
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(str::parse)
-        .collect();
-    let ids = ids.map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "ids must be comma-separated integers",
-        )
-    })?;
-    if ids.len() > MAX_PAGE {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "too many ids"));
-    }
+    let ids = parse_ids(&q.ids)?;
     let rows = model_checksums(&api.db, d, &ids).await?;
     Ok(Json(ChecksumsPage {
         checksums: rows

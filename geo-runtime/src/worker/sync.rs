@@ -272,21 +272,12 @@ impl<S: BlobStore> BlobSync<S> {
     /// Runs rounds until cancelled; an interrupted round leaves its rows `started` for the
     /// sweeper (or finishes them when the cancellation comes between rounds).
     pub async fn run(&self, cancel: CancellationToken) {
-        while !cancel.is_cancelled() {
-            let wait = match self.step().await {
-                Ok(r) if r.claimed > 0 => Duration::ZERO,
-                Ok(_) => self.config.idle_wait,
-                Err(e) => {
-                    tracing::warn!(error = %e, "blob sync round failed; retrying");
-                    self.config.idle_wait
-                }
-            };
-            if !wait.is_zero() {
-                tokio::select! {
-                    () = cancel.cancelled() => break,
-                    () = tokio::time::sleep(wait) => {}
-                }
-            }
-        }
+        super::run_rounds(
+            &cancel,
+            self.config.idle_wait,
+            "blob sync round",
+            || async { self.step().await.map(|r| r.claimed > 0) },
+        )
+        .await;
     }
 }

@@ -312,22 +312,13 @@ impl<S: BlobStore> PrimaryVerification<S> {
 
     /// Runs rounds until cancelled.
     pub async fn run(&self, cancel: CancellationToken) {
-        while !cancel.is_cancelled() {
-            let wait = match self.step().await {
-                Ok(r) if r.claimed > 0 => Duration::ZERO,
-                Ok(_) => self.config.idle_wait,
-                Err(e) => {
-                    tracing::warn!(error = %e, "verification round failed; retrying");
-                    self.config.idle_wait
-                }
-            };
-            if !wait.is_zero() {
-                tokio::select! {
-                    () = cancel.cancelled() => break,
-                    () = tokio::time::sleep(wait) => {}
-                }
-            }
-        }
+        super::run_rounds(
+            &cancel,
+            self.config.idle_wait,
+            "verification round",
+            || async { self.step().await.map(|r| r.claimed > 0) },
+        )
+        .await;
     }
 }
 
@@ -621,21 +612,12 @@ impl<S: BlobStore> SecondaryVerification<S> {
             Ok(n) => tracing::info!(rows = n, "released verifications a crash interrupted"),
             Err(e) => tracing::warn!(error = %e, "could not release interrupted verifications"),
         }
-        while !cancel.is_cancelled() {
-            let wait = match self.step().await {
-                Ok(r) if r.claimed > 0 => Duration::ZERO,
-                Ok(_) => self.config.idle_wait,
-                Err(e) => {
-                    tracing::warn!(error = %e, "secondary verification round failed; retrying");
-                    self.config.idle_wait
-                }
-            };
-            if !wait.is_zero() {
-                tokio::select! {
-                    () = cancel.cancelled() => break,
-                    () = tokio::time::sleep(wait) => {}
-                }
-            }
-        }
+        super::run_rounds(
+            &cancel,
+            self.config.idle_wait,
+            "secondary verification round",
+            || async { self.step().await.map(|r| r.claimed > 0) },
+        )
+        .await;
     }
 }
