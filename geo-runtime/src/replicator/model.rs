@@ -86,3 +86,29 @@ pub async fn model_checksums(
         .await?);
     Ok(rows)
 }
+
+/// The object keys of `ids` (`None`: the record has none); records that do not exist are left
+/// out.
+pub async fn model_object_keys(
+    primary: &Database,
+    descriptor: &ReplicatorDescriptor,
+    ids: &[i64],
+) -> Result<Vec<(i64, Option<String>)>, DbError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let id = quote(descriptor.model_id_column);
+    let key_column = descriptor
+        .blob_column
+        .map_or_else(|| "NULL".to_owned(), quote);
+    let sql = format!(
+        "SELECT {id}, {key_column} FROM {} WHERE {}",
+        quote(descriptor.model_table),
+        in_id_list(primary.dialect(), &id, 1)
+    );
+    let rows: Vec<(i64, Option<String>)> = on_pool!(primary, read, pool => sqlx::query_as(AssertSqlSafe(sql))
+        .bind(IdList(ids.to_vec()))
+        .fetch_all(pool)
+        .await?);
+    Ok(rows)
+}

@@ -17,7 +17,7 @@ use crate::db::dialect::{Ts, now};
 use crate::db::{Database, on_pool};
 use crate::error::DbError;
 use crate::registry::{backoff, truncate_failure};
-use crate::replicator::{ReplicatorDescriptor, ReplicatorSet, model_object};
+use crate::replicator::{ReplicatorDescriptor, ReplicatorSet, model_object_keys};
 use crate::storage::{BlobStore, ObjectKey};
 use crate::verification::VerificationState;
 use crate::verification::sql::VerificationSql;
@@ -100,15 +100,16 @@ impl<S: BlobStore> PrimaryVerification<S> {
         }
     }
 
-    /// One round: creates missing state rows, then claims and checksums each replicable's share
-    /// of the capacity.
+    /// One round: claims a batch per replicable (pending first, then failed and due, then due
+    /// for re-verification) and checksums it, each replicable's share of the capacity at once.
+    /// Missing state rows are created when a replicable runs out of pending work.
     pub async fn step(&self) -> Result<VerifyRound, DbError> {
         let mut round = VerifyRound::default();
         let share = (self.config.verification_max_capacity / self.items.len().max(1)).max(1);
+        // A batch is a few rounds of the concurrency (Geo claims 10 per job), so claims and
+        // their queries are amortised even with one worker.
+        let batch = (share * 4).max(10);
         for (d, sql) in self.items.iter() {
-            if let Some(ensure) = &sql.ensure_rows {
-                on_pool!(self.db, write, pool => sqlx::query(AssertSqlSafe(ensure.as_str())).bind(10_000_i64).execute(pool).await?.rows_affected());
-            }
             let started = now();
             let reverify_before = started
                 .checked_sub_signed(
@@ -116,28 +117,50 @@ impl<S: BlobStore> PrimaryVerification<S> {
                         .unwrap_or(TimeDelta::MAX),
                 )
                 .unwrap_or(DateTime::<Utc>::MIN_UTC);
-            let mut claimed = self.claim(&sql.claim_pending, share, started, None).await?;
+            let mut claimed = self.claim(&sql.claim_pending, batch, started, None).await?;
+            if claimed.len() < batch
+                && let Some(ensure) = &sql.ensure_rows
+            {
+                // Records that never published an event get their state rows now.
+                let created = on_pool!(self.db, write, pool => sqlx::query(AssertSqlSafe(ensure.as_str())).bind(10_000_i64).execute(pool).await?.rows_affected());
+                if created > 0 {
+                    claimed.extend(
+                        self.claim(&sql.claim_pending, batch - claimed.len(), started, None)
+                            .await?,
+                    );
+                }
+            }
             for (claim, before) in [
                 (&sql.claim_failed_due, None),
                 (&sql.claim_reverify, Some(reverify_before)),
             ] {
-                if claimed.len() < share {
+                if claimed.len() < batch {
                     claimed.extend(
-                        self.claim(claim, share - claimed.len(), started, before)
+                        self.claim(claim, batch - claimed.len(), started, before)
                             .await?,
                     );
                 }
             }
             round.claimed += claimed.len();
+            // One query for the batch's object keys.
+            let ids: Vec<i64> = claimed.iter().map(|(id, _, _)| *id).collect();
+            let keys: std::collections::HashMap<i64, Option<String>> =
+                model_object_keys(&self.db, d, &ids)
+                    .await?
+                    .into_iter()
+                    .collect();
             let outcomes: Vec<Checksummed> = futures_util::stream::iter(claimed)
                 .map(|(id, retries, expected)| {
                     let span = tracing::info_span!("verify", replicable = d.replicable_name, id);
-                    async move { (id, retries, expected, self.checksum(d, id).await) }
+                    let key = keys.get(&id).cloned();
+                    async move { (id, retries, expected, self.checksum(key).await) }
                         .instrument(span)
                 })
                 .buffer_unordered(share)
                 .collect()
                 .await;
+            // One write transaction records the whole batch.
+            let mut tx = self.db.begin_write().await?;
             for (id, retries, expected, outcome) in outcomes {
                 // A re-verification compares with the recorded checksum: a primary object that
                 // changed behind our back is a primary failure, never silently re-checksummed.
@@ -150,10 +173,18 @@ impl<S: BlobStore> PrimaryVerification<S> {
                     (other, _) => other,
                 };
                 let applied = match &outcome {
-                    Ok(sum) => self.record_success(sql, id, started, sum).await?,
+                    Ok(sum) => Self::record_success(tx.conn(), sql, id, started, sum).await?,
                     Err(reason) => {
-                        self.record_failure(sql, id, started, reason, retries, expected.as_deref())
-                            .await?
+                        Self::record_failure(
+                            tx.conn(),
+                            sql,
+                            id,
+                            started,
+                            reason,
+                            retries,
+                            expected.as_deref(),
+                        )
+                        .await?
                     }
                 };
                 match (applied, outcome.is_ok()) {
@@ -162,6 +193,7 @@ impl<S: BlobStore> PrimaryVerification<S> {
                     (true, false) => round.failed += 1,
                 }
             }
+            tx.commit().await?;
         }
         if round.claimed > 0 {
             metrics::counter!("geo_verification_succeeded_total").increment(round.succeeded as u64);
@@ -195,14 +227,15 @@ impl<S: BlobStore> PrimaryVerification<S> {
         })
     }
 
-    async fn checksum(&self, d: &ReplicatorDescriptor, id: i64) -> Result<[u8; 32], String> {
-        let key = match model_object(&self.db, d, id).await {
-            Ok(Some((Some(key), _))) => key,
-            Ok(Some((None, _))) => {
+    /// The SHA-256 of a record's object; `key` is the record's key as looked up for the batch
+    /// (`None`: no such record; `Some(None)`: no object key).
+    async fn checksum(&self, key: Option<Option<String>>) -> Result<[u8; 32], String> {
+        let key = match key {
+            Some(Some(key)) => key,
+            Some(None) => {
                 return Err("File is not checksummable: the record has no object key".into());
             }
-            Ok(None) => return Err("The model record is missing".into()),
-            Err(e) => return Err(format!("Error during verification: {e}")),
+            None => return Err("The model record is missing".into()),
         };
         let key = ObjectKey::parse(&key).map_err(|e| format!("File is not checksummable: {e}"))?;
         match self.store.sha256(&key).await {
@@ -213,25 +246,25 @@ impl<S: BlobStore> PrimaryVerification<S> {
     }
 
     async fn record_success(
-        &self,
+        conn: crate::db::Conn<'_>,
         sql: &VerificationSql,
         id: i64,
         started: DateTime<Utc>,
         sum: &[u8; 32],
     ) -> Result<bool, DbError> {
-        let n = on_pool!(self.db, write, pool => sqlx::query(AssertSqlSafe(sql.mark_succeeded.as_str()))
+        let n = crate::db::on_conn!(conn, c => sqlx::query(AssertSqlSafe(sql.mark_succeeded.as_str()))
             .bind(id)
             .bind(Ts(started))
             .bind(sum.as_slice())
             .bind(Ts(now()))
-            .execute(pool)
+            .execute(&mut *c)
             .await?
             .rows_affected());
         Ok(n == 1)
     }
 
     async fn record_failure(
-        &self,
+        conn: crate::db::Conn<'_>,
         sql: &VerificationSql,
         id: i64,
         started: DateTime<Utc>,
@@ -246,14 +279,14 @@ impl<S: BlobStore> PrimaryVerification<S> {
             u32::try_from(retries.saturating_add(1)).unwrap_or(1),
             false,
         );
-        let n = on_pool!(self.db, write, pool => sqlx::query(AssertSqlSafe(sql.mark_failed.as_str()))
+        let n = crate::db::on_conn!(conn, c => sqlx::query(AssertSqlSafe(sql.mark_failed.as_str()))
             .bind(id)
             .bind(Ts(started))
             .bind(truncate_failure(reason))
             .bind(Ts(at))
             .bind(Ts(retry_at))
             .bind(keep)
-            .execute(pool)
+            .execute(&mut *c)
             .await?
             .rows_affected());
         Ok(n == 1)
