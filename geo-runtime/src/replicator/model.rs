@@ -7,6 +7,26 @@ use crate::db::dialect::{IdList, in_id_list, param, quote};
 use crate::db::{Database, on_pool};
 use crate::error::DbError;
 
+/// The join (model table aliased `m`) and the expression that give a record's verified
+/// checksum: the checksum counts only when its verification succeeded (state 2).
+fn verified_checksum(descriptor: &ReplicatorDescriptor) -> (String, &'static str) {
+    match descriptor.verification {
+        super::VerificationStorage::Inline => (
+            String::new(),
+            "CASE WHEN m.\"verification_state\" = 2 THEN m.\"verification_checksum\" END",
+        ),
+        super::VerificationStorage::SeparateTable { table } => (
+            format!(
+                " LEFT JOIN {} s ON s.{} = m.{}",
+                quote(table),
+                quote(descriptor.model_foreign_key),
+                quote(descriptor.model_id_column)
+            ),
+            "CASE WHEN s.\"verification_state\" = 2 THEN s.\"verification_checksum\" END",
+        ),
+    }
+}
+
 /// The object key of model record `id` and the primary's verified SHA-256 of it, in one query:
 /// `None` when there is no such record.
 pub async fn model_object(
@@ -17,24 +37,7 @@ pub async fn model_object(
     let key_column = descriptor
         .blob_column
         .map_or_else(|| "NULL".to_owned(), |c| format!("m.{}", quote(c)));
-    // The checksum counts only when its verification succeeded (state 2).
-    let (join, checksum) = match descriptor.verification {
-        super::VerificationStorage::Inline => (
-            String::new(),
-            "CASE WHEN m.\"verification_state\" = 2 THEN m.\"verification_checksum\" END"
-                .to_owned(),
-        ),
-        super::VerificationStorage::SeparateTable { table } => (
-            format!(
-                " LEFT JOIN {} s ON s.{} = m.{}",
-                quote(table),
-                quote(descriptor.model_foreign_key),
-                quote(descriptor.model_id_column)
-            ),
-            "CASE WHEN s.\"verification_state\" = 2 THEN s.\"verification_checksum\" END"
-                .to_owned(),
-        ),
-    };
+    let (join, checksum) = verified_checksum(descriptor);
     let sql = format!(
         "SELECT {key_column}, {checksum} FROM {} m{join} WHERE m.{} = {}",
         quote(descriptor.model_table),
@@ -57,23 +60,7 @@ pub async fn model_checksums(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let (join, checksum) = match descriptor.verification {
-        super::VerificationStorage::Inline => (
-            String::new(),
-            "CASE WHEN m.\"verification_state\" = 2 THEN m.\"verification_checksum\" END"
-                .to_owned(),
-        ),
-        super::VerificationStorage::SeparateTable { table } => (
-            format!(
-                " LEFT JOIN {} s ON s.{} = m.{}",
-                quote(table),
-                quote(descriptor.model_foreign_key),
-                quote(descriptor.model_id_column)
-            ),
-            "CASE WHEN s.\"verification_state\" = 2 THEN s.\"verification_checksum\" END"
-                .to_owned(),
-        ),
-    };
+    let (join, checksum) = verified_checksum(descriptor);
     let id = format!("m.{}", quote(descriptor.model_id_column));
     let sql = format!(
         "SELECT {id}, {checksum} FROM {} m{join} WHERE {} ORDER BY {id}",

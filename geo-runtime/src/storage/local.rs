@@ -40,6 +40,18 @@ impl Drop for StagedBlob {
     }
 }
 
+/// Runs file-system work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StorageError::Source {
+            bytes: 0,
+            reason: e.to_string(),
+        })
+}
+
 fn flush_all(root: &Path, staged: &[StagedBlob], data: bool) -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     {
@@ -177,25 +189,6 @@ impl LocalStore {
         p
     }
 
-    /// Opens `key` for reading, with its size; `None` when there is no such object.
-    pub async fn open(
-        &self,
-        key: &ObjectKey,
-    ) -> Result<Option<(tokio::fs::File, u64)>, StorageError> {
-        let path = self.path(key);
-        match tokio::fs::File::open(&path).await {
-            Ok(file) => {
-                let meta = file.metadata().await.map_err(io("stat", &path))?;
-                if !meta.is_file() {
-                    return Ok(None);
-                }
-                Ok(Some((file, meta.len())))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io("open", &path)(e)),
-        }
-    }
-
     /// Opens `key` for serving: objects up to `whole_below` bytes are read at once (one trip to
     /// the blocking pool instead of one per read), larger ones are opened for streaming. `None`
     /// when there is no such object.
@@ -205,7 +198,7 @@ impl LocalStore {
         whole_below: u64,
     ) -> Result<Option<Opened>, StorageError> {
         let path = self.path(key);
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             use std::io::Read;
             let mut file = match std::fs::File::open(&path) {
                 Ok(f) => f,
@@ -225,11 +218,7 @@ impl LocalStore {
             let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
             Ok(Some(Opened::Stream(Box::pin(stream), meta.len())))
         })
-        .await
-        .map_err(|e| StorageError::Source {
-            bytes: 0,
-            reason: e.to_string(),
-        })?
+        .await?
     }
 
     /// Streams `body` into `key` durably. The SHA-256 is computed while streaming and compared
@@ -280,14 +269,7 @@ impl LocalStore {
     ) -> Result<StagedBlob, StorageError> {
         let path = self.path(key);
         let root = self.root.clone();
-        tokio::task::spawn_blocking(move || {
-            stage_bytes_blocking(&root, path, &data, expected_sha256)
-        })
-        .await
-        .map_err(|e| StorageError::Source {
-            bytes: 0,
-            reason: e.to_string(),
-        })?
+        blocking(move || stage_bytes_blocking(&root, path, &data, expected_sha256)).await?
     }
 
     /// Streams a body to a temp file next to `key`'s final path (SHA-256 and size checked as in
@@ -328,7 +310,7 @@ impl LocalStore {
         }
         let root = self.root.clone();
         let n = staged.len();
-        match tokio::task::spawn_blocking(move || commit_blocking(&root, staged)).await {
+        match blocking(move || commit_blocking(&root, staged)).await {
             Ok(results) => results,
             Err(e) => (0..n)
                 .map(|_| {
@@ -361,7 +343,7 @@ impl LocalStore {
     /// write.
     pub async fn remove_stale_temp_files(&self) -> Result<usize, StorageError> {
         let root = self.root.clone();
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             let mut removed = 0;
             let mut dirs = vec![root];
             while let Some(dir) = dirs.pop() {
@@ -383,11 +365,7 @@ impl LocalStore {
             }
             Ok(removed)
         })
-        .await
-        .map_err(|e| StorageError::Source {
-            bytes: 0,
-            reason: e.to_string(),
-        })?
+        .await?
     }
 }
 
@@ -453,16 +431,12 @@ where
 
 async fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     let d = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || {
+    blocking(move || {
         std::fs::File::open(&d)
             .and_then(|f| f.sync_all())
             .map_err(io("fsync directory", &d))
     })
-    .await
-    .map_err(|e| StorageError::Source {
-        bytes: 0,
-        reason: e.to_string(),
-    })?
+    .await?
 }
 
 impl BlobStore for LocalStore {
@@ -518,7 +492,7 @@ impl BlobStore for LocalStore {
     /// Hashed on the blocking pool, 1 MiB at a time: never on the async threads.
     async fn sha256(&self, key: &ObjectKey) -> Result<Option<(u64, [u8; 32])>, StorageError> {
         let path = self.path(key);
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             use std::io::Read;
             let mut file = match std::fs::File::open(&path) {
                 Ok(f) => f,
@@ -538,11 +512,7 @@ impl BlobStore for LocalStore {
             }
             Ok(Some((size, hasher.finalize().into())))
         })
-        .await
-        .map_err(|e| StorageError::Source {
-            bytes: 0,
-            reason: e.to_string(),
-        })?
+        .await?
     }
 }
 
@@ -635,7 +605,13 @@ mod tests {
 
         assert!(store.delete(&key).await.expect("delete"));
         assert!(!store.delete(&key).await.expect("delete again"));
-        assert!(store.open(&key).await.expect("open").is_none());
+        assert!(
+            store
+                .read_or_open(&key, 1 << 20)
+                .await
+                .expect("open")
+                .is_none()
+        );
     }
 
     #[tokio::test]
