@@ -185,8 +185,7 @@ async fn main() -> Result<()> {
         ..CursorConfig::default()
     };
     config.consistency_interval = Duration::from_secs(2);
-    let secondary =
-        Node::start(NodeConfig::Secondary(Box::new(config)), &secondary_db, &set).await?;
+    let secondary = Node::start(NodeConfig::Secondary(config), &secondary_db, &set).await?;
 
     let t = Instant::now();
     for id in 1..=count {

@@ -41,7 +41,9 @@ pub mod flags;
 pub mod node;
 pub mod registry;
 pub mod replicator;
+pub mod status;
 pub mod storage;
+pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod verification;

@@ -195,7 +195,7 @@ async fn setup() -> Setup {
 /// Starts the secondary (its cursor reads the log from the beginning).
 async fn start_secondary(s: &mut Setup) {
     let node = Node::start(
-        NodeConfig::Secondary(Box::new(s.secondary_config.clone())),
+        NodeConfig::Secondary(s.secondary_config.clone()),
         &s.secondary_db,
         &common::set(),
     )

@@ -67,7 +67,7 @@ async fn start_secondary(primary: &Primary, db: &Database, root: &Path, name: &s
     let mut config =
         SecondaryConfig::new(name, &primary.url, &creds.access_key, creds.secret, root);
     fast(&mut config);
-    Node::start(NodeConfig::Secondary(Box::new(config)), db, &common::set())
+    Node::start(NodeConfig::Secondary(config), db, &common::set())
         .await
         .expect("secondary")
 }
@@ -331,13 +331,9 @@ async fn a_late_secondary_backfills_and_a_restarted_one_catches_up() {
         let (key, secret) = credentials(&primary.db, "late").await;
         config.access_key = key;
         config.secret = secret;
-        let again = Node::start(
-            NodeConfig::Secondary(Box::new(config)),
-            &sdb,
-            &common::set(),
-        )
-        .await
-        .expect("restart");
+        let again = Node::start(NodeConfig::Secondary(config), &sdb, &common::set())
+            .await
+            .expect("restart");
         wait_for_convergence(&primary, &sdb, root.path(), &live, &[9]).await;
         again.shutdown().await;
         primary.handle.shutdown().await;

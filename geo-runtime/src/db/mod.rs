@@ -33,7 +33,8 @@ pub enum Dialect {
 }
 
 /// The part a node plays; it decides which tables its database holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum NodeRole {
     /// Owns the models, writes events and checksums, serves data.
     Primary,

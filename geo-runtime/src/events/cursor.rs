@@ -30,6 +30,7 @@ use crate::error::DbError;
 use crate::registry::sql::RegistrySql;
 use crate::registry::store::{delete_many, insert_pending_many, reset_pending_many};
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
+use crate::telemetry::Metrics;
 
 /// The lease name of the event cursor.
 pub const CURSOR_LEASE: &str = "geo_event_cursor";
@@ -139,6 +140,7 @@ pub struct EventCursor<S> {
     config: CursorConfig,
     holder: String,
     replicators: HashMap<&'static str, (&'static ReplicatorDescriptor, Arc<RegistrySql>)>,
+    metrics: Metrics,
 }
 
 impl<S: EventSource> EventCursor<S> {
@@ -167,7 +169,14 @@ impl<S: EventSource> EventCursor<S> {
             config,
             holder: holder.into(),
             replicators,
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Records events applied and gaps given up into `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The stored position (last event id applied), if any.
@@ -238,8 +247,11 @@ impl<S: EventSource> EventCursor<S> {
                         width,
                         "event id jump too wide to track id by id; the consistency pass covers it"
                     );
-                    metrics::counter!("geo_event_gaps_abandoned_total")
-                        .increment(u64::try_from(width).unwrap_or(u64::MAX));
+                    self.metrics.add(
+                        "geo_event_gaps_abandoned_total",
+                        &[],
+                        u64::try_from(width).unwrap_or(u64::MAX),
+                    );
                     report.gaps_abandoned += usize::try_from(width).unwrap_or(usize::MAX);
                 } else {
                     new_gaps.extend(expected..e.id);
@@ -283,7 +295,11 @@ impl<S: EventSource> EventCursor<S> {
                 timeout_s = self.config.gap_timeout.as_secs(),
                 "event gaps never filled and were given up; the consistency pass will repair what they carried"
             );
-            metrics::counter!("geo_event_gaps_abandoned_total").increment(abandoned.len() as u64);
+            self.metrics.add(
+                "geo_event_gaps_abandoned_total",
+                &[],
+                abandoned.len() as u64,
+            );
         }
         report.read = events.len();
         report.applied = applied;
@@ -292,8 +308,8 @@ impl<S: EventSource> EventCursor<S> {
         report.gaps_filled = filled_ids.len();
         report.gaps_abandoned += abandoned.len();
         report.position = new_position;
-        metrics::counter!("geo_cursor_events_applied_total").increment(applied as u64);
-        metrics::gauge!("geo_cursor_last_event_id").set(new_position as f64);
+        self.metrics
+            .add("geo_cursor_events_applied_total", &[], applied as u64);
         Ok(report)
     }
 

@@ -12,7 +12,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 /// How long a token is valid.
 pub const TOKEN_VALIDITY_SECS: i64 = 60;
@@ -58,6 +58,17 @@ impl Secret {
     /// The secret itself, for signing and for storing once. Never log it.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// Whether `presented` is this secret, in time that does not depend on where they differ:
+    /// both are hashed and the digests compared without an early exit.
+    pub fn matches(&self, presented: &str) -> bool {
+        let a = Sha256::digest(self.0.as_bytes());
+        let b = Sha256::digest(presented.as_bytes());
+        a.iter()
+            .zip(b.iter())
+            .fold(0_u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
     }
 }
 

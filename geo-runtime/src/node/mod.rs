@@ -2,12 +2,14 @@
 //! ([`client`]), authentication ([`auth`]), the secondaries the primary knows ([`nodes`]), and
 //! [`Node`], which runs everything a node of either role needs.
 
+pub mod admin;
 pub mod auth;
 pub mod client;
 pub mod nodes;
 mod runner;
 pub mod server;
 
+pub use admin::AdminConfig;
 pub use auth::{RequestScope, Secret};
 pub use client::{ClientError, PrimaryClient};
 pub use runner::{Node, NodeConfig, NodeHandle, PrimaryConfig, SecondaryConfig};

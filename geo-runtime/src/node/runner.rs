@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::admin::{self, AdminConfig};
 use super::auth::Secret;
 use super::client::{ClientError, PrimaryClient};
 use super::server::{PrimaryApi, serve};
@@ -18,7 +19,9 @@ use crate::error::MigrateError;
 use crate::events::{CursorConfig, EventCursor, prune_events};
 use crate::registry::Registry;
 use crate::replicator::ReplicatorSet;
+use crate::status::StatusCollector;
 use crate::storage::{BlobStore, LocalStore, StorageError};
+use crate::telemetry::Metrics;
 use crate::worker::consistency::Consistency;
 use crate::worker::removal::remove_objects;
 use crate::worker::sync::{BlobSync, SyncConfig};
@@ -30,6 +33,8 @@ use crate::{db::dialect::now, flags};
 /// A primary: serves its objects and events.
 #[derive(Debug, Clone)]
 pub struct PrimaryConfig {
+    /// This node's name (in its status and metrics labels).
+    pub name: String,
     /// Where the API listens (`127.0.0.1:0` picks a free port).
     pub listen: SocketAddr,
     /// Root of the object store.
@@ -38,16 +43,23 @@ pub struct PrimaryConfig {
     pub prune_interval: Duration,
     /// Checksumming of the primary's objects.
     pub verification: VerifyConfig,
+    /// The admin endpoint (status, metrics), when wanted.
+    pub admin: Option<AdminConfig>,
+    /// How often the status is collected (Geo: once a minute).
+    pub status_interval: Duration,
 }
 
 impl PrimaryConfig {
     /// A primary listening on `listen` with objects under `storage_root`.
     pub fn new(listen: SocketAddr, storage_root: impl Into<PathBuf>) -> Self {
         PrimaryConfig {
+            name: "primary".to_owned(),
             listen,
             storage_root: storage_root.into(),
             prune_interval: Duration::from_secs(300),
             verification: VerifyConfig::default(),
+            admin: None,
+            status_interval: Duration::from_secs(60),
         }
     }
 }
@@ -81,6 +93,10 @@ pub struct SecondaryConfig {
     pub report_interval: Duration,
     /// Re-verification of the local copies on this node's own schedule.
     pub verification: SecondaryVerifyConfig,
+    /// The admin endpoint (status, metrics), when wanted.
+    pub admin: Option<AdminConfig>,
+    /// How often the status is collected (Geo: once a minute).
+    pub status_interval: Duration,
 }
 
 impl SecondaryConfig {
@@ -106,17 +122,23 @@ impl SecondaryConfig {
             sync_timeout: Duration::from_secs(8 * 3600),
             report_interval: Duration::from_secs(60),
             verification: SecondaryVerifyConfig::default(),
+            admin: None,
+            status_interval: Duration::from_secs(60),
         }
     }
 }
 
 /// What a node is.
 #[derive(Debug, Clone)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "built once per node; boxing would only add noise at every call site"
+)]
 pub enum NodeConfig {
     /// A primary.
     Primary(PrimaryConfig),
     /// A secondary.
-    Secondary(Box<SecondaryConfig>),
+    Secondary(SecondaryConfig),
 }
 
 /// A node could not start.
@@ -153,12 +175,30 @@ pub struct NodeHandle {
     cancel: CancellationToken,
     tracker: TaskTracker,
     local_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
+    status: StatusCollector,
+    metrics: Metrics,
 }
 
 impl NodeHandle {
     /// The API's address (primary).
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr
+    }
+
+    /// The admin endpoint's address, when configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The node's status collector (its latest snapshot, or a fresh one on demand).
+    pub fn status(&self) -> &StatusCollector {
+        &self.status
+    }
+
+    /// The node's counters and histograms.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Cancelled when the node stops.
@@ -175,6 +215,44 @@ impl NodeHandle {
 }
 
 /// Runs `tick` every `interval` until cancelled.
+/// Starts the status collection every `interval` and, when configured, the admin endpoint.
+async fn start_status(
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+    status: &StatusCollector,
+    metrics: &Metrics,
+    admin: Option<AdminConfig>,
+    interval: Duration,
+) -> Result<Option<SocketAddr>, NodeStartError> {
+    let collector = status.clone();
+    every(tracker, cancel, interval, move || {
+        let collector = collector.clone();
+        async move {
+            if let Err(e) = collector.refresh().await {
+                tracing::warn!(error = %e, "collecting the status failed");
+            }
+        }
+    });
+    let Some(admin) = admin else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(admin.listen)
+        .await
+        .map_err(|source| NodeStartError::Listen {
+            addr: admin.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().ok();
+    let router = admin::router(admin.token, status.clone(), metrics.clone());
+    let shutdown = cancel.clone();
+    tracker.spawn(async move {
+        if let Err(e) = admin::serve(listener, router, shutdown).await {
+            tracing::error!(error = %e, "the admin endpoint stopped");
+        }
+    });
+    Ok(addr)
+}
+
 fn every<F, Fut>(tracker: &TaskTracker, cancel: &CancellationToken, interval: Duration, mut tick: F)
 where
     F: FnMut() -> Fut + Send + 'static,
@@ -207,7 +285,7 @@ impl Node {
             }
             NodeConfig::Secondary(c) => {
                 let store = LocalStore::new(&c.storage_root);
-                Self::start_secondary(*c, db, set, store).await
+                Self::start_secondary(c, db, set, store).await
             }
         }
     }
@@ -237,7 +315,9 @@ impl Node {
             }
         });
         let pdb = db.clone();
-        let verification = PrimaryVerification::new(db, set, store.clone(), c.verification.clone());
+        let metrics = Metrics::new();
+        let verification = PrimaryVerification::new(db, set, store.clone(), c.verification.clone())
+            .with_metrics(metrics.clone());
         let token = cancel.clone();
         let worker = verification.clone();
         tracker.spawn(async move { worker.run(token).await });
@@ -259,11 +339,24 @@ impl Node {
                 }
             }
         });
-        tracing::info!(addr = ?local_addr, "primary started");
+        let status = StatusCollector::new(db, NodeRole::Primary, set, &c.name);
+        let admin_addr = start_status(
+            &tracker,
+            &cancel,
+            &status,
+            &metrics,
+            c.admin,
+            c.status_interval,
+        )
+        .await?;
+        tracing::info!(addr = ?local_addr, admin = ?admin_addr, "primary started");
         Ok(NodeHandle {
             cancel,
             tracker,
             local_addr,
+            admin_addr,
+            status,
+            metrics,
         })
     }
 
@@ -294,7 +387,9 @@ impl Node {
             fastrand::u32(..)
         );
 
-        let cursor = EventCursor::new(db, set, client.clone(), c.cursor.clone(), holder);
+        let metrics = Metrics::new();
+        let cursor = EventCursor::new(db, set, client.clone(), c.cursor.clone(), holder)
+            .with_metrics(metrics.clone());
         let token = cancel.clone();
         tracker.spawn(async move {
             if let Err(e) = cursor.run(token).await {
@@ -303,7 +398,8 @@ impl Node {
         });
 
         let verification =
-            SecondaryVerification::new(db, set, store.clone(), c.verification.clone());
+            SecondaryVerification::new(db, set, store.clone(), c.verification.clone())
+                .with_metrics(metrics.clone());
         let token = cancel.clone();
         let worker = verification.clone();
         tracker.spawn(async move { worker.run(token).await });
@@ -317,7 +413,8 @@ impl Node {
             }
         });
 
-        let sync = BlobSync::new(db, set, client.clone(), store.clone(), c.sync.clone());
+        let sync = BlobSync::new(db, set, client.clone(), store.clone(), c.sync.clone())
+            .with_metrics(metrics.clone());
         let token = cancel.clone();
         tracker.spawn(async move { sync.run(token).await });
 
@@ -379,6 +476,18 @@ impl Node {
             }
         });
 
+        let status = StatusCollector::new(db, NodeRole::Secondary, set, &c.name)
+            .with_primary(client.clone());
+        let admin_addr = start_status(
+            &tracker,
+            &cancel,
+            &status,
+            &metrics,
+            c.admin,
+            c.status_interval,
+        )
+        .await?;
+
         let (tdb, tset, tclient, tc) = (db.clone(), set.clone(), client, c.cursor.clone());
         every(&tracker, &cancel, c.report_interval, move || {
             let position_reader =
@@ -392,11 +501,14 @@ impl Node {
                 }
             }
         });
-        tracing::info!(node = %c.name, primary = %c.primary_url, "secondary started");
+        tracing::info!(node = %c.name, primary = %c.primary_url, admin = ?admin_addr, "secondary started");
         Ok(NodeHandle {
             cancel,
             tracker,
             local_addr: None,
+            admin_addr,
+            status,
+            metrics,
         })
     }
 }

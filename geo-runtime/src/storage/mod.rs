@@ -175,6 +175,24 @@ pub enum StorageError {
     },
 }
 
+impl StorageError {
+    /// A short, stable name for the kind of failure (a metrics label): `unsafe_key`,
+    /// `checksum_mismatch`, `size_mismatch`, `source` (the body stopped or stalled),
+    /// `no_space` or `io`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StorageError::UnsafeKey { .. } => "unsafe_key",
+            StorageError::ChecksumMismatch { .. } => "checksum_mismatch",
+            StorageError::SizeMismatch { .. } => "size_mismatch",
+            StorageError::Source { .. } => "source",
+            StorageError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
+                "no_space"
+            }
+            StorageError::Io { .. } => "io",
+        }
+    }
+}
+
 /// Longest key accepted.
 pub const MAX_KEY_LEN: usize = 1024;
 

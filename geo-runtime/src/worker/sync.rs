@@ -20,6 +20,7 @@ use crate::node::{FILE_NOT_FOUND, HEADER_OBJECT_KEY, HEADER_SHA256, PrimaryClien
 use crate::registry::{ClaimedRow, Registry, SyncFailure, SyncedCopy};
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
 use crate::storage::{BlobStore, LocalStore, ObjectKey, parse_sha256};
+use crate::telemetry::Metrics;
 
 /// Objects up to this size are read whole and written in one step; larger ones are streamed.
 pub const SMALL_OBJECT: u64 = 1024 * 1024;
@@ -67,6 +68,7 @@ pub struct BlobSync<S = LocalStore> {
     store: S,
     config: SyncConfig,
     registries: Vec<Registry>,
+    metrics: Metrics,
 }
 
 /// A downloaded row, its key and whether its checksum was the primary's.
@@ -99,7 +101,14 @@ impl<S: BlobStore> BlobSync<S> {
             client,
             store,
             config,
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Records transfers, bytes, failures by reason and download times into `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// One round: for each replicable whose replication is on here, claims due rows and syncs
@@ -145,12 +154,13 @@ impl<S: BlobStore> BlobSync<S> {
                 .map(|d| ((d.row, d.key, d.checked), d.staged))
                 .unzip();
             let mut ok = Vec::new();
+            let mut round_bytes = 0;
             for ((row, key, checked), committed) in
                 meta.into_iter().zip(self.store.commit(staged).await)
             {
                 match committed {
                     Ok(written) => {
-                        round.bytes += written.size;
+                        round_bytes += written.size;
                         ok.push(SyncedCopy {
                             row,
                             object_key: Some(key),
@@ -159,18 +169,32 @@ impl<S: BlobStore> BlobSync<S> {
                         });
                     }
                     Err(e) => {
+                        self.metrics.add(
+                            "geo_sync_failures_total",
+                            &[("replicable", d.replicable_name), ("reason", e.kind())],
+                            1,
+                        );
+                        tracing::warn!(id = row.model_record_id, error = %e, "making a downloaded object durable failed");
                         failed.push(row.failed(format!("Error downloading file: {e}"), false))
                     }
                 }
             }
-            round.synced += registry.mark_synced_copies(&ok).await?.len();
-            round.failed +=
+            let synced = registry.mark_synced_copies(&ok).await?.len();
+            let failed =
                 usize::try_from(registry.mark_failed(&failed, now()).await?).unwrap_or(usize::MAX);
-        }
-        if round.claimed > 0 {
-            metrics::counter!("geo_sync_synced_total").increment(round.synced as u64);
-            metrics::counter!("geo_sync_failed_total").increment(round.failed as u64);
-            metrics::counter!("geo_sync_bytes_total").increment(round.bytes);
+            let replicable = [("replicable", d.replicable_name)];
+            self.metrics
+                .add("geo_sync_bytes_total", &replicable, round_bytes);
+            for (outcome, n) in [("synced", synced), ("failed", failed)] {
+                self.metrics.add(
+                    "geo_sync_transfers_total",
+                    &[("replicable", d.replicable_name), ("outcome", outcome)],
+                    n as u64,
+                );
+            }
+            round.synced += synced;
+            round.failed += failed;
+            round.bytes += round_bytes;
         }
         Ok(round)
     }
@@ -182,23 +206,33 @@ impl<S: BlobStore> BlobSync<S> {
         row: ClaimedRow,
     ) -> Result<Downloaded<S::Staged>, SyncFailure> {
         let started = std::time::Instant::now();
-        let fail = |reason: String, missing: bool| {
+        let fail = |kind: &'static str, reason: String, missing: bool| {
             tracing::warn!(reason = %reason, missing_on_primary = missing, "blob download failed");
+            self.metrics.add(
+                "geo_sync_failures_total",
+                &[("replicable", d.replicable_name), ("reason", kind)],
+                1,
+            );
             row.failed(reason, missing)
         };
         let response = self
             .client
             .retrieve(d.replicable_name, row.model_record_id)
             .await
-            .map_err(|e| fail(format!("Error downloading file: {e}"), false))?;
+            .map_err(|e| fail("transport", format!("Error downloading file: {e}"), false))?;
         let status = response.status();
         if status == StatusCode::NOT_FOUND {
             let body: serde_json::Value = response.json().await.unwrap_or_default();
             return Err(
                 if body.get("geo_code").and_then(|c| c.as_str()) == Some(FILE_NOT_FOUND) {
-                    fail("The file is missing on the Geo primary site".into(), true)
+                    fail(
+                        "missing_on_primary",
+                        "The file is missing on the Geo primary site".into(),
+                        true,
+                    )
                 } else {
                     fail(
+                        "record_missing_on_primary",
                         "The record is missing on the Geo primary site".into(),
                         false,
                     )
@@ -207,6 +241,7 @@ impl<S: BlobStore> BlobSync<S> {
         }
         if !status.is_success() {
             return Err(fail(
+                "http_status",
                 format!("Non-success HTTP response status code {}", status.as_u16()),
                 false,
             ));
@@ -219,25 +254,28 @@ impl<S: BlobStore> BlobSync<S> {
                 .map(str::to_owned)
         };
         let key = header(HEADER_OBJECT_KEY)
-            .ok_or_else(|| fail("the primary sent no object key".into(), false))?;
-        let key = ObjectKey::parse(&key).map_err(|e| fail(e.to_string(), false))?;
+            .ok_or_else(|| fail("protocol", "the primary sent no object key".into(), false))?;
+        let key = ObjectKey::parse(&key).map_err(|e| fail("protocol", e.to_string(), false))?;
         let expected_sha = match header(HEADER_SHA256) {
-            Some(h) => Some(
-                parse_sha256(&h)
-                    .ok_or_else(|| fail("the primary sent a malformed checksum".into(), false))?,
-            ),
+            Some(h) => Some(parse_sha256(&h).ok_or_else(|| {
+                fail(
+                    "protocol",
+                    "the primary sent a malformed checksum".into(),
+                    false,
+                )
+            })?),
             None => None,
         };
         let expected_size = response.content_length();
         let staged = match expected_size {
             // Small objects: read whole, then written in one step.
             Some(size) if size <= SMALL_OBJECT => {
-                let data = response
-                    .bytes()
-                    .await
-                    .map_err(|e| fail(format!("Error downloading file: {e}"), false))?;
+                let data = response.bytes().await.map_err(|e| {
+                    fail("transport", format!("Error downloading file: {e}"), false)
+                })?;
                 if data.len() as u64 != size {
                     return Err(fail(
+                        "size_mismatch",
                         format!(
                             "Error downloading file: size mismatch: expected {size} bytes, got {}",
                             data.len()
@@ -254,7 +292,12 @@ impl<S: BlobStore> BlobSync<S> {
                     .await
             }
         }
-        .map_err(|e| fail(format!("Error downloading file: {e}"), false))?;
+        .map_err(|e| fail(e.kind(), format!("Error downloading file: {e}"), false))?;
+        self.metrics.observe(
+            "geo_sync_download_duration_seconds",
+            &[("replicable", d.replicable_name)],
+            started.elapsed().as_secs_f64(),
+        );
         tracing::debug!(
             bytes = S::staged_size(&staged),
             download_time_s = started.elapsed().as_secs_f64(),

@@ -19,6 +19,7 @@ use crate::error::DbError;
 use crate::registry::{backoff, truncate_failure};
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet, model_object_keys};
 use crate::storage::{BlobStore, ObjectKey};
+use crate::telemetry::Metrics;
 use crate::verification::VerificationState;
 use crate::verification::sql::VerificationSql;
 
@@ -82,6 +83,18 @@ pub struct PrimaryVerification<S> {
     store: S,
     config: VerifyConfig,
     items: Arc<Vec<(&'static ReplicatorDescriptor, VerificationSql)>>,
+    metrics: Metrics,
+}
+
+/// Counts one replicable's outcomes of a round into `geo_verification_total`.
+fn count_outcomes(metrics: &Metrics, d: &ReplicatorDescriptor, succeeded: usize, failed: usize) {
+    for (outcome, n) in [("succeeded", succeeded), ("failed", failed)] {
+        metrics.add(
+            "geo_verification_total",
+            &[("replicable", d.replicable_name), ("outcome", outcome)],
+            n as u64,
+        );
+    }
 }
 
 impl<S: BlobStore> PrimaryVerification<S> {
@@ -97,7 +110,14 @@ impl<S: BlobStore> PrimaryVerification<S> {
             db: db.clone(),
             store,
             config,
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Records checksums computed, by outcome, into `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// One round: claims a batch per replicable (pending first, then failed and due, then due
@@ -110,6 +130,7 @@ impl<S: BlobStore> PrimaryVerification<S> {
         // their queries are amortised even with one worker.
         let batch = (share * 4).max(10);
         for (d, sql) in self.items.iter() {
+            let before = (round.succeeded, round.failed);
             let started = now();
             let reverify_before = started
                 .checked_sub_signed(
@@ -194,10 +215,12 @@ impl<S: BlobStore> PrimaryVerification<S> {
                 }
             }
             tx.commit().await?;
-        }
-        if round.claimed > 0 {
-            metrics::counter!("geo_verification_succeeded_total").increment(round.succeeded as u64);
-            metrics::counter!("geo_verification_failed_total").increment(round.failed as u64);
+            count_outcomes(
+                &self.metrics,
+                d,
+                round.succeeded - before.0,
+                round.failed - before.1,
+            );
         }
         Ok(round)
     }
@@ -379,6 +402,7 @@ pub struct SecondaryVerification<S> {
             crate::registry::sql::SecondaryVerificationSql,
         )>,
     >,
+    metrics: Metrics,
 }
 
 /// Tuning of a secondary's verification.
@@ -435,7 +459,14 @@ impl<S: BlobStore> SecondaryVerification<S> {
             tracking: tracking.clone(),
             store,
             config,
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Records copies verified, by outcome, into `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// One round, verifying copies last verified before `verified_before` (normally now minus
@@ -446,7 +477,8 @@ impl<S: BlobStore> SecondaryVerification<S> {
     ) -> Result<VerifyRound, DbError> {
         let mut round = VerifyRound::default();
         let share = (self.config.verification_max_capacity / self.items.len().max(1)).max(1);
-        for (_, sql) in self.items.iter() {
+        for (d, sql) in self.items.iter() {
+            let before = (round.succeeded, round.failed);
             let started = now();
             let claimed: Vec<ClaimedCopy> = on_pool!(self.tracking, write, pool => {
                 let rows = sqlx::query(AssertSqlSafe(sql.claim.as_str()))
@@ -528,6 +560,12 @@ impl<S: BlobStore> SecondaryVerification<S> {
                     round.superseded += 1;
                 }
             }
+            count_outcomes(
+                &self.metrics,
+                d,
+                round.succeeded - before.0,
+                round.failed - before.1,
+            );
         }
         Ok(round)
     }

@@ -1,0 +1,134 @@
+//! A node's admin endpoint, on a listener of its own (keep it on a private interface): the
+//! status as Geo's JSON, Prometheus metrics, and a health check.
+//!
+//! - `GET /status`: the latest [`NodeStatus`](crate::status::NodeStatus) as JSON;
+//! - `GET /metrics`: Geo's gauges plus the node's counters, Prometheus' text format;
+//! - `GET /health`: `200 {"healthy":true}` or `503` with the reason.
+//!
+//! Every request needs `Authorization: Bearer <admin token>` (compared in constant time), checked
+//! before anything is read; Prometheus sends it with `authorization: {credentials: ...}` in its
+//! scrape config. The endpoints serve the snapshot the status collector keeps, so a scrape costs
+//! no database work.
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::auth::Secret;
+use crate::status::{StatusCollector, render_gauges};
+use crate::telemetry::Metrics;
+
+/// Where the admin endpoint listens and the token it requires.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// The address (`127.0.0.1:0` picks a free port).
+    pub listen: SocketAddr,
+    /// The bearer token every request must carry (redacted in `Debug`).
+    pub token: Secret,
+}
+
+#[derive(Clone)]
+struct AdminState {
+    token: Secret,
+    status: StatusCollector,
+    metrics: Metrics,
+}
+
+/// The admin router over a node's status collector and metrics.
+pub fn router(token: Secret, status: StatusCollector, metrics: Metrics) -> axum::Router {
+    let state = AdminState {
+        token,
+        status,
+        metrics,
+    };
+    axum::Router::new()
+        .route("/status", get(status_json))
+        .route("/metrics", get(prometheus))
+        .route("/health", get(health))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .with_state(state)
+}
+
+/// Serves the admin router on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if state.token.matches(token) => next.run(request).await,
+        _ => {
+            tracing::warn!(path = %request.uri().path(), "refused an admin request without a valid token");
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                Json(json!({"message": "a valid admin token is required"})),
+            )
+                .into_response()
+        }
+    }
+}
+
+fn not_collected() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"message": "the status has not been collected yet"})),
+    )
+        .into_response()
+}
+
+async fn status_json(State(state): State<AdminState>) -> Response {
+    match state.status.latest() {
+        Some(s) => Json(s.to_json()).into_response(),
+        None => not_collected(),
+    }
+}
+
+async fn health(State(state): State<AdminState>) -> Response {
+    match state.status.latest() {
+        Some(s) if s.healthy() => Json(json!({"healthy": true})).into_response(),
+        Some(s) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"healthy": false, "status_message": s.status_message, "last_successful_status_check_at": s.collected_at})),
+        )
+            .into_response(),
+        None => not_collected(),
+    }
+}
+
+async fn prometheus(State(state): State<AdminState>) -> Response {
+    let mut out = String::new();
+    if let Some(s) = state.status.latest() {
+        render_gauges(&s, &mut out);
+    }
+    let name = state.status.name().to_owned();
+    state
+        .metrics
+        .render(&[("name", &name), ("url", &name)], &mut out);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}

@@ -1,0 +1,505 @@
+//! A node's status: Geo's per-replicable counts and the site's health, collected in the
+//! background and served from memory.
+//!
+//! Geo recomputes every count on every status check and batches the scans in 100k-id ranges.
+//! Here a [`StatusCollector`] runs one grouped query per replicable (per table, not per state)
+//! every `status_interval` (Geo's metrics worker runs once a minute) and keeps the result; the
+//! status and metrics endpoints only read that snapshot, so a request costs the same with ten rows
+//! or ten million, and the database sees one scan per table and interval whatever the number of
+//! scrapers. The snapshot says when it was taken and how long it took.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sqlx::AssertSqlSafe;
+
+use crate::db::dialect::{RowReader, now, quote};
+use crate::db::{Database, NodeRole, on_pool};
+use crate::error::DbError;
+use crate::events::EventSource;
+use crate::flags;
+use crate::node::PrimaryClient;
+use crate::registry::SyncState;
+use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
+use crate::verification::VerificationState;
+
+/// A status older than this makes the node unhealthy (Geo's `EXPIRATION_IN_MINUTES`).
+pub const STATUS_EXPIRY: Duration = Duration::from_secs(3600);
+
+/// One replicable's counts on one node. Fields that do not apply to the node's role are `None`
+/// (a primary has no registry; a secondary does not checksum the primary's records).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ReplicableStatus {
+    /// `widget`.
+    pub name: &'static str,
+    /// `widgets`: the prefix of Geo's field names.
+    pub plural: &'static str,
+    /// Whether the replicable's feature flag is on here.
+    pub enabled: bool,
+    /// Primary: model records. Secondary: registry rows (as Geo sets it).
+    pub count: i64,
+    /// Primary: records that can be checksummed.
+    pub checksum_total_count: Option<i64>,
+    /// Primary: records with a succeeded checksum.
+    pub checksummed_count: Option<i64>,
+    /// Primary: records whose checksum failed.
+    pub checksum_failed_count: Option<i64>,
+    /// Secondary: registry rows.
+    pub registry_count: Option<i64>,
+    /// Secondary: rows waiting for their first sync or a resync.
+    pub pending_count: Option<i64>,
+    /// Secondary: rows syncing now.
+    pub started_count: Option<i64>,
+    /// Secondary: rows synced.
+    pub synced_count: Option<i64>,
+    /// Secondary: rows whose sync failed.
+    pub failed_count: Option<i64>,
+    /// Secondary: synced rows whose verification is not disabled.
+    pub verification_total_count: Option<i64>,
+    /// Secondary: synced rows verified.
+    pub verified_count: Option<i64>,
+    /// Secondary: synced rows whose verification failed.
+    pub verification_failed_count: Option<i64>,
+    /// Secondary: rows whose copy did not match the primary's checksum.
+    pub checksum_mismatch_count: Option<i64>,
+}
+
+impl ReplicableStatus {
+    /// Synced rows as a percentage of the registry (Geo's `_synced_in_percentage`).
+    pub fn synced_in_percentage(&self) -> Option<f64> {
+        percentage(self.synced_count?, self.registry_count?)
+    }
+
+    /// Verified rows as a percentage of the registry (Geo's `_verified_in_percentage`).
+    pub fn verified_in_percentage(&self) -> Option<f64> {
+        percentage(self.verified_count?, self.registry_count?)
+    }
+
+    /// Geo's field suffixes with their values, in Geo's order; `None` for what does not apply.
+    pub fn fields(&self) -> Vec<(&'static str, Option<f64>)> {
+        let f = |v: Option<i64>| v.map(|v| v as f64);
+        vec![
+            ("_count", Some(self.count as f64)),
+            ("_checksum_total_count", f(self.checksum_total_count)),
+            ("_checksummed_count", f(self.checksummed_count)),
+            ("_checksum_failed_count", f(self.checksum_failed_count)),
+            ("_registry_count", f(self.registry_count)),
+            ("_pending_count", f(self.pending_count)),
+            ("_started_count", f(self.started_count)),
+            ("_synced_count", f(self.synced_count)),
+            ("_failed_count", f(self.failed_count)),
+            (
+                "_verification_total_count",
+                f(self.verification_total_count),
+            ),
+            ("_verified_count", f(self.verified_count)),
+            (
+                "_verification_failed_count",
+                f(self.verification_failed_count),
+            ),
+            ("_checksum_mismatch_count", f(self.checksum_mismatch_count)),
+            ("_synced_in_percentage", self.synced_in_percentage()),
+            ("_verified_in_percentage", self.verified_in_percentage()),
+        ]
+    }
+}
+
+fn percentage(part: i64, whole: i64) -> Option<f64> {
+    (whole > 0).then(|| (part as f64 * 10_000.0 / whole as f64).round() / 100.0)
+}
+
+/// A secondary as its primary sees it: the position it last reported.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SecondaryCursor {
+    /// The secondary's name.
+    pub name: String,
+    /// The last event id it reported as applied.
+    pub last_event_id: i64,
+    /// When it reported it.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A node's status at one moment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeStatus {
+    /// The node's name.
+    pub name: String,
+    /// Its role.
+    pub role: NodeRole,
+    /// The runtime's version.
+    pub version: &'static str,
+    /// Per replicable, in registration order.
+    pub replicables: Vec<ReplicableStatus>,
+    /// The newest event on the primary (a secondary asks its primary; `None` when unreachable).
+    pub last_event_id: Option<i64>,
+    /// When the newest event was written (primary).
+    pub last_event_date: Option<DateTime<Utc>>,
+    /// Secondary: every event up to this id has been applied.
+    pub cursor_last_event_id: Option<i64>,
+    /// Secondary: when the cursor last moved.
+    pub cursor_updated_at: Option<DateTime<Utc>>,
+    /// Secondary: events the primary has that are not applied here yet.
+    pub cursor_events_behind: Option<i64>,
+    /// Primary: its secondaries' reported positions.
+    pub secondaries: Vec<SecondaryCursor>,
+    /// Empty when healthy; otherwise what is wrong.
+    pub status_message: String,
+    /// When this status was collected.
+    pub collected_at: DateTime<Utc>,
+    /// How long the collection took, in milliseconds.
+    pub collection_ms: u64,
+}
+
+impl NodeStatus {
+    /// Healthy: collected within [`STATUS_EXPIRY`] and nothing wrong (Geo's `healthy?`).
+    pub fn healthy(&self) -> bool {
+        self.status_message.is_empty()
+            && (now() - self.collected_at)
+                .to_std()
+                .is_ok_and(|age| age < STATUS_EXPIRY)
+    }
+
+    /// The status as Geo's flat JSON: site fields, then `<plural><suffix>` per replicable, plus
+    /// a `replicables` array with the same counts per object for tools that prefer it.
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        let healthy = self.healthy();
+        m.insert("name".into(), self.name.clone().into());
+        m.insert("role".into(), self.role.as_str().into());
+        m.insert("version".into(), self.version.into());
+        m.insert("healthy".into(), healthy.into());
+        m.insert(
+            "health_status".into(),
+            if healthy { "Healthy" } else { "Unhealthy" }.into(),
+        );
+        m.insert("status_message".into(), self.status_message.clone().into());
+        m.insert("last_event_id".into(), self.last_event_id.into());
+        m.insert(
+            "last_event_date".into(),
+            self.last_event_date.map(|t| t.to_rfc3339()).into(),
+        );
+        if self.role == NodeRole::Primary {
+            m.insert("event_log_max_id".into(), self.last_event_id.into());
+            m.insert(
+                "secondaries".into(),
+                serde_json::to_value(&self.secondaries).unwrap_or_default(),
+            );
+        } else {
+            m.insert(
+                "cursor_last_event_id".into(),
+                self.cursor_last_event_id.into(),
+            );
+            m.insert(
+                "cursor_updated_at".into(),
+                self.cursor_updated_at.map(|t| t.to_rfc3339()).into(),
+            );
+            m.insert(
+                "cursor_events_behind".into(),
+                self.cursor_events_behind.into(),
+            );
+        }
+        m.insert(
+            "last_successful_status_check_at".into(),
+            self.collected_at.to_rfc3339().into(),
+        );
+        m.insert("collection_ms".into(), self.collection_ms.into());
+        for r in &self.replicables {
+            for (suffix, v) in r.fields() {
+                m.insert(format!("{}{suffix}", r.plural), number(v));
+            }
+        }
+        m.insert(
+            "replicables".into(),
+            serde_json::to_value(&self.replicables).unwrap_or_default(),
+        );
+        Value::Object(m)
+    }
+}
+
+fn number(v: Option<f64>) -> Value {
+    match v {
+        Some(v) if v.fract() == 0.0 && v.abs() < 9e15 => Value::from(v as i64),
+        Some(v) => Value::from(v),
+        None => Value::Null,
+    }
+}
+
+/// Collects a node's status and keeps the latest snapshot.
+#[derive(Debug, Clone)]
+pub struct StatusCollector {
+    db: Database,
+    role: NodeRole,
+    descriptors: Vec<&'static ReplicatorDescriptor>,
+    name: String,
+    primary: Option<PrimaryClient>,
+    latest: Arc<RwLock<Option<Arc<NodeStatus>>>>,
+}
+
+impl StatusCollector {
+    /// A collector for the node `name` of `role` over `db`.
+    pub fn new(db: &Database, role: NodeRole, set: &ReplicatorSet, name: &str) -> Self {
+        StatusCollector {
+            db: db.clone(),
+            role,
+            descriptors: set.descriptors().to_vec(),
+            name: name.to_owned(),
+            primary: None,
+            latest: Arc::default(),
+        }
+    }
+
+    /// A secondary's collector also asks its primary for the newest event id (for the lag).
+    pub fn with_primary(mut self, client: PrimaryClient) -> Self {
+        self.primary = Some(client);
+        self
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The latest snapshot, if one was collected.
+    pub fn latest(&self) -> Option<Arc<NodeStatus>> {
+        self.latest.read().ok().and_then(|l| l.clone())
+    }
+
+    /// Collects a fresh status, keeps it as the latest and returns it.
+    pub async fn refresh(&self) -> Result<Arc<NodeStatus>, DbError> {
+        let started = Instant::now();
+        let mut replicables = Vec::with_capacity(self.descriptors.len());
+        for d in &self.descriptors {
+            let enabled = flags::is_enabled(&self.db, d).await?;
+            replicables.push(match self.role {
+                NodeRole::Primary => primary_counts(&self.db, d, enabled).await?,
+                NodeRole::Secondary => secondary_counts(&self.db, d, enabled).await?,
+            });
+        }
+        let mut status = NodeStatus {
+            name: self.name.clone(),
+            role: self.role,
+            version: env!("CARGO_PKG_VERSION"),
+            replicables,
+            last_event_id: None,
+            last_event_date: None,
+            cursor_last_event_id: None,
+            cursor_updated_at: None,
+            cursor_events_behind: None,
+            secondaries: Vec::new(),
+            status_message: String::new(),
+            collected_at: now(),
+            collection_ms: 0,
+        };
+        match self.role {
+            NodeRole::Primary => {
+                let newest = on_pool!(self.db, read, pool => {
+                    let row = sqlx::query("SELECT \"id\", \"created_at\" FROM \"geo_events\" ORDER BY \"id\" DESC LIMIT 1").fetch_optional(pool).await?;
+                    row.map(|r| Ok::<_, DbError>((r.i64("id")?, r.timestamp("created_at")?))).transpose()?
+                });
+                if let Some((id, at)) = newest {
+                    status.last_event_id = Some(id);
+                    status.last_event_date = Some(at);
+                }
+                status.secondaries = on_pool!(self.db, read, pool => {
+                    let rows = sqlx::query("SELECT \"node_name\", \"last_event_id\", \"updated_at\" FROM \"geo_secondary_cursors\" ORDER BY \"node_name\"").fetch_all(pool).await?;
+                    rows.iter().map(|r| Ok::<_, DbError>(SecondaryCursor {
+                        name: r.opt_string("node_name")?.unwrap_or_default(),
+                        last_event_id: r.i64("last_event_id")?,
+                        updated_at: r.timestamp("updated_at")?,
+                    })).collect::<Result<Vec<_>, _>>()?
+                });
+            }
+            NodeRole::Secondary => {
+                let cursor = on_pool!(self.db, read, pool => {
+                    let row = sqlx::query("SELECT \"last_event_id\", \"updated_at\", (SELECT MIN(\"event_id\") FROM \"geo_event_gaps\") AS \"first_gap\" FROM \"geo_event_cursor\" WHERE \"id\" = 1").fetch_optional(pool).await?;
+                    row.map(|r| {
+                        let gap: Option<i64> = sqlx::Row::try_get(&r, "first_gap")?;
+                        Ok::<_, DbError>((r.i64("last_event_id")?, r.timestamp("updated_at")?, gap))
+                    }).transpose()?
+                });
+                if let Some((position, at, gap)) = cursor {
+                    // Like Geo: min(oldest gap - 1, last processed).
+                    let safe = gap.map_or(position, |g| position.min(g - 1));
+                    status.cursor_last_event_id = Some(safe);
+                    status.cursor_updated_at = Some(at);
+                }
+                if let Some(client) = &self.primary {
+                    match client.latest_event_id().await {
+                        Ok(latest) => {
+                            status.last_event_id = Some(latest);
+                            status.cursor_events_behind =
+                                Some((latest - status.cursor_last_event_id.unwrap_or(0)).max(0));
+                        }
+                        Err(e) => {
+                            status.status_message = format!("the primary is unreachable: {e}")
+                        }
+                    }
+                }
+            }
+        }
+        status.collection_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let status = Arc::new(status);
+        if let Ok(mut latest) = self.latest.write() {
+            *latest = Some(status.clone());
+        }
+        Ok(status)
+    }
+}
+
+fn invalid(column: &str, value: i16) -> DbError {
+    DbError::InvalidValue {
+        column: column.into(),
+        what: "state",
+        value: value.to_string(),
+    }
+}
+
+/// One count of the model table and one grouped count of its verification states.
+async fn primary_counts(
+    db: &Database,
+    d: &ReplicatorDescriptor,
+    enabled: bool,
+) -> Result<ReplicableStatus, DbError> {
+    let total_sql = format!("SELECT COUNT(*) FROM {}", quote(d.model_table));
+    let states_sql = format!(
+        "SELECT \"verification_state\", COUNT(*) FROM {} GROUP BY \"verification_state\"",
+        quote(d.verification_table())
+    );
+    let (total, states): (i64, Vec<(i16, i64)>) = on_pool!(db, read, pool => (
+        sqlx::query_scalar(AssertSqlSafe(total_sql)).fetch_one(pool).await?,
+        sqlx::query_as(AssertSqlSafe(states_sql)).fetch_all(pool).await?,
+    ));
+    let mut s = ReplicableStatus {
+        name: d.replicable_name,
+        plural: d.replicable_name_plural,
+        enabled,
+        count: total,
+        checksum_total_count: Some(total),
+        checksummed_count: Some(0),
+        checksum_failed_count: Some(0),
+        ..ReplicableStatus::default()
+    };
+    for (state, n) in states {
+        match VerificationState::from_i16(state) {
+            Some(VerificationState::Succeeded) => s.checksummed_count = Some(n),
+            Some(VerificationState::Failed) => s.checksum_failed_count = Some(n),
+            Some(_) => {}
+            None => return Err(invalid("verification_state", state)),
+        }
+    }
+    Ok(s)
+}
+
+/// One grouped count of the registry by sync and verification state.
+async fn secondary_counts(
+    db: &Database,
+    d: &ReplicatorDescriptor,
+    enabled: bool,
+) -> Result<ReplicableStatus, DbError> {
+    let sql = format!(
+        "SELECT \"state\", \"verification_state\", COUNT(*), \
+         CAST(SUM(CASE WHEN \"checksum_mismatch\" THEN 1 ELSE 0 END) AS BIGINT) \
+         FROM {} GROUP BY \"state\", \"verification_state\"",
+        quote(d.registry_table)
+    );
+    let rows: Vec<(i16, i16, i64, i64)> =
+        on_pool!(db, read, pool => sqlx::query_as(AssertSqlSafe(sql)).fetch_all(pool).await?);
+    let mut c = [0_i64; 4];
+    let (mut vtotal, mut verified, mut vfailed, mut mismatched) = (0, 0, 0, 0);
+    for (state, vstate, n, mismatch) in rows {
+        let sync = SyncState::from_i16(state).ok_or_else(|| invalid("state", state))?;
+        let v = VerificationState::from_i16(vstate)
+            .ok_or_else(|| invalid("verification_state", vstate))?;
+        c[sync as usize] += n;
+        mismatched += mismatch;
+        if sync == SyncState::Synced {
+            match v {
+                VerificationState::Disabled => {}
+                VerificationState::Succeeded => {
+                    vtotal += n;
+                    verified += n;
+                }
+                VerificationState::Failed => {
+                    vtotal += n;
+                    vfailed += n;
+                }
+                _ => vtotal += n,
+            }
+        }
+    }
+    let registry: i64 = c.iter().sum();
+    Ok(ReplicableStatus {
+        name: d.replicable_name,
+        plural: d.replicable_name_plural,
+        enabled,
+        count: registry,
+        registry_count: Some(registry),
+        pending_count: Some(c[SyncState::Pending as usize]),
+        started_count: Some(c[SyncState::Started as usize]),
+        synced_count: Some(c[SyncState::Synced as usize]),
+        failed_count: Some(c[SyncState::Failed as usize]),
+        verification_total_count: Some(vtotal),
+        verified_count: Some(verified),
+        verification_failed_count: Some(vfailed),
+        checksum_mismatch_count: Some(mismatched),
+        ..ReplicableStatus::default()
+    })
+}
+
+/// Renders Geo's gauges for `status` (`geo_<plural><field>` without a trailing `_count`,
+/// labelled `name` and `url`, both the node's name as in Geo) in Prometheus' text format.
+pub fn render_gauges(status: &NodeStatus, out: &mut String) {
+    use crate::telemetry::sample;
+    let labels: &[(&'static str, &str)] = &[("name", &status.name), ("url", &status.name)];
+    let mut gauge = |name: String, help: &str, v: Option<f64>| {
+        if let Some(v) = v {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+            sample(out, &name, labels, &[], None, v);
+        }
+    };
+    for r in &status.replicables {
+        for (suffix, v) in r.fields() {
+            let field = suffix.strip_suffix("_count").unwrap_or(suffix);
+            gauge(
+                format!("geo_{}{field}", r.plural),
+                &format!("Geo status field {}{suffix}.", r.plural),
+                v,
+            );
+        }
+    }
+    let f = |v: Option<i64>| v.map(|v| v as f64);
+    let ts = |v: Option<DateTime<Utc>>| v.map(|t| t.timestamp_micros() as f64 / 1e6);
+    gauge(
+        "geo_last_event_id".into(),
+        "The newest event id on the primary.",
+        f(status.last_event_id),
+    );
+    gauge(
+        "geo_last_event_timestamp".into(),
+        "When the newest event was written.",
+        ts(status.last_event_date),
+    );
+    gauge(
+        "geo_cursor_last_event_id".into(),
+        "Every event up to this id is applied here.",
+        f(status.cursor_last_event_id),
+    );
+    gauge(
+        "geo_cursor_events_behind".into(),
+        "Events on the primary not applied here yet.",
+        f(status.cursor_events_behind),
+    );
+    gauge(
+        "geo_last_successful_status_check_timestamp".into(),
+        "When this status was collected.",
+        ts(Some(status.collected_at)),
+    );
+    gauge(
+        "geo_status_healthy".into(),
+        "1 when the node is healthy.",
+        Some(if status.healthy() { 1.0 } else { 0.0 }),
+    );
+}
