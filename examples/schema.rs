@@ -8,48 +8,9 @@
 
 use anyhow::{Context, Result, bail};
 use geo_runtime::db::{self, dialect};
-use geo_runtime::{Database, Dialect, NodeRole, ReplicatorSet, VerificationStorage};
+use geo_runtime::{Database, Dialect, NodeRole, VerificationStorage};
 
-/// A file attached to a project; verification state in `widget_states`.
-#[geo_runtime::replicable(strategy = "blob", registry = "widget_registry", table = "widgets")]
-#[derive(Debug, Clone)]
-pub struct Widget {
-    #[replicable(id)]
-    pub id: i64,
-    #[replicable(blob)]
-    pub file: String,
-    #[replicable(selective_sync)]
-    pub project_id: i64,
-}
-
-/// A package file, on local disk or object storage; verification columns inline.
-#[geo_runtime::replicable(strategy = "blob", verification = "inline", enabled_by_default)]
-#[derive(Debug, Clone)]
-pub struct PackageFile {
-    #[replicable(id)]
-    pub id: i64,
-    #[replicable(blob)]
-    pub file: String,
-    #[replicable(file_store)]
-    pub file_store: Option<i16>,
-}
-
-/// An upload.
-#[geo_runtime::replicable(strategy = "blob")]
-#[derive(Debug, Clone)]
-pub struct Upload {
-    #[replicable(id)]
-    pub id: i64,
-    #[replicable(blob)]
-    pub path: String,
-}
-
-/// What the application's own migrations would create on the primary.
-const APP_TABLES: [&str; 3] = [
-    "CREATE TABLE IF NOT EXISTS widgets (id BIGINT PRIMARY KEY, file TEXT NOT NULL, project_id BIGINT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS package_files (id BIGINT PRIMARY KEY, file TEXT NOT NULL, file_store SMALLINT)",
-    "CREATE TABLE IF NOT EXISTS uploads (id BIGINT PRIMARY KEY, path TEXT NOT NULL)",
-];
+use geo_examples::app::{APP_TABLES, Widget, WidgetRegistry, execute};
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -64,7 +25,7 @@ async fn main() -> Result<()> {
         _ => bail!("usage: schema [PRIMARY_URL SECONDARY_URL]"),
     };
 
-    let set = ReplicatorSet::linked()?;
+    let set = geo_examples::app::replicators()?;
     println!("Replicators linked into this binary ({}):", set.len());
     println!(
         "  {:<14} {:<22} {:<16} {:<30} feature flag",
@@ -162,22 +123,6 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("geo-dsl-schema-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     Ok(dir)
-}
-
-async fn execute(db: &Database, sql: &'static str) -> Result<()> {
-    match db.dialect() {
-        Dialect::Postgres => {
-            sqlx::query(sql)
-                .execute(db.as_postgres().context("pg")?)
-                .await?;
-        }
-        Dialect::Sqlite => {
-            sqlx::query(sql)
-                .execute(db.as_sqlite_writer().context("sqlite")?)
-                .await?;
-        }
-    }
-    Ok(())
 }
 
 /// Tables (ours and the application's) with their indexes, from the catalogue.

@@ -34,11 +34,15 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod check;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod db;
 pub mod error;
 pub mod events;
 pub mod flags;
 pub mod node;
+pub mod operations;
 pub mod registry;
 pub mod replicator;
 pub mod status;

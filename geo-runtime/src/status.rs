@@ -145,6 +145,8 @@ pub struct NodeStatus {
     pub cursor_events_behind: Option<i64>,
     /// Primary: its secondaries' reported positions.
     pub secondaries: Vec<SecondaryCursor>,
+    /// Secondary: local copies of deleted records still waiting to be removed.
+    pub removals_pending: Option<i64>,
     /// Empty when healthy; otherwise what is wrong.
     pub status_message: String,
     /// When this status was collected.
@@ -199,6 +201,10 @@ impl NodeStatus {
             m.insert(
                 "cursor_events_behind".into(),
                 self.cursor_events_behind.into(),
+            );
+            m.insert(
+                "removals_pending_count".into(),
+                self.removals_pending.into(),
             );
         }
         m.insert(
@@ -289,6 +295,7 @@ impl StatusCollector {
             cursor_updated_at: None,
             cursor_events_behind: None,
             secondaries: Vec::new(),
+            removals_pending: None,
             status_message: String::new(),
             collected_at: now(),
             collection_ms: 0,
@@ -320,6 +327,8 @@ impl StatusCollector {
                         Ok::<_, DbError>((r.i64("last_event_id")?, r.timestamp("updated_at")?, gap))
                     }).transpose()?
                 });
+                let removals: i64 = on_pool!(self.db, read, pool => sqlx::query_scalar("SELECT COUNT(*) FROM \"geo_blob_removals\"").fetch_one(pool).await?);
+                status.removals_pending = Some(removals);
                 if let Some((position, at, gap)) = cursor {
                     // Like Geo: min(oldest gap - 1, last processed).
                     let safe = gap.map_or(position, |g| position.min(g - 1));
@@ -493,6 +502,11 @@ pub fn render_gauges(status: &NodeStatus, out: &mut String) {
         f(status.cursor_events_behind),
     );
     gauge(
+        "geo_removals_pending".into(),
+        "Local copies of deleted records waiting to be removed.",
+        f(status.removals_pending),
+    );
+    gauge(
         "geo_last_successful_status_check_timestamp".into(),
         "When this status was collected.",
         ts(Some(status.collected_at)),
@@ -502,4 +516,100 @@ pub fn render_gauges(status: &NodeStatus, out: &mut String) {
         "1 when the node is healthy.",
         Some(if status.healthy() { 1.0 } else { 0.0 }),
     );
+}
+
+impl NodeStatus {
+    /// The status as a table for a terminal: one line per replicable, then the node's health.
+    pub fn render_table(&self) -> String {
+        use std::fmt::Write as _;
+        let n = |v: Option<i64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+        let mut out = String::new();
+        let health = if self.healthy() {
+            "healthy".to_owned()
+        } else {
+            format!("UNHEALTHY: {}", self.status_message)
+        };
+        let _ = writeln!(
+            out,
+            "node {} ({}) · {health} · collected {} in {} ms",
+            self.name,
+            self.role.as_str(),
+            self.collected_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            self.collection_ms
+        );
+        match self.role {
+            NodeRole::Primary => {
+                let _ = writeln!(
+                    out,
+                    "{:<16} {:>8} {:>10} {:>12} {:>16}",
+                    "replicable", "enabled", "records", "checksummed", "checksum failed"
+                );
+                for r in &self.replicables {
+                    let _ = writeln!(
+                        out,
+                        "{:<16} {:>8} {:>10} {:>12} {:>16}",
+                        r.name,
+                        if r.enabled { "yes" } else { "no" },
+                        r.count,
+                        n(r.checksummed_count),
+                        n(r.checksum_failed_count)
+                    );
+                }
+                let _ = writeln!(out, "last event: {}", n(self.last_event_id));
+                for s in &self.secondaries {
+                    let behind = self.last_event_id.map(|l| (l - s.last_event_id).max(0));
+                    let _ = writeln!(
+                        out,
+                        "secondary {}: applied up to event {} ({} behind), reported {}",
+                        s.name,
+                        s.last_event_id,
+                        n(behind),
+                        s.updated_at.format("%Y-%m-%d %H:%M:%S UTC")
+                    );
+                }
+            }
+            NodeRole::Secondary => {
+                let _ = writeln!(
+                    out,
+                    "{:<16} {:>8} {:>9} {:>9} {:>8} {:>8} {:>9} {:>12} {:>11} {:>8}",
+                    "replicable",
+                    "enabled",
+                    "registry",
+                    "synced",
+                    "failed",
+                    "pending",
+                    "verified",
+                    "verif.failed",
+                    "mismatched",
+                    "synced%"
+                );
+                for r in &self.replicables {
+                    let _ = writeln!(
+                        out,
+                        "{:<16} {:>8} {:>9} {:>9} {:>8} {:>8} {:>9} {:>12} {:>11} {:>8}",
+                        r.name,
+                        if r.enabled { "yes" } else { "no" },
+                        n(r.registry_count),
+                        n(r.synced_count),
+                        n(r.failed_count),
+                        n(r.pending_count.zip(r.started_count).map(|(p, s)| p + s)),
+                        n(r.verified_count),
+                        n(r.verification_failed_count),
+                        n(r.checksum_mismatch_count),
+                        r.synced_in_percentage()
+                            .map_or_else(|| "-".to_owned(), |p| format!("{p:.1}"))
+                    );
+                }
+                let _ = writeln!(
+                    out,
+                    "cursor: event {} of {} ({} behind) · removals pending: {}",
+                    n(self.cursor_last_event_id),
+                    n(self.last_event_id),
+                    n(self.cursor_events_behind),
+                    n(self.removals_pending)
+                );
+            }
+        }
+        out
+    }
 }

@@ -58,6 +58,27 @@ fn plan(role: NodeRole, set: &ReplicatorSet) -> Vec<Planned> {
     plan
 }
 
+/// Every migration a node of `role` would apply, as one script for `dialect`, each preceded by
+/// a comment naming its scope and version (for review, or for a DBA who applies schemas by hand;
+/// [`migrate`] also records what it applied).
+pub fn migration_script(role: NodeRole, set: &ReplicatorSet, dialect: Dialect) -> String {
+    let mut out = String::new();
+    for p in plan(role, set) {
+        out.push_str(&format!(
+            "-- {} v{}: {}\n{}\n",
+            p.scope,
+            p.def.version,
+            p.def.description,
+            sql_of(p.def, dialect).trim_end()
+        ));
+        if !out.ends_with(";\n") {
+            out.insert(out.len() - 1, ';');
+        }
+        out.push('\n');
+    }
+    out
+}
+
 fn sql_of(def: &MigrationDef, dialect: Dialect) -> &'static str {
     match dialect {
         Dialect::Postgres => def.postgres,

@@ -18,7 +18,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-pub use migrate::{AppliedMigration, MigrationReport, migrate};
+pub use migrate::{AppliedMigration, MigrationReport, migrate, migration_script};
 pub use schema::{BASE_PRIMARY_MIGRATIONS, BASE_SECONDARY_MIGRATIONS, MIGRATIONS_TABLE};
 
 use crate::error::DbError;

@@ -12,7 +12,7 @@ pub mod server;
 pub use admin::AdminConfig;
 pub use auth::{RequestScope, Secret};
 pub use client::{ClientError, PrimaryClient};
-pub use runner::{Node, NodeConfig, NodeHandle, PrimaryConfig, SecondaryConfig};
+pub use runner::{Node, NodeConfig, NodeHandle, NodeStartError, PrimaryConfig, SecondaryConfig};
 pub use server::{PrimaryApi, serve};
 
 /// Response header: the object's SHA-256 (hex) when the primary has a verified checksum.

@@ -117,3 +117,32 @@ pub async fn find_by_access_key(
         enabled,
     }))
 }
+
+/// A registered secondary as an operator sees it (no secret).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NodeSummary {
+    /// Its name.
+    pub name: String,
+    /// Its URL, as registered.
+    pub url: String,
+    /// Its access key (not a secret: it names the node).
+    pub access_key: String,
+    /// Whether it may make requests.
+    pub enabled: bool,
+}
+
+/// Every registered secondary, by name.
+pub async fn list(primary: &Database) -> Result<Vec<NodeSummary>, DbError> {
+    let sql = "SELECT \"name\", \"url\", \"access_key\", \"enabled\" FROM \"geo_nodes\" ORDER BY \"name\"";
+    let rows: Vec<(String, String, String, bool)> =
+        on_pool!(primary, read, pool => sqlx::query_as(sql).fetch_all(pool).await?);
+    Ok(rows
+        .into_iter()
+        .map(|(name, url, access_key, enabled)| NodeSummary {
+            name,
+            url,
+            access_key,
+            enabled,
+        })
+        .collect())
+}

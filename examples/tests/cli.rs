@@ -1,0 +1,437 @@
+//! The operator CLI as an operator uses it: separate processes for the primary and the
+//! secondary, configured by files and environment, checked with `status`, `check`, `resync`,
+//! `reverify`, `nodes` and the metrics endpoint; and its errors on bad input, one line each.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const GEO: &str = env!("CARGO_BIN_EXE_geo");
+const ADMIN_TOKEN: &str = "an-admin-token-of-some-length";
+
+fn geo(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(GEO);
+    cmd.args(args)
+        .env("GEO_CONFIG", config)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("geo runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Succeeds, or fails the test with what the command said.
+fn ok(config: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let o = geo(config, args, env);
+    assert!(
+        o.status.success(),
+        "geo {args:?}: {:?}\nstdout: {}\nstderr: {}",
+        o.status,
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+/// Fails with exit code `code` and exactly one line on stderr, which is returned.
+fn one_line_error(o: &Output, code: i32) -> String {
+    let err = stderr(o);
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {err}",
+        stdout(o)
+    );
+    assert_eq!(err.lines().count(), 1, "one line, not:\n{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+    err.trim_end().to_owned()
+}
+
+fn write(path: &Path, text: &str) -> PathBuf {
+    std::fs::write(path, text).expect("write config");
+    path.to_owned()
+}
+
+#[test]
+fn bad_input_gets_one_clear_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write(
+        &dir.path().join("geo.toml"),
+        &format!(
+            "role = \"secondary\"\nname = \"west\"\ndatabase_url = \"sqlite://{}/s.db\"\nstorage_root = \"{}/objects\"\nprimary_url = \"http://127.0.0.1:1\"\naccess_key = \"key\"\n",
+            dir.path().display(),
+            dir.path().display()
+        ),
+    );
+
+    // A bad value names its source.
+    let err = one_line_error(
+        &geo(&config, &["primary"], &[("GEO_LISTEN", "nonsense")]),
+        1,
+    );
+    assert_eq!(
+        err,
+        "error: invalid listen \"nonsense\" (from environment variable GEO_LISTEN): invalid socket address syntax"
+    );
+    let typo = write(
+        &dir.path().join("typo.toml"),
+        "databse_url = \"sqlite://x\"\n",
+    );
+    let err = one_line_error(&geo(&typo, &["status"], &[]), 1);
+    assert!(
+        err.starts_with(&format!(
+            "error: unknown key `databse_url` in {} (known keys: role, name, database_url",
+            typo.display()
+        )),
+        "{err}"
+    );
+    // A secret's value is never echoed.
+    let err = one_line_error(&geo(&config, &["check"], &[]), 1);
+    assert_eq!(
+        err,
+        "error: secret is not set: set it in the configuration file or with GEO_SECRET; needed by a secondary"
+    );
+
+    // An unknown replicable.
+    let err = one_line_error(&geo(&config, &["resync", "gadget", "--id", "1"], &[]), 1);
+    assert_eq!(
+        err,
+        "error: unknown replicable `gadget`: this binary knows package_file, upload, widget"
+    );
+
+    // An unreachable primary.
+    let err = one_line_error(
+        &geo(
+            &config,
+            &["check"],
+            &[("GEO_SECRET", "a-secret-value-for-this-test")],
+        ),
+        1,
+    );
+    assert!(
+        err.starts_with("error: asking the primary failed: "),
+        "{err}"
+    );
+    assert!(!err.contains("a-secret-value-for-this-test"));
+
+    // Usage errors are clap's, with exit code 2.
+    let o = geo(&config, &["resync", "widget"], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--id"), "{}", stderr(&o));
+
+    // The schema, for review.
+    let sql = ok(
+        &config,
+        &[
+            "migrations",
+            "print",
+            "--dialect",
+            "postgres",
+            "--role",
+            "primary",
+        ],
+        &[],
+    );
+    assert!(sql.contains("CREATE TABLE \"geo_events\""), "{sql}");
+    assert!(sql.contains("CREATE TABLE \"widget_states\""), "{sql}");
+    assert!(
+        sql.contains("-- replicable:package_file/primary v1"),
+        "{sql}"
+    );
+    let sql = ok(
+        &config,
+        &["migrations", "print", "--dialect", "sqlite"],
+        &[],
+    );
+    assert!(sql.contains("CREATE TABLE \"widget_registry\""), "{sql}");
+}
+
+/// A child process whose stdout is read line by line until `prefix`.
+fn wait_for_line(child: &mut Child, prefix: &str) -> String {
+    let out = child.stdout.as_mut().expect("piped stdout");
+    let mut reader = BufReader::new(out);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line).expect("read stdout");
+        assert!(n > 0, "the process ended before printing {prefix:?}");
+        if let Some(rest) = line.trim_end().strip_prefix(prefix) {
+            return rest.to_owned();
+        }
+    }
+}
+
+fn spawn(config: &Path, role: &str, env: &[(&str, &str)], log: &Path) -> Child {
+    let mut cmd = Command::new(GEO);
+    cmd.arg(role)
+        .env("GEO_CONFIG", config)
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).expect("log file"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn geo")
+}
+
+fn terminate(mut child: Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(
+                status.success(),
+                "a node stopped by SIGTERM exits cleanly: {status:?}"
+            );
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the node did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn eventually(what: &str, mut check: impl FnMut() -> Result<(), String>) {
+    let start = Instant::now();
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(e) if start.elapsed() > Duration::from_secs(90) => panic!("{what}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+fn status_json(config: &Path, env: &[(&str, &str)]) -> serde_json::Value {
+    serde_json::from_str(&ok(config, &["status", "--json"], env)).expect("status json")
+}
+
+#[test]
+fn operators_run_nodes_and_check_them_with_the_cli() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let primary = write(
+        &d.join("primary.toml"),
+        &format!(
+            "role = \"primary\"\nname = \"east\"\ndatabase_url = \"sqlite://{d}/primary.db\"\nstorage_root = \"{d}/primary-objects\"\nlisten = \"127.0.0.1:0\"\nstatus_interval_secs = 1\n",
+            d = d.display()
+        ),
+    );
+    ok(&primary, &["app-schema"], &[]);
+    let applied = ok(&primary, &["migrations", "apply"], &[]);
+    assert!(
+        applied.contains("applied geo_runtime/primary v1"),
+        "{applied}"
+    );
+    let again = ok(&primary, &["migrations", "apply"], &[]);
+    assert!(again.starts_with("0 applied, "), "{again}");
+
+    let creds = ok(
+        &primary,
+        &["nodes", "add", "west", "--url", "http://west.example"],
+        &[],
+    );
+    let field = |name: &str| {
+        creds
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} = \"")))
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or_else(|| panic!("{name} in {creds}"))
+            .to_owned()
+    };
+    let (access_key, secret) = (field("access_key"), field("secret"));
+    let listed = ok(&primary, &["nodes", "list"], &[]);
+    assert!(
+        listed.contains("west") && listed.contains(&access_key),
+        "{listed}"
+    );
+    assert!(!listed.contains(&secret), "nodes list never shows a secret");
+
+    ok(&primary, &["app-create", "widget", "1", "40"], &[]);
+    ok(&primary, &["app-create", "package_file", "1", "20"], &[]);
+
+    let primary_log = d.join("primary.log");
+    let mut primary_node = spawn(&primary, "primary", &[], &primary_log);
+    let url = wait_for_line(&mut primary_node, "primary API listening on ");
+
+    let secondary = write(
+        &d.join("secondary.toml"),
+        &format!(
+            "role = \"secondary\"\nname = \"west\"\ndatabase_url = \"sqlite://{d}/secondary.db\"\nstorage_root = \"{d}/secondary-objects\"\nprimary_url = \"{url}\"\naccess_key = \"{access_key}\"\nadmin_listen = \"127.0.0.1:0\"\nstatus_interval_secs = 1\n",
+            d = d.display()
+        ),
+    );
+    // Secrets from the environment, not the file.
+    let env = [
+        ("GEO_SECRET", secret.as_str()),
+        ("GEO_ADMIN_TOKEN", ADMIN_TOKEN),
+    ];
+    let secondary_log = d.join("secondary.log");
+    let mut secondary_node = spawn(&secondary, "secondary", &env, &secondary_log);
+    let admin = wait_for_line(&mut secondary_node, "admin endpoint on ");
+    let admin = admin.split_whitespace().next().expect("address").to_owned();
+
+    eventually("the secondary syncs and verifies everything", || {
+        let s = status_json(&secondary, &env);
+        let want = [
+            ("widgets_synced_count", 40),
+            ("widgets_verified_count", 40),
+            ("package_files_synced_count", 20),
+            ("package_files_verified_count", 20),
+        ];
+        if want.iter().all(|(k, v)| s[*k] == *v) {
+            Ok(())
+        } else {
+            Err(s.to_string())
+        }
+    });
+    let table = ok(&secondary, &["status"], &env);
+    assert!(table.contains("node west (secondary) · healthy"), "{table}");
+    let table = ok(&primary, &["status"], &[]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("widget") && l.contains(" 40 ")),
+        "{table}"
+    );
+
+    // check: clean, then a flipped byte is found, resynced and clean again.
+    let clean = ok(&secondary, &["check"], &env);
+    assert!(clean.ends_with("0 differences found\n"), "{clean}");
+    assert!(
+        clean.contains("NOTICE: widget: 40 records on the primary, 40 matching"),
+        "{clean}"
+    );
+    let copy = d
+        .join("secondary-objects")
+        .join(geo_examples::app::key(geo_examples::app::Kind::Widget, 3));
+    let mut bytes = std::fs::read(&copy).expect("copy");
+    bytes[0] ^= 1;
+    std::fs::write(&copy, &bytes).expect("flip a byte");
+    let o = geo(&secondary, &["check"], &env);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("ERROR : widget 3 (widgets/3/3.bin): checksums differ: primary "),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stdout(&o).ends_with("1 differences found\n"),
+        "{}",
+        stdout(&o)
+    );
+    let resync = ok(&secondary, &["resync", "widget", "--id", "3"], &env);
+    assert_eq!(
+        resync,
+        "widget: 1 rows back to pending; the sync downloads them again\n"
+    );
+    eventually("the resync restores the copy", || {
+        let o = geo(&secondary, &["check", "widget"], &env);
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(stdout(&o))
+        }
+    });
+
+    let reverify = ok(
+        &secondary,
+        &[
+            "reverify",
+            "widget",
+            "--all",
+            "--verification-state",
+            "succeeded",
+        ],
+        &env,
+    );
+    assert_eq!(reverify, "widget: 40 records marked for verification\n");
+    let reverify = ok(
+        &primary,
+        &["reverify", "package_file", "--id", "1,2,3"],
+        &[],
+    );
+    assert_eq!(
+        reverify,
+        "package_file: 3 records marked for verification\n"
+    );
+
+    // The metrics endpoint: bearer token required, Geo's names, parseable.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (code, body) = rt.block_on(async {
+        let r = reqwest::Client::new()
+            .get(format!("{admin}/metrics"))
+            .send()
+            .await
+            .expect("metrics");
+        (r.status().as_u16(), r.text().await.expect("body"))
+    });
+    assert_eq!(code, 401, "{body}");
+    eventually("the metrics show every widget synced", || {
+        let body = rt.block_on(async {
+            reqwest::Client::new()
+                .get(format!("{admin}/metrics"))
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("body")
+        });
+        let samples: Vec<(&str, f64)> = body
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                let (k, v) = l.rsplit_once(' ').expect("sample");
+                (k, v.parse().expect("value"))
+            })
+            .collect();
+        let get = |k: &str| samples.iter().find(|(s, _)| *s == k).map(|(_, v)| *v);
+        if get("geo_widgets_synced{name=\"west\",url=\"west\"}") == Some(40.0)
+            && get("geo_sync_transfers_total{name=\"west\",url=\"west\",replicable=\"widget\",outcome=\"synced\"}")
+                .is_some_and(|v| v >= 41.0)
+        {
+            Ok(())
+        } else {
+            Err(body.clone())
+        }
+    });
+
+    terminate(secondary_node);
+    terminate(primary_node);
+    for log in [&primary_log, &secondary_log] {
+        let text = std::fs::read_to_string(log).expect("log");
+        assert!(!text.is_empty(), "{} logs at debug", log.display());
+        assert!(
+            !text.contains(&secret),
+            "{} shows the secret",
+            log.display()
+        );
+        assert!(
+            !text.contains(ADMIN_TOKEN),
+            "{} shows the admin token",
+            log.display()
+        );
+    }
+}

@@ -1,0 +1,625 @@
+//! The operator CLI, built into the user's own binary so that it knows the user's replicators:
+//!
+//! ```no_run
+//! fn main() -> std::process::ExitCode {
+//!     geo_runtime::cli::main()
+//! }
+//! ```
+//!
+//! `geo primary` / `geo secondary` run a node until SIGINT or SIGTERM; `status`, `migrations
+//! print|apply`, `check`, `resync`, `reverify`, `nodes add|list|enable|disable` and `replicables`
+//! are one-shot commands. Configuration comes from a TOML file (`--config`, or `GEO_CONFIG`) with
+//! every key overridable by `GEO_<KEY>` (see [`config::KEYS`]). Errors are one line on stderr
+//! and exit code 1; `check` also exits with 1 when it finds differences; usage errors exit with 2.
+
+pub mod config;
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::check::{CheckError, check_replicable};
+use crate::db::{Database, Dialect, NodeRole, migration_script};
+use crate::error::{DbError, MigrateError, RegistrationError};
+use crate::node::nodes::{self, NodeError};
+use crate::node::{ClientError, Node, NodeConfig, NodeStartError, PrimaryClient};
+use crate::operations::{self, Selection};
+use crate::registry::SyncState;
+use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
+use crate::status::StatusCollector;
+use crate::storage::LocalStore;
+use crate::verification::VerificationState;
+use config::{ConfigError, Settings};
+
+/// Replicate and verify your models' data across sites.
+#[derive(Debug, Parser)]
+#[command(name = "geo", version, about, long_about = None, disable_help_subcommand = true)]
+pub struct Cli {
+    /// Configuration file (TOML, flat keys); every key can also be set with GEO_<KEY>.
+    /// Defaults to $GEO_CONFIG, then ./geo.toml when it exists.
+    #[arg(short, long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The CLI's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a primary (node API, checksums, event pruning) until interrupted.
+    Primary,
+    /// Run a secondary (event cursor, sync, verification) until interrupted.
+    Secondary,
+    /// Print this node's status per replicable.
+    Status {
+        /// Print Geo's status JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print or apply the schema the runtime needs.
+    Migrations {
+        /// What to do with them.
+        #[command(subcommand)]
+        action: MigrationsAction,
+    },
+    /// Compare this secondary with its primary, object by object (SHA-256 of every local copy
+    /// against the primary's checksum); exits with 1 when anything differs.
+    Check {
+        /// Only this replicable (default: all).
+        replicable: Option<String>,
+    },
+    /// Download records again (secondary).
+    Resync(Target),
+    /// Verify records again (primary: checksum the object; secondary: hash the local copy).
+    Reverify(Target),
+    /// Manage the secondaries a primary knows.
+    Nodes {
+        /// What to do.
+        #[command(subcommand)]
+        action: NodesAction,
+    },
+    /// List the replicables this binary knows.
+    Replicables,
+}
+
+/// `migrations` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum MigrationsAction {
+    /// Print the SQL a node would apply.
+    Print {
+        /// The SQL dialect.
+        #[arg(long, value_enum)]
+        dialect: DialectArg,
+        /// The node role (default: the configured role).
+        #[arg(long, value_enum)]
+        role: Option<RoleArg>,
+    },
+    /// Apply the migrations to the configured database.
+    Apply,
+}
+
+/// `nodes` subcommands (run against the primary's database).
+#[derive(Debug, Subcommand)]
+pub enum NodesAction {
+    /// Register a secondary and print its credentials, once.
+    Add {
+        /// The secondary's name.
+        name: String,
+        /// The secondary's URL (for operators; the primary never calls it).
+        #[arg(long)]
+        url: String,
+    },
+    /// List the registered secondaries (never their secrets).
+    List,
+    /// Refuse a secondary's requests from now on.
+    Disable {
+        /// The secondary's name.
+        name: String,
+    },
+    /// Accept a disabled secondary's requests again.
+    Enable {
+        /// The secondary's name.
+        name: String,
+    },
+}
+
+/// Which records a resync or reverify applies to.
+#[derive(Debug, clap::Args)]
+pub struct Target {
+    /// The replicable (`geo replicables` lists them).
+    pub replicable: String,
+    /// Model ids (repeat or separate with commas).
+    #[arg(long = "id", value_delimiter = ',', required_unless_present = "all")]
+    pub ids: Vec<i64>,
+    /// Every record (optionally only those in a state).
+    #[arg(long, conflicts_with = "ids")]
+    pub all: bool,
+    /// With --all: only rows in this sync state (secondary).
+    #[arg(long, value_enum, requires = "all")]
+    pub state: Option<SyncStateArg>,
+    /// With --all: only rows in this verification state.
+    #[arg(long, value_enum, requires = "all")]
+    pub verification_state: Option<VerificationStateArg>,
+}
+
+/// `--dialect`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DialectArg {
+    /// PostgreSQL.
+    Postgres,
+    /// SQLite.
+    Sqlite,
+}
+
+/// `--role`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    /// A primary.
+    Primary,
+    /// A secondary.
+    Secondary,
+}
+
+/// `--state`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SyncStateArg {
+    /// Waiting to sync.
+    Pending,
+    /// Syncing.
+    Started,
+    /// Synced.
+    Synced,
+    /// Failed.
+    Failed,
+}
+
+/// `--verification-state`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum VerificationStateArg {
+    /// Waiting for verification.
+    Pending,
+    /// Being verified.
+    Started,
+    /// Verified.
+    Succeeded,
+    /// Verification failed.
+    Failed,
+    /// Nothing to compare with yet.
+    Disabled,
+}
+
+/// A command failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CliError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// Migrations failed.
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
+    /// The node could not start.
+    #[error(transparent)]
+    Start(#[from] NodeStartError),
+    /// The primary's client could not be built.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// Registering a node failed.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// The check could not finish.
+    #[error(transparent)]
+    Check(#[from] CheckError),
+    /// The replicators linked into this binary are inconsistent.
+    #[error(transparent)]
+    Registration(#[from] RegistrationError),
+    /// Anything else, said in one line.
+    #[error("{0}")]
+    Message(String),
+}
+
+/// Runs the CLI on the process's arguments with the replicators linked into the binary.
+pub fn main() -> ExitCode {
+    match ReplicatorSet::linked() {
+        Ok(set) => run_with(set, std::env::args_os()),
+        Err(e) => fail(&CliError::from(e)),
+    }
+}
+
+/// Runs the CLI on `args` (the first is the program name) with `set`.
+pub fn run_with<I, T>(set: ReplicatorSet, args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let long_running = matches!(cli.command, Command::Primary | Command::Secondary);
+    init_logging(if long_running { "info" } else { "warn" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&CliError::Message(format!("cannot start tokio: {e}"))),
+    };
+    match runtime.block_on(run(cli, set)) {
+        Ok(code) => code,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &CliError) -> ExitCode {
+    let mut line = format!("error: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = s.source();
+    }
+    let _ = writeln!(std::io::stderr(), "{line}");
+    ExitCode::FAILURE
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn config_path(flag: Option<PathBuf>) -> Option<PathBuf> {
+    flag.or_else(|| std::env::var_os("GEO_CONFIG").map(PathBuf::from))
+        .or_else(|| {
+            let default = PathBuf::from("geo.toml");
+            default.exists().then_some(default)
+        })
+}
+
+fn role(settings: &Settings) -> Result<NodeRole, CliError> {
+    match settings
+        .require::<String>("role", "this command acts on a primary or a secondary")?
+        .as_str()
+    {
+        "primary" => Ok(NodeRole::Primary),
+        "secondary" => Ok(NodeRole::Secondary),
+        other => {
+            let (_, source) = settings
+                .raw("role")
+                .unwrap_or((String::new(), config::Source::Default));
+            Err(ConfigError::Invalid {
+                key: "role",
+                shown: format!("{other:?} "),
+                source_: source,
+                reason: "must be `primary` or `secondary`".into(),
+            }
+            .into())
+        }
+    }
+}
+
+fn replicable(set: &ReplicatorSet, name: &str) -> Result<&'static ReplicatorDescriptor, CliError> {
+    set.get(name).ok_or_else(|| {
+        let known: Vec<&str> = set
+            .descriptors()
+            .iter()
+            .map(|d| d.replicable_name)
+            .collect();
+        CliError::Message(format!(
+            "unknown replicable `{name}`: this binary knows {}",
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        ))
+    })
+}
+
+async fn connect(settings: &Settings) -> Result<Database, CliError> {
+    let url: String = settings.require("database_url", "")?;
+    Database::connect(&url).await.map_err(|e| {
+        // The URL may hold a password: name the scheme only.
+        let scheme = url.split(':').next().unwrap_or_default();
+        CliError::Message(format!("cannot open the database ({scheme}://…): {e}"))
+    })
+}
+
+fn client(settings: &Settings) -> Result<PrimaryClient, CliError> {
+    let c = settings.secondary()?;
+    Ok(PrimaryClient::new(
+        &c.primary_url,
+        &c.access_key,
+        c.secret,
+        c.idle_timeout,
+    )?)
+}
+
+fn out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}
+
+/// Runs one parsed command.
+pub async fn run(cli: Cli, set: ReplicatorSet) -> Result<ExitCode, CliError> {
+    let mut settings = Settings::load(config_path(cli.config).as_deref())?;
+    match cli.command {
+        Command::Primary | Command::Secondary => {
+            let primary = matches!(cli.command, Command::Primary);
+            settings.set("role", if primary { "primary" } else { "secondary" });
+            let config = if primary {
+                NodeConfig::Primary(settings.primary()?)
+            } else {
+                NodeConfig::Secondary(settings.secondary()?)
+            };
+            let db = connect(&settings).await?;
+            let handle = Node::start(config, &db, &set).await?;
+            if let Some(addr) = handle.local_addr() {
+                out(&format!("primary API listening on http://{addr}\n"));
+            }
+            if let Some(addr) = handle.admin_addr() {
+                out(&format!(
+                    "admin endpoint on http://{addr} (/status, /metrics, /health)\n"
+                ));
+            }
+            shutdown_signal().await;
+            tracing::info!("shutting down: letting in-flight work finish");
+            handle.shutdown().await;
+            db.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => {
+            let role = role(&settings)?;
+            let db = connect(&settings).await?;
+            let name = settings
+                .get::<String>("name")?
+                .unwrap_or_else(|| role.as_str().to_owned());
+            let mut collector = StatusCollector::new(&db, role, &set, &name);
+            if role == NodeRole::Secondary {
+                collector = collector.with_primary(client(&settings)?);
+            }
+            let status = collector.refresh().await?;
+            if json {
+                out(&format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&status.to_json())
+                        .map_err(|e| CliError::Message(e.to_string()))?
+                ));
+            } else {
+                out(&status.render_table());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrations {
+            action: MigrationsAction::Print { dialect, role: r },
+        } => {
+            let role = match r {
+                Some(RoleArg::Primary) => NodeRole::Primary,
+                Some(RoleArg::Secondary) => NodeRole::Secondary,
+                None => role(&settings).map_err(|_| {
+                    CliError::Message(
+                        "say which schema: --role primary|secondary (or set role in the configuration)"
+                            .into(),
+                    )
+                })?,
+            };
+            let dialect = match dialect {
+                DialectArg::Postgres => Dialect::Postgres,
+                DialectArg::Sqlite => Dialect::Sqlite,
+            };
+            out(&migration_script(role, &set, dialect));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrations {
+            action: MigrationsAction::Apply,
+        } => {
+            let role = role(&settings)?;
+            let db = connect(&settings).await?;
+            let report = crate::db::migrate(&db, role, &set).await?;
+            for m in &report.applied {
+                out(&format!(
+                    "applied {} v{}: {}\n",
+                    m.scope, m.version, m.description
+                ));
+            }
+            out(&format!(
+                "{} applied, {} already applied\n",
+                report.applied.len(),
+                report.already_applied
+            ));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { replicable: only } => {
+            settings.set("role", "secondary");
+            let descriptors = match &only {
+                Some(name) => vec![replicable(&set, name)?],
+                None => set.descriptors().to_vec(),
+            };
+            let client = client(&settings)?;
+            let root: PathBuf =
+                settings.require("storage_root", "needed to read the local copies")?;
+            let db = connect(&settings).await?;
+            let store = LocalStore::new(root);
+            let mut total = 0;
+            for d in descriptors {
+                let report = check_replicable(&db, d, &client, &store, |diff| {
+                    out(&format!("ERROR : {} {diff}\n", d.replicable_name));
+                })
+                .await?;
+                total += report.differences.len();
+                out(&format!(
+                    "NOTICE: {}: {} records on the primary, {} matching, {} without a primary checksum yet, {} differences\n",
+                    d.replicable_name,
+                    report.primary_records,
+                    report.matching,
+                    report.unverifiable,
+                    report.differences.len()
+                ));
+            }
+            if total > 0 {
+                out(&format!("{total} differences found\n"));
+                Ok(ExitCode::FAILURE)
+            } else {
+                out("0 differences found\n");
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+        Command::Resync(target) => {
+            let d = replicable(&set, &target.replicable)?;
+            if role(&settings)? != NodeRole::Secondary {
+                return Err(CliError::Message(
+                    "resync acts on a secondary's registry; this configuration is a primary's"
+                        .into(),
+                ));
+            }
+            let db = connect(&settings).await?;
+            let n = operations::resync(&db, d, &selection(&target)).await?;
+            out(&format!(
+                "{}: {n} rows back to pending; the sync downloads them again\n",
+                d.replicable_name
+            ));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reverify(target) => {
+            let d = replicable(&set, &target.replicable)?;
+            let role = role(&settings)?;
+            if role == NodeRole::Primary && target.state.is_some() {
+                return Err(CliError::Message(
+                    "--state filters a secondary's registry; a primary has none".into(),
+                ));
+            }
+            let db = connect(&settings).await?;
+            let n = operations::reverify(&db, role, d, &selection(&target)).await?;
+            out(&format!(
+                "{}: {n} records marked for verification\n",
+                d.replicable_name
+            ));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Nodes { action } => {
+            let db = connect(&settings).await?;
+            let enable = matches!(action, NodesAction::Enable { .. });
+            match action {
+                NodesAction::Add { name, url } => {
+                    let creds = nodes::add_secondary(&db, &name, &url).await?;
+                    out(&format!(
+                        "registered secondary `{name}`. Its credentials are shown this once; put them in its configuration:\n\
+                         name = \"{name}\"\naccess_key = \"{}\"\nsecret = \"{}\"\n",
+                        creds.access_key,
+                        creds.secret.expose()
+                    ));
+                }
+                NodesAction::List => {
+                    out(&format!(
+                        "{:<24} {:<8} {:<22} url\n",
+                        "name", "enabled", "access_key"
+                    ));
+                    for n in nodes::list(&db).await? {
+                        out(&format!(
+                            "{:<24} {:<8} {:<22} {}\n",
+                            n.name,
+                            if n.enabled { "yes" } else { "no" },
+                            n.access_key,
+                            n.url
+                        ));
+                    }
+                }
+                NodesAction::Disable { name } | NodesAction::Enable { name } => {
+                    if !nodes::set_enabled(&db, &name, enable).await? {
+                        return Err(CliError::Message(format!("no secondary named `{name}`")));
+                    }
+                    out(&format!(
+                        "secondary `{name}` {} (within {} s on a running primary)\n",
+                        if enable { "enabled" } else { "disabled" },
+                        crate::node::server::NODE_CACHE_TTL.as_secs()
+                    ));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replicables => {
+            for d in set.descriptors() {
+                out(&format!(
+                    "{:<16} model {:<20} table {:<20} registry {:<24} flag {}{}\n",
+                    d.replicable_name,
+                    d.model_type,
+                    d.model_table,
+                    d.registry_table,
+                    d.feature_flag,
+                    if d.enabled_by_default {
+                        " (on by default)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn selection(target: &Target) -> Selection {
+    if target.all {
+        Selection::All {
+            sync_state: target.state.map(|s| match s {
+                SyncStateArg::Pending => SyncState::Pending,
+                SyncStateArg::Started => SyncState::Started,
+                SyncStateArg::Synced => SyncState::Synced,
+                SyncStateArg::Failed => SyncState::Failed,
+            }),
+            verification_state: target.verification_state.map(|s| match s {
+                VerificationStateArg::Pending => VerificationState::Pending,
+                VerificationStateArg::Started => VerificationState::Started,
+                VerificationStateArg::Succeeded => VerificationState::Succeeded,
+                VerificationStateArg::Failed => VerificationState::Failed,
+                VerificationStateArg::Disabled => VerificationState::Disabled,
+            }),
+        }
+    } else {
+        Selection::Ids(target.ids.clone())
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    // A second signal while finishing work stops at once.
+    tokio::spawn(async {
+        let _ = tokio::signal::ctrl_c().await;
+        std::process::exit(130);
+    });
+}
