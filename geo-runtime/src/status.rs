@@ -22,7 +22,6 @@ use crate::error::DbError;
 use crate::events::EventSource;
 use crate::flags;
 use crate::node::PrimaryClient;
-use crate::registry::SyncState;
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
 use crate::verification::VerificationState;
 
@@ -402,54 +401,40 @@ async fn primary_counts(
     Ok(s)
 }
 
-/// One grouped count of the registry by sync and verification state.
+/// One pass over the registry with conditional sums (no grouping, so no sort or temp table).
 async fn secondary_counts(
     db: &Database,
     d: &ReplicatorDescriptor,
     enabled: bool,
 ) -> Result<ReplicableStatus, DbError> {
+    let sum = |cond: &str| {
+        format!("CAST(COALESCE(SUM(CASE WHEN {cond} THEN 1 ELSE 0 END), 0) AS BIGINT)")
+    };
     let sql = format!(
-        "SELECT \"state\", \"verification_state\", COUNT(*), \
-         CAST(SUM(CASE WHEN \"checksum_mismatch\" THEN 1 ELSE 0 END) AS BIGINT) \
-         FROM {} GROUP BY \"state\", \"verification_state\"",
+        "SELECT COUNT(*), {}, {}, {}, {}, {}, {}, {}, {} FROM {}",
+        sum("\"state\" = 0"),
+        sum("\"state\" = 1"),
+        sum("\"state\" = 2"),
+        sum("\"state\" = 3"),
+        sum("\"state\" = 2 AND \"verification_state\" <> 4"),
+        sum("\"state\" = 2 AND \"verification_state\" = 2"),
+        sum("\"state\" = 2 AND \"verification_state\" = 3"),
+        sum("\"checksum_mismatch\""),
         quote(d.registry_table)
     );
-    let rows: Vec<(i16, i16, i64, i64)> =
-        on_pool!(db, read, pool => sqlx::query_as(AssertSqlSafe(sql)).fetch_all(pool).await?);
-    let mut c = [0_i64; 4];
-    let (mut vtotal, mut verified, mut vfailed, mut mismatched) = (0, 0, 0, 0);
-    for (state, vstate, n, mismatch) in rows {
-        let sync = SyncState::from_i16(state).ok_or_else(|| invalid("state", state))?;
-        let v = VerificationState::from_i16(vstate)
-            .ok_or_else(|| invalid("verification_state", vstate))?;
-        c[sync as usize] += n;
-        mismatched += mismatch;
-        if sync == SyncState::Synced {
-            match v {
-                VerificationState::Disabled => {}
-                VerificationState::Succeeded => {
-                    vtotal += n;
-                    verified += n;
-                }
-                VerificationState::Failed => {
-                    vtotal += n;
-                    vfailed += n;
-                }
-                _ => vtotal += n,
-            }
-        }
-    }
-    let registry: i64 = c.iter().sum();
+    type Sums = (i64, i64, i64, i64, i64, i64, i64, i64, i64);
+    let (registry, pending, started, synced, failed, vtotal, verified, vfailed, mismatched): Sums =
+        on_pool!(db, read, pool => sqlx::query_as(AssertSqlSafe(sql)).fetch_one(pool).await?);
     Ok(ReplicableStatus {
         name: d.replicable_name,
         plural: d.replicable_name_plural,
         enabled,
         count: registry,
         registry_count: Some(registry),
-        pending_count: Some(c[SyncState::Pending as usize]),
-        started_count: Some(c[SyncState::Started as usize]),
-        synced_count: Some(c[SyncState::Synced as usize]),
-        failed_count: Some(c[SyncState::Failed as usize]),
+        pending_count: Some(pending),
+        started_count: Some(started),
+        synced_count: Some(synced),
+        failed_count: Some(failed),
         verification_total_count: Some(vtotal),
         verified_count: Some(verified),
         verification_failed_count: Some(vfailed),
