@@ -435,3 +435,18 @@ fn operators_run_nodes_and_check_them_with_the_cli() {
         );
     }
 }
+
+#[test]
+fn every_configuration_key_is_documented() {
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operations.md"),
+    )
+    .expect("docs/operations.md");
+    for key in geo_runtime::cli::config::KEYS {
+        assert!(
+            doc.contains(&format!("| `{}` |", key.name)),
+            "docs/operations.md does not document `{}`",
+            key.name
+        );
+    }
+}

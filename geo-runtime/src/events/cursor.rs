@@ -438,6 +438,16 @@ impl<S: EventSource> EventCursor<S> {
             let mut remove = Vec::new();
             let mut removals: Vec<(i64, Option<String>)> = Vec::new();
             for (id, (action, key)) in records {
+                tracing::debug!(
+                    replicable = d.replicable_name,
+                    id,
+                    action = match action {
+                        Action::Track => "tracked (pending when new)",
+                        Action::Reset => "back to pending",
+                        Action::Remove => "removed",
+                    },
+                    "registry row from events"
+                );
                 match action {
                     Action::Track => track.push(id),
                     Action::Reset => reset.push(id),

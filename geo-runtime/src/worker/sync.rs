@@ -179,7 +179,30 @@ impl<S: BlobStore> BlobSync<S> {
                     }
                 }
             }
-            let synced = registry.mark_synced_copies(&ok).await?.len();
+            let marked = registry.mark_synced_copies(&ok).await?;
+            // One line per transition, in the row's own span, as the download's lines are.
+            for copy in &ok {
+                let row = &copy.row;
+                let span = tracing::info_span!(
+                    "sync",
+                    replicable = d.replicable_name,
+                    id = row.model_record_id,
+                    attempt = row.sync_attempt
+                );
+                let _entered = span.enter();
+                if marked.contains(&row.id) {
+                    tracing::debug!(
+                        object_key = copy.object_key.as_deref(),
+                        verified = copy.checked_against_primary,
+                        "registry row synced"
+                    );
+                } else {
+                    tracing::info!(
+                        "download superseded: the row changed while it was downloaded; the newer attempt wins"
+                    );
+                }
+            }
+            let synced = marked.len();
             let failed =
                 usize::try_from(registry.mark_failed(&failed, now()).await?).unwrap_or(usize::MAX);
             let replicable = [("replicable", d.replicable_name)];

@@ -208,9 +208,17 @@ impl<S: BlobStore> PrimaryVerification<S> {
                         .await?
                     }
                 };
+                let span = tracing::info_span!("verify", replicable = d.replicable_name, id);
+                let _entered = span.enter();
                 match (applied, outcome.is_ok()) {
-                    (false, _) => round.superseded += 1,
-                    (true, true) => round.succeeded += 1,
+                    (false, _) => {
+                        tracing::debug!("checksum dropped: the record changed while it was hashed");
+                        round.superseded += 1;
+                    }
+                    (true, true) => {
+                        tracing::debug!("verification succeeded");
+                        round.succeeded += 1;
+                    }
                     (true, false) => round.failed += 1,
                 }
             }
