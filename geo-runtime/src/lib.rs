@@ -50,6 +50,8 @@ pub mod storage;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod verification;
 pub mod worker;
 

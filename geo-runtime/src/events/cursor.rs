@@ -201,6 +201,28 @@ impl<S: EventSource> EventCursor<S> {
         }))
     }
 
+    /// Fixes the start position when none is stored yet (the primary's latest event, or 0), and
+    /// returns the stored position. A node calls it before its first consistency pass: every
+    /// record older than the position is then in that pass's listing, and every newer one has
+    /// an event after it, so no record falls between the two.
+    pub async fn initialize(&self) -> Result<i64, CursorError> {
+        if let Some(p) = self.position().await? {
+            return Ok(p);
+        }
+        let start = match self.config.start {
+            StartPosition::Latest => self.source.latest_event_id().await?,
+            StartPosition::Beginning => 0,
+        };
+        let d = self.db.dialect();
+        let sql = format!(
+            "INSERT INTO \"geo_event_cursor\" (\"id\", \"last_event_id\", \"updated_at\") VALUES (1, {}, {}) ON CONFLICT (\"id\") DO NOTHING",
+            param(d, 1),
+            param(d, 2)
+        );
+        on_pool!(self.db, write, pool => sqlx::query(AssertSqlSafe(sql)).bind(start).bind(Ts(now())).execute(pool).await?.rows_affected());
+        Ok(self.position().await?.unwrap_or(start))
+    }
+
     /// Reads and applies one batch (plus any gaps that filled). Returns what it did; when the
     /// lease is held by another process it does nothing.
     pub async fn step(&self) -> Result<BatchReport, CursorError> {

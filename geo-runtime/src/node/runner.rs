@@ -390,6 +390,14 @@ impl Node {
         let metrics = Metrics::new();
         let cursor = EventCursor::new(db, set, client.clone(), c.cursor.clone(), holder)
             .with_metrics(metrics.clone());
+        // The start position first, then the first consistency pass: no record created in
+        // between is missed by both.
+        match cursor.initialize().await {
+            Ok(position) => tracing::info!(position, "event cursor position"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not fix the cursor's start position yet; the next consistency pass covers what it misses")
+            }
+        }
         let token = cancel.clone();
         tracker.spawn(async move {
             if let Err(e) = cursor.run(token).await {
