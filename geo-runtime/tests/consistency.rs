@@ -171,3 +171,62 @@ async fn a_pass_resumes_where_it_stopped() {
         );
     }
 }
+
+/// A primary listing that is stale by the time it is applied: while it is read, the event
+/// cursor tracks a record created just after (simulated by inserting its registry row).
+struct StaleListing {
+    secondary: geo_runtime::Database,
+}
+
+impl geo_runtime::worker::consistency::ModelIdSource for StaleListing {
+    async fn model_ids_after(
+        &self,
+        _: &'static geo_runtime::ReplicatorDescriptor,
+        _: i64,
+        _: usize,
+    ) -> Result<Vec<i64>, geo_runtime::events::SourceError> {
+        geo_runtime::registry::Registry::new(&self.secondary, WidgetReplicator::DESCRIPTOR)
+            .insert_pending(&[7], geo_runtime::db::dialect::now())
+            .await?;
+        Ok(Vec::new())
+    }
+}
+
+#[tokio::test]
+async fn a_row_the_cursor_created_after_the_listing_is_not_an_orphan() {
+    for (primary, secondary) in pairs().await {
+        let label = primary.label().to_owned();
+        // An old row whose record is really gone, and the fresh one from the cursor.
+        let an_hour_ago = match secondary.dialect() {
+            Dialect::Postgres => "now() - interval '1 hour'".to_owned(),
+            Dialect::Sqlite => {
+                (geo_runtime::db::dialect::now().timestamp_micros() - 3_600_000_000).to_string()
+            }
+        };
+        exec(
+            &secondary,
+            &format!("INSERT INTO widget_registry (widget_id, state, created_at) VALUES (3, 2, {an_hour_ago})"),
+        )
+        .await;
+        let pass = Consistency::new(
+            &secondary,
+            StaleListing {
+                secondary: secondary.database().clone(),
+            },
+        );
+        let report = pass
+            .run_pass(WidgetReplicator::DESCRIPTOR)
+            .await
+            .expect("pass");
+        assert_eq!(report.removed, 1, "{label}: only the old orphan");
+        assert_eq!(
+            scalar_i64(
+                &secondary,
+                "SELECT COUNT(*) FROM widget_registry WHERE widget_id = 7"
+            )
+            .await,
+            1,
+            "{label}: the row tracked after the listing stays"
+        );
+    }
+}

@@ -37,7 +37,7 @@ pub struct RegistrySql {
     pub fail_timed_out: String,
     /// `$1` low, `$2` high: tracked model ids in the range, ascending.
     pub model_ids_between: String,
-    /// `$1` above, `$2` limit: tracked model ids above, ascending.
+    /// `$1` above, `$2` limit, `$3` created before: tracked model ids above, ascending.
     pub model_ids_above: String,
     /// Rows per state.
     pub count_by_state: String,
@@ -120,13 +120,15 @@ impl RegistrySql {
                 p(1)
             ),
             model_ids_between: format!(
-                "SELECT {fk} FROM {t} WHERE {fk} BETWEEN {} AND {} ORDER BY {fk}",
+                "SELECT {fk} FROM {t} WHERE {fk} BETWEEN {} AND {} AND \"created_at\" < {} ORDER BY {fk}",
                 p(1),
-                p(2)
+                p(2),
+                p(3)
             ),
             model_ids_above: format!(
-                "SELECT {fk} FROM {t} WHERE {fk} > {} ORDER BY {fk} LIMIT {}",
+                "SELECT {fk} FROM {t} WHERE {fk} > {} AND \"created_at\" < {} ORDER BY {fk} LIMIT {}",
                 p(1),
+                p(3),
                 p(2)
             ),
             count_by_state: format!(

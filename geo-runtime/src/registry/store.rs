@@ -400,24 +400,32 @@ pub async fn delete_many(
     })
 }
 
-/// Inside a caller's transaction: tracked model ids in `lo..=hi`, ascending.
+/// Inside a caller's transaction: tracked model ids in `lo..=hi` whose rows were created
+/// before `created_before`, ascending.
 pub async fn model_ids_between(
     conn: Conn<'_>,
     sql: &RegistrySql,
     lo: i64,
     hi: i64,
+    created_before: DateTime<Utc>,
 ) -> Result<Vec<i64>, DbError> {
     let q = AssertSqlSafe(sql.model_ids_between.as_str());
-    Ok(on_conn!(conn, c => sqlx::query_scalar(q).bind(lo).bind(hi).fetch_all(&mut *c).await?))
+    Ok(
+        on_conn!(conn, c => sqlx::query_scalar(q).bind(lo).bind(hi).bind(Ts(created_before)).fetch_all(&mut *c).await?),
+    )
 }
 
-/// Inside a caller's transaction: up to `limit` tracked model ids above `above`, ascending.
+/// Inside a caller's transaction: up to `limit` tracked model ids above `above` whose rows were
+/// created before `created_before`, ascending.
 pub async fn model_ids_above(
     conn: Conn<'_>,
     sql: &RegistrySql,
     above: i64,
     limit: i64,
+    created_before: DateTime<Utc>,
 ) -> Result<Vec<i64>, DbError> {
     let q = AssertSqlSafe(sql.model_ids_above.as_str());
-    Ok(on_conn!(conn, c => sqlx::query_scalar(q).bind(above).bind(limit).fetch_all(&mut *c).await?))
+    Ok(
+        on_conn!(conn, c => sqlx::query_scalar(q).bind(above).bind(limit).bind(Ts(created_before)).fetch_all(&mut *c).await?),
+    )
 }

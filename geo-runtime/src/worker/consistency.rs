@@ -134,11 +134,13 @@ impl<S: ModelIdSource> Consistency<S> {
     ) -> Result<ConsistencyReport, SourceError> {
         let sql = RegistrySql::new(descriptor, self.tracking.dialect());
         let after = self.position(descriptor).await?;
+        let listed_at = now();
         let ids = self
             .source
             .model_ids_after(descriptor, after, self.batch_size)
             .await?;
-        self.apply_range(descriptor, &sql, after, &ids).await
+        self.apply_range(descriptor, &sql, after, &ids, listed_at)
+            .await
     }
 
     /// Steps until the pass completes, resuming from the stored position. The next range is
@@ -150,22 +152,29 @@ impl<S: ModelIdSource> Consistency<S> {
         let sql = RegistrySql::new(descriptor, self.tracking.dialect());
         let mut total = ConsistencyReport::default();
         let mut after = self.position(descriptor).await?;
+        let mut listed_at = now();
         let mut ids = self
             .source
             .model_ids_after(descriptor, after, self.batch_size)
             .await?;
         loop {
             let next_after = ids.last().copied();
+            let next_listed_at = now();
             let (applied, next) = match next_after {
                 Some(hi) => {
                     let (applied, next) = tokio::join!(
-                        self.apply_range(descriptor, &sql, after, &ids),
+                        self.apply_range(descriptor, &sql, after, &ids, listed_at),
                         self.source.model_ids_after(descriptor, hi, self.batch_size)
                     );
                     (applied?, Some(next?))
                 }
-                None => (self.apply_range(descriptor, &sql, after, &ids).await?, None),
+                None => (
+                    self.apply_range(descriptor, &sql, after, &ids, listed_at)
+                        .await?,
+                    None,
+                ),
             };
+            listed_at = next_listed_at;
             total.ranges += applied.ranges;
             total.created += applied.created;
             total.removed += applied.removed;
@@ -184,13 +193,16 @@ impl<S: ModelIdSource> Consistency<S> {
     }
 
     /// Reconciles the range `(after, last of ids]` (or, with no ids, the orphans above `after`)
-    /// in one transaction, storing the new position with it.
+    /// in one transaction, storing the new position with it. `ids` is the primary's listing as
+    /// of `listed_at`: rows created after it (by the event cursor, for records newer than the
+    /// listing) are never taken for orphans.
     async fn apply_range(
         &self,
         descriptor: &'static ReplicatorDescriptor,
         sql: &RegistrySql,
         after: i64,
         ids: &[i64],
+        listed_at: DateTime<Utc>,
     ) -> Result<ConsistencyReport, SourceError> {
         let at = now();
         let mut report = ConsistencyReport {
@@ -200,7 +212,7 @@ impl<S: ModelIdSource> Consistency<S> {
         let mut tx = self.tracking.begin_write().await?;
         match ids.last() {
             Some(&hi) => {
-                let tracked = model_ids_between(tx.conn(), sql, after + 1, hi).await?;
+                let tracked = model_ids_between(tx.conn(), sql, after + 1, hi, listed_at).await?;
                 let (missing, orphans) = diff_sorted(ids, &tracked);
                 report.created = insert_pending_many(tx.conn(), sql, &missing, at).await?;
                 report.removed = remove_orphans(tx.conn(), sql, descriptor, &orphans, at).await?;
@@ -209,7 +221,7 @@ impl<S: ModelIdSource> Consistency<S> {
             None => {
                 // The primary has nothing above `after`: every row above it is an orphan.
                 let limit = i64::try_from(self.batch_size).unwrap_or(i64::MAX);
-                let orphans = model_ids_above(tx.conn(), sql, after, limit).await?;
+                let orphans = model_ids_above(tx.conn(), sql, after, limit, listed_at).await?;
                 report.removed = remove_orphans(tx.conn(), sql, descriptor, &orphans, at).await?;
                 if (orphans.len() as i64) < limit {
                     store_position(tx.conn(), descriptor, 0, at).await?;
