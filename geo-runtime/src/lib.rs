@@ -41,6 +41,8 @@ pub mod db;
 pub mod error;
 pub mod events;
 pub mod flags;
+#[cfg(feature = "graphql")]
+pub mod graphql;
 pub mod node;
 pub mod operations;
 pub mod registry;

@@ -59,6 +59,7 @@ async fn for_each_batch<F, Fut>(
     d: &ReplicatorDescriptor,
     role: NodeRole,
     selection: &Selection,
+    progress: &(dyn Fn(u64) + Send + Sync),
     mut apply: F,
 ) -> Result<u64, DbError>
 where
@@ -69,7 +70,9 @@ where
         Selection::Ids(ids) => {
             let mut total = 0;
             for chunk in ids.chunks(BATCH as usize) {
-                total += apply(chunk.to_vec()).await?;
+                let n = apply(chunk.to_vec()).await?;
+                progress(n);
+                total += n;
             }
             return Ok(total);
         }
@@ -112,7 +115,9 @@ where
             return Ok(total);
         };
         let full = ids.len() as i64 == BATCH;
-        total += apply(ids).await?;
+        let n = apply(ids).await?;
+        progress(n);
+        total += n;
         if !full {
             return Ok(total);
         }
@@ -127,8 +132,18 @@ pub async fn resync(
     d: &'static ReplicatorDescriptor,
     selection: &Selection,
 ) -> Result<u64, DbError> {
+    resync_with_progress(db, d, selection, &|_| {}).await
+}
+
+/// [`resync`], calling `progress` with the rows changed by each batch.
+pub async fn resync_with_progress(
+    db: &Database,
+    d: &'static ReplicatorDescriptor,
+    selection: &Selection,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<u64, DbError> {
     let registry = Registry::new(db, d);
-    for_each_batch(db, d, NodeRole::Secondary, selection, |ids| {
+    for_each_batch(db, d, NodeRole::Secondary, selection, progress, |ids| {
         let registry = &registry;
         async move { registry.resync(&ids).await }
     })
@@ -144,6 +159,17 @@ pub async fn reverify(
     d: &'static ReplicatorDescriptor,
     selection: &Selection,
 ) -> Result<u64, DbError> {
+    reverify_with_progress(db, role, d, selection, &|_| {}).await
+}
+
+/// [`reverify`], calling `progress` with the rows changed by each batch.
+pub async fn reverify_with_progress(
+    db: &Database,
+    role: NodeRole,
+    d: &'static ReplicatorDescriptor,
+    selection: &Selection,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<u64, DbError> {
     let (table, key) = table_and_key(d, role);
     let only_synced = if role == NodeRole::Secondary {
         " AND \"state\" = 2"
@@ -158,7 +184,7 @@ pub async fn reverify(
         in_id_list(db.dialect(), &quote(key), 1)
     );
     let sql = sql.as_str();
-    for_each_batch(db, d, role, selection, |ids| async move {
+    for_each_batch(db, d, role, selection, progress, |ids| async move {
         let ids = IdList(ids);
         Ok(on_pool!(db, write, pool => sqlx::query(AssertSqlSafe(sql)).bind(ids).execute(pool).await?.rows_affected()))
     })

@@ -83,6 +83,9 @@ pub enum Command {
     },
     /// List the replicables this binary knows.
     Replicables,
+    /// Print the GraphQL schema (SDL) of this binary's replicators.
+    #[cfg(feature = "graphql")]
+    GraphqlSchema,
 }
 
 /// `migrations` subcommands.
@@ -552,6 +555,13 @@ pub async fn run(cli: Cli, set: ReplicatorSet) -> Result<ExitCode, CliError> {
                     ));
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        #[cfg(feature = "graphql")]
+        Command::GraphqlSchema => {
+            let sdl = crate::graphql::sdl(&set)
+                .map_err(|e| CliError::Message(format!("building the GraphQL schema: {e}")))?;
+            out(&sdl);
             Ok(ExitCode::SUCCESS)
         }
         Command::Replicables => {

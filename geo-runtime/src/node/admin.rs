@@ -3,7 +3,8 @@
 //!
 //! - `GET /status`: the latest [`NodeStatus`](crate::status::NodeStatus) as JSON;
 //! - `GET /metrics`: Geo's gauges plus the node's counters, Prometheus' text format;
-//! - `GET /health`: `200 {"healthy":true}` or `503` with the reason.
+//! - `GET /health`: `200 {"healthy":true}` or `503` with the reason;
+//! - `POST /graphql` (feature `graphql`): the registries API ([`crate::graphql`]).
 //!
 //! Every request needs `Authorization: Bearer <admin token>` (compared in constant time), checked
 //! before anything is read; Prometheus sends it with `authorization: {credentials: ...}` in its
@@ -43,6 +44,16 @@ struct AdminState {
 
 /// The admin router over a node's status collector and metrics.
 pub fn router(token: Secret, status: StatusCollector, metrics: Metrics) -> axum::Router {
+    router_with(token, status, metrics, axum::Router::new())
+}
+
+/// [`router`] with more routes (GraphQL), behind the same token.
+pub fn router_with(
+    token: Secret,
+    status: StatusCollector,
+    metrics: Metrics,
+    extra: axum::Router,
+) -> axum::Router {
     let state = AdminState {
         token,
         status,
@@ -52,8 +63,9 @@ pub fn router(token: Secret, status: StatusCollector, metrics: Metrics) -> axum:
         .route("/status", get(status_json))
         .route("/metrics", get(prometheus))
         .route("/health", get(health))
-        .layer(middleware::from_fn_with_state(state.clone(), require_token))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(extra)
+        .layer(middleware::from_fn_with_state(state, require_token))
 }
 
 /// Serves the admin router on `listener` until `shutdown` is cancelled.

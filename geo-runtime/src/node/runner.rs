@@ -163,6 +163,9 @@ pub enum NodeStartError {
     /// The object store could not be prepared.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The GraphQL schema could not be built from the replicators.
+    #[error("building the GraphQL schema: {0}")]
+    Graphql(String),
 }
 
 /// Starts nodes.
@@ -214,7 +217,6 @@ impl NodeHandle {
     }
 }
 
-/// Runs `tick` every `interval` until cancelled.
 /// Starts the status collection every `interval` and, when configured, the admin endpoint.
 async fn start_status(
     tracker: &TaskTracker,
@@ -223,6 +225,7 @@ async fn start_status(
     metrics: &Metrics,
     admin: Option<AdminConfig>,
     interval: Duration,
+    extra: axum::Router,
 ) -> Result<Option<SocketAddr>, NodeStartError> {
     let collector = status.clone();
     every(tracker, cancel, interval, move || {
@@ -243,7 +246,7 @@ async fn start_status(
             source,
         })?;
     let addr = listener.local_addr().ok();
-    let router = admin::router(admin.token, status.clone(), metrics.clone());
+    let router = admin::router_with(admin.token, status.clone(), metrics.clone(), extra);
     let shutdown = cancel.clone();
     tracker.spawn(async move {
         if let Err(e) = admin::serve(listener, router, shutdown).await {
@@ -253,6 +256,27 @@ async fn start_status(
     Ok(addr)
 }
 
+/// Routes the admin endpoint adds with the enabled features: `/graphql` with `graphql`.
+#[cfg_attr(not(feature = "graphql"), allow(unused_variables))]
+fn admin_routes(
+    db: &Database,
+    role: NodeRole,
+    set: &ReplicatorSet,
+    name: &str,
+) -> Result<axum::Router, NodeStartError> {
+    #[cfg(feature = "graphql")]
+    {
+        crate::graphql::schema(db, role, set, name)
+            .map(crate::graphql::router)
+            .map_err(|e| NodeStartError::Graphql(e.to_string()))
+    }
+    #[cfg(not(feature = "graphql"))]
+    {
+        Ok(axum::Router::new())
+    }
+}
+
+/// Runs `tick` every `interval` until cancelled.
 fn every<F, Fut>(tracker: &TaskTracker, cancel: &CancellationToken, interval: Duration, mut tick: F)
 where
     F: FnMut() -> Fut + Send + 'static,
@@ -347,6 +371,7 @@ impl Node {
             &metrics,
             c.admin,
             c.status_interval,
+            admin_routes(db, NodeRole::Primary, set, &c.name)?,
         )
         .await?;
         tracing::info!(addr = ?local_addr, admin = ?admin_addr, "primary started");
@@ -493,6 +518,7 @@ impl Node {
             &metrics,
             c.admin,
             c.status_interval,
+            admin_routes(db, NodeRole::Secondary, set, &c.name)?,
         )
         .await?;
 
