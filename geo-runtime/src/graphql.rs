@@ -5,9 +5,10 @@
 //! The schema is built at start from the registered replicators, with no hand-kept list. For each
 //! replicable there is a `<name>Registries` connection on `geoNode` (Geo's names) and a
 //! `<Name>Registry` type with Geo's fields. Connections filter by `ids`, `replicationState`,
-//! `verificationState` and `keyword` (a substring of the object key). They sort by id, ascending
-//! or descending, and paginate with keyset cursors (`first`/`after`): a page costs one indexed
-//! range scan at any depth, and it stays stable while rows change.
+//! `verificationState` and `keyword` (a substring of the object key). They sort in Geo's orders
+//! (by id, last sync time or verification time, each way) and paginate with keyset cursors
+//! (`first`/`after`, the cursor holds the sort key and the id), never OFFSET: by id a page costs
+//! one indexed range scan at any depth, and pages stay stable while rows change.
 //!
 //! Mutations: `geoRegistriesUpdate` resyncs or reverifies one registry row;
 //! `geoRegistriesBulkUpdate` resyncs or reverifies every row (optionally in one state) in the
@@ -168,7 +169,7 @@ fn builder(set: &ReplicatorSet) -> async_graphql::dynamic::SchemaBuilder {
         .register(
             Enum::new("RegistrySort")
                 .description("Order of a registries connection.")
-                .items(["ID_ASC", "ID_DESC"]),
+                .items(SORTS.iter().map(|s| s.name)),
         )
         .register(Enum::new("RegistryAction").items(["RESYNC", "REVERIFY"]))
         .register(Enum::new("RegistriesBulkAction").items(["RESYNC_ALL", "REVERIFY_ALL"]))
@@ -469,17 +470,98 @@ fn node(d: &ReplicatorDescriptor, r: RegistryRecord) -> Value {
     Value::Object(m)
 }
 
-fn cursor(id: i64) -> String {
-    URL_SAFE_NO_PAD.encode(format!("registry:{id}"))
+/// A sort order of Geo's `RegistrySort`: by id, or by a timestamp then id.
+struct Sort {
+    name: &'static str,
+    column: Option<&'static str>,
+    descending: bool,
 }
 
-fn parse_cursor(s: &str) -> Result<i64, Error> {
-    URL_SAFE_NO_PAD
+const SORTS: [Sort; 6] = [
+    Sort {
+        name: "ID_ASC",
+        column: None,
+        descending: false,
+    },
+    Sort {
+        name: "ID_DESC",
+        column: None,
+        descending: true,
+    },
+    Sort {
+        name: "LAST_SYNCED_AT_ASC",
+        column: Some("last_synced_at"),
+        descending: false,
+    },
+    Sort {
+        name: "LAST_SYNCED_AT_DESC",
+        column: Some("last_synced_at"),
+        descending: true,
+    },
+    Sort {
+        name: "VERIFIED_AT_ASC",
+        column: Some("verified_at"),
+        descending: false,
+    },
+    Sort {
+        name: "VERIFIED_AT_DESC",
+        column: Some("verified_at"),
+        descending: true,
+    },
+];
+
+/// A timestamp sort's key in SQL: microseconds since the epoch, NULL as the smallest value, so
+/// (key, id) is a total order both dialects compute alike.
+fn sort_key(dialect: crate::Dialect, column: &str) -> String {
+    match dialect {
+        crate::Dialect::Sqlite => format!("COALESCE({}, {})", quote(column), i64::MIN),
+        crate::Dialect::Postgres => format!(
+            "COALESCE(CAST(EXTRACT(EPOCH FROM {}) * 1000000 AS BIGINT), {})",
+            quote(column),
+            i64::MIN
+        ),
+    }
+}
+
+/// The same key computed from a row.
+fn key_of(r: &RegistryRecord, column: &str) -> i64 {
+    let t = match column {
+        "last_synced_at" => r.last_synced_at,
+        _ => r.verified_at,
+    };
+    t.map_or(i64::MIN, |t| t.timestamp_micros())
+}
+
+/// A cursor: the row's id and, for a timestamp sort, its key.
+fn cursor(r: &RegistryRecord, sort: &Sort) -> String {
+    let key = sort.column.map(|c| key_of(r, c));
+    URL_SAFE_NO_PAD.encode(match key {
+        Some(k) => format!("registry:{}:{k}", r.id),
+        None => format!("registry:{}", r.id),
+    })
+}
+
+fn parse_cursor(s: &str, sort: &Sort) -> Result<(i64, i64), Error> {
+    let invalid = || Error::new("invalid cursor");
+    let text = URL_SAFE_NO_PAD
         .decode(s)
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|s| s.strip_prefix("registry:").and_then(|n| n.parse().ok()))
-        .ok_or_else(|| Error::new("invalid cursor"))
+        .ok_or_else(invalid)?;
+    let mut parts = text
+        .strip_prefix("registry:")
+        .ok_or_else(invalid)?
+        .split(':');
+    let id = parts
+        .next()
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(invalid)?;
+    let key = match (sort.column, parts.next()) {
+        (Some(_), Some(k)) => k.parse().map_err(|_| invalid())?,
+        (None, None) => 0,
+        _ => return Err(Error::new("the cursor belongs to another sort order")),
+    };
+    Ok((id, key))
 }
 
 /// An argument that was given and is not null (an unset variable reads as null).
@@ -533,10 +615,18 @@ async fn registries<'a>(
             "first must be between 1 and {MAX_PAGE}"
         )));
     }
-    let descending = match arg(c, "sort") {
-        Some(v) => v.enum_name()? == "ID_DESC",
-        None => false,
+    let sort = match arg(c, "sort") {
+        Some(v) => {
+            let name = v.enum_name()?;
+            SORTS
+                .iter()
+                .find(|s| s.name == name)
+                .ok_or_else(|| Error::new("unknown sort"))?
+        }
+        None => &SORTS[0],
     };
+    let descending = sort.descending;
+    let key_sql = sort.column.map(|c| sort_key(dialect, c));
     let mut filters = Vec::new();
     let mut binds = Vec::new();
     let next = |b: Bind, binds: &mut Vec<Bind>| {
@@ -585,15 +675,22 @@ async fn registries<'a>(
         ));
     }
     let after = arg(c, "after")
-        .map(|v| v.string().and_then(parse_cursor))
+        .map(|v| v.string().and_then(|s| parse_cursor(s, sort)))
         .transpose()?;
-    if let Some(after) = after {
-        let n = next(Bind::I64(after), &mut binds);
-        filters.push(format!(
-            "\"id\" {} {}",
-            if descending { "<" } else { ">" },
-            param(dialect, n)
-        ));
+    let cmp = if descending { "<" } else { ">" };
+    if let Some((after_id, after_key)) = after {
+        let n = next(Bind::I64(after_id), &mut binds);
+        match &key_sql {
+            None => filters.push(format!("\"id\" {cmp} {}", param(dialect, n))),
+            Some(key) => {
+                let k = next(Bind::I64(after_key), &mut binds);
+                filters.push(format!(
+                    "({key} {cmp} {k} OR ({key} = {k} AND \"id\" {cmp} {n}))",
+                    k = param(dialect, k),
+                    n = param(dialect, n)
+                ));
+            }
+        }
     }
     let n = next(Bind::I64(first + 1), &mut binds);
     let columns = ["id", d.model_foreign_key]
@@ -602,15 +699,19 @@ async fn registries<'a>(
         .map(quote)
         .collect::<Vec<_>>()
         .join(", ");
+    let direction = if descending { "DESC" } else { "ASC" };
+    let order = match &key_sql {
+        None => format!("\"id\" {direction}"),
+        Some(key) => format!("{key} {direction}, \"id\" {direction}"),
+    };
     let sql = format!(
-        "SELECT {columns} FROM {} {} ORDER BY \"id\" {} LIMIT {}",
+        "SELECT {columns} FROM {} {} ORDER BY {order} LIMIT {}",
         quote(d.registry_table),
         if filters.is_empty() {
             String::new()
         } else {
             format!("WHERE {}", filters.join(" AND "))
         },
-        if descending { "DESC" } else { "ASC" },
         param(dialect, n)
     );
     let mut records: Vec<RegistryRecord> = on_pool!(shared.db, read, pool => {
@@ -630,13 +731,13 @@ async fn registries<'a>(
     });
     let has_next = records.len() as i64 > first;
     records.truncate(usize::try_from(first).unwrap_or(usize::MAX));
-    let start = records.first().map(|r| cursor(r.id));
-    let end = records.last().map(|r| cursor(r.id));
+    let start = records.first().map(|r| cursor(r, sort));
+    let end = records.last().map(|r| cursor(r, sort));
     let edges: Vec<Value> = records
         .iter()
         .map(|r| {
             object([
-                ("cursor", Value::from(cursor(r.id))),
+                ("cursor", Value::from(cursor(r, sort))),
                 ("node", node(d, r.clone())),
             ])
         })

@@ -66,7 +66,7 @@ impl Api {
 
 const PAGE: &str = r#"query($first: Int, $after: String, $state: ReplicationStateEnum, $sort: RegistrySort, $keyword: String, $ids: [ID!]) {
   geoNode { widgetRegistries(first: $first, after: $after, replicationState: $state, sort: $sort, keyword: $keyword, ids: $ids) {
-    edges { cursor node { id widgetId state objectKey verificationState } }
+    edges { cursor node { id widgetId state objectKey verificationState lastSyncedAt verifiedAt } }
     pageInfo { hasNextPage hasPreviousPage startCursor endCursor }
   } }
 }"#;
@@ -116,6 +116,42 @@ async fn all_pages(api: &Api, mut vars: Value, first: i64, descending: bool) -> 
             return ids;
         }
     }
+}
+
+/// Every page in a timestamp order: (key in micros, NULL first, registry id) as listed.
+async fn pages_by(api: &Api, mut vars: Value, first: i64, field: &str) -> Vec<(i64, i64)> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        vars["first"] = json!(first);
+        vars["after"] = json!(after);
+        let data = api.data(PAGE, vars.clone()).await;
+        let conn = &data["geoNode"]["widgetRegistries"];
+        for e in conn["edges"].as_array().expect("edges") {
+            let key = e["node"][field].as_str().map_or(i64::MIN, |t| {
+                chrono::DateTime::parse_from_rfc3339(t)
+                    .expect("time")
+                    .timestamp_micros()
+            });
+            out.push((
+                key,
+                e["node"]["id"].as_str().expect("id").parse().expect("int"),
+            ));
+        }
+        if conn["pageInfo"]["hasNextPage"] != json!(true) {
+            return out;
+        }
+        after = conn["pageInfo"]["endCursor"].as_str().map(str::to_owned);
+    }
+}
+
+/// A cursor of the id order.
+async fn all_cursor(api: &Api) -> String {
+    let data = api.data(PAGE, json!({"first": 1})).await;
+    data["geoNode"]["widgetRegistries"]["pageInfo"]["endCursor"]
+        .as_str()
+        .expect("cursor")
+        .to_owned()
 }
 
 async fn eventually<F, Fut>(what: &str, mut check: F)
@@ -257,6 +293,31 @@ async fn registries_over_graphql() {
         )
         .await;
         assert_eq!(got, failed, "{label}");
+        // Geo's timestamp orders, keyset-paged on (time, id).
+        let listed = pages_by(
+            &api,
+            json!({"state": "SYNCED", "sort": "LAST_SYNCED_AT_DESC"}),
+            400,
+            "lastSyncedAt",
+        )
+        .await;
+        let mut sorted = listed.clone();
+        sorted.sort_unstable_by(|a, b| b.cmp(a));
+        assert_eq!(listed, sorted, "{label}: last synced, newest first");
+        assert_eq!(listed.len(), synced.len(), "{label}: every synced row once");
+        let listed = pages_by(&api, json!({"sort": "VERIFIED_AT_ASC"}), 700, "verifiedAt").await;
+        let mut sorted = listed.clone();
+        sorted.sort_unstable();
+        assert_eq!(listed, sorted, "{label}: verified at, never verified first");
+        assert_eq!(listed.len() as i64, ROWS, "{label}: every row once");
+        assert!(
+            api.error(
+                PAGE,
+                json!({"sort": "VERIFIED_AT_ASC", "after": all_cursor(&api).await})
+            )
+            .await
+            .contains("another sort order")
+        );
         // Keyword (a substring of the object key) and ids.
         let got: BTreeSet<i64> = all_pages(&api, json!({"keyword": "widgets/12"}), 1000, false)
             .await
