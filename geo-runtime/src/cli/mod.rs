@@ -248,6 +248,9 @@ where
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    // Fail points from FAILPOINTS (crash suite builds only).
+    #[cfg(feature = "failpoints")]
+    let _scenario = fail::FailScenario::setup();
     let long_running = matches!(cli.command, Command::Primary | Command::Secondary);
     init_logging(if long_running { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -309,6 +309,11 @@ impl<S: EventSource> EventCursor<S> {
         delete_gaps(tx.conn(), &abandoned).await?;
         insert_gaps(tx.conn(), &new_gaps, started).await?;
         store_position(tx.conn(), new_position, started).await?;
+        // The crash suite stops the process here: events applied, nothing committed.
+        #[cfg(feature = "failpoints")]
+        if !events.is_empty() {
+            fail::fail_point!("cursor::before_commit", |_| std::process::abort());
+        }
         tx.commit().await?;
 
         if !abandoned.is_empty() {

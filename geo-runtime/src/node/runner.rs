@@ -163,6 +163,9 @@ pub enum NodeStartError {
     /// The object store could not be prepared.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The tracking database failed.
+    #[error(transparent)]
+    Db(#[from] crate::DbError),
     /// The GraphQL schema could not be built from the replicators.
     #[error("building the GraphQL schema: {0}")]
     Graphql(String),
@@ -395,6 +398,19 @@ impl Node {
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         db::migrate(db, NodeRole::Secondary, set).await?;
+        let started_at = now();
+        for d in set.descriptors() {
+            let n = Registry::new(db, d)
+                .release_interrupted(started_at, started_at)
+                .await?;
+            if n > 0 {
+                tracing::info!(
+                    replicable = d.replicable_name,
+                    rows = n,
+                    "released syncs a stopped process left in started"
+                );
+            }
+        }
         let stale = store.remove_stale_temp_files().await?;
         if stale > 0 {
             tracing::info!(removed = stale, "removed temp files left by a crash");

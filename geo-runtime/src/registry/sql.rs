@@ -35,6 +35,9 @@ pub struct RegistrySql {
     pub mark_failed: String,
     /// `$1` started before, `$2` earliest retry, `$3` failure: started too long → failed.
     pub fail_timed_out: String,
+    /// `$1` started before, `$2` now, `$3` message: syncs a stopped process left in `started`
+    /// become failed and due at once (run when a node starts).
+    pub release_interrupted: String,
     /// `$1` low, `$2` high: tracked model ids in the range, ascending.
     pub model_ids_between: String,
     /// `$1` above, `$2` limit, `$3` created before: tracked model ids above, ascending.
@@ -116,6 +119,12 @@ impl RegistrySql {
             ),
             fail_timed_out: format!(
                 "UPDATE {t} SET \"state\" = 3, \"retry_count\" = 1, \"retry_at\" = {jitter}, \"last_sync_failure\" = {} WHERE \"state\" = 1 AND \"last_synced_at\" < {}",
+                p(3),
+                p(1)
+            ),
+            release_interrupted: format!(
+                "UPDATE {t} SET \"state\" = 3, \"retry_count\" = \"retry_count\" + 1, \"retry_at\" = {}, \"last_sync_failure\" = {} WHERE \"state\" = 1 AND \"last_synced_at\" < {}",
+                p(2),
                 p(3),
                 p(1)
             ),

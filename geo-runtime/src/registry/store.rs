@@ -316,6 +316,25 @@ impl Registry {
             .rows_affected()))
     }
 
+    /// Syncs left in `started` by a process that stopped (rows started before `started_before`,
+    /// this process's start) become failed and due at once, with the reason recorded: a
+    /// restart converges without waiting for the sweeper's timeout. A sync still running in
+    /// another process loses nothing but its result: its attempt no longer matches.
+    pub async fn release_interrupted(
+        &self,
+        started_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, DbError> {
+        let sql = AssertSqlSafe(self.sql.release_interrupted.as_str());
+        on_pool!(self.db, write, pool => Ok(sqlx::query(sql)
+            .bind(Ts(started_before))
+            .bind(Ts(now))
+            .bind("The sync was interrupted (its process stopped); retrying")
+            .execute(pool)
+            .await?
+            .rows_affected()))
+    }
+
     /// Rows per state.
     pub async fn count_by_state(&self) -> Result<StateCounts, DbError> {
         let sql = AssertSqlSafe(self.sql.count_by_state.as_str());

@@ -179,6 +179,9 @@ impl<S: BlobStore> BlobSync<S> {
                     }
                 }
             }
+            // The crash suite stops the process here: bytes durable, registry not yet told.
+            #[cfg(feature = "failpoints")]
+            fail::fail_point!("sync::before_registry_commit", |_| std::process::abort());
             let marked = registry.mark_synced_copies(&ok).await?;
             // One line per transition, in the row's own span, as the download's lines are.
             for copy in &ok {
