@@ -7,7 +7,8 @@
 //! `<Name>Registry` type with Geo's fields. Connections filter by `ids`, `replicationState`,
 //! `verificationState` and `keyword` (a substring of the object key). They sort in Geo's orders
 //! (by id, last sync time or verification time, each way) and paginate with keyset cursors
-//! (`first`/`after`, the cursor holds the sort key and the id), never OFFSET: by id a page costs
+//! (`first`/`after` forward, `last`/`before` backward; a cursor holds the sort key and the
+//! id), never OFFSET: by id a page costs
 //! one indexed range scan at any depth, and pages stay stable while rows change.
 //!
 //! Mutations: `geoRegistriesUpdate` resyncs or reverifies one registry row;
@@ -317,7 +318,12 @@ fn builder(set: &ReplicatorSet) -> async_graphql::dynamic::SchemaBuilder {
                 InputValue::new("first", TypeRef::named(TypeRef::INT))
                     .description("Page size (default 50, at most 1000)."),
             )
-            .argument(InputValue::new("after", TypeRef::named(TypeRef::STRING))),
+            .argument(InputValue::new("after", TypeRef::named(TypeRef::STRING)))
+            .argument(
+                InputValue::new("last", TypeRef::named(TypeRef::INT))
+                    .description("Page size, paging backward (at most 1000)."),
+            )
+            .argument(InputValue::new("before", TypeRef::named(TypeRef::STRING))),
         );
     }
     builder = builder.register(geo_node);
@@ -606,13 +612,25 @@ async fn registries<'a>(
     let shared = ctx(c)?;
     require_enabled(shared, d).await?;
     let dialect = shared.db.dialect();
-    let first = match arg(c, "first") {
+    // Forward (`first`/`after`) or backward (`last`/`before`) paging, as Relay specifies.
+    let backward = arg(c, "last").is_some() || arg(c, "before").is_some();
+    if backward && (arg(c, "first").is_some() || arg(c, "after").is_some()) {
+        return Err(Error::new(
+            "page forward (first/after) or backward (last/before), not both",
+        ));
+    }
+    let (size_arg, cursor_arg) = if backward {
+        ("last", "before")
+    } else {
+        ("first", "after")
+    };
+    let first = match arg(c, size_arg) {
         Some(v) => v.i64()?,
         None => DEFAULT_PAGE,
     };
     if !(1..=MAX_PAGE).contains(&first) {
         return Err(Error::new(format!(
-            "first must be between 1 and {MAX_PAGE}"
+            "{size_arg} must be between 1 and {MAX_PAGE}"
         )));
     }
     let sort = match arg(c, "sort") {
@@ -625,7 +643,8 @@ async fn registries<'a>(
         }
         None => &SORTS[0],
     };
-    let descending = sort.descending;
+    // A backward page is read in the opposite order, then reversed.
+    let descending = sort.descending != backward;
     let key_sql = sort.column.map(|c| sort_key(dialect, c));
     let mut filters = Vec::new();
     let mut binds = Vec::new();
@@ -674,7 +693,7 @@ async fn registries<'a>(
             param(dialect, n)
         ));
     }
-    let after = arg(c, "after")
+    let after = arg(c, cursor_arg)
         .map(|v| v.string().and_then(|s| parse_cursor(s, sort)))
         .transpose()?;
     let cmp = if descending { "<" } else { ">" };
@@ -729,8 +748,16 @@ async fn registries<'a>(
             .map(|r| RegistryRecord::decode(r, d.model_foreign_key))
             .collect::<Result<Vec<_>, crate::DbError>>()?
     });
-    let has_next = records.len() as i64 > first;
+    let more = records.len() as i64 > first;
     records.truncate(usize::try_from(first).unwrap_or(usize::MAX));
+    if backward {
+        records.reverse();
+    }
+    let (has_next, has_previous) = if backward {
+        (after.is_some(), more)
+    } else {
+        (more, after.is_some())
+    };
     let start = records.first().map(|r| cursor(r, sort));
     let end = records.last().map(|r| cursor(r, sort));
     let edges: Vec<Value> = records
@@ -750,7 +777,7 @@ async fn registries<'a>(
             "pageInfo",
             object([
                 ("hasNextPage", Value::from(has_next)),
-                ("hasPreviousPage", Value::from(after.is_some())),
+                ("hasPreviousPage", Value::from(has_previous)),
                 ("startCursor", opt_string(start)),
                 ("endCursor", opt_string(end)),
             ]),

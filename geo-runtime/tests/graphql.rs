@@ -294,6 +294,42 @@ async fn registries_over_graphql() {
         )
         .await;
         assert_eq!(got, failed, "{label}");
+        // Backward paging: the last page, then the one before it, in the listed order.
+        let back = r#"query($before: String) { geoNode { widgetRegistries(replicationState: SYNCED, last: 100, before: $before) {
+            nodes { widgetId } pageInfo { hasNextPage hasPreviousPage startCursor } } } }"#;
+        let data = api.data(back, json!({})).await;
+        let conn = &data["geoNode"]["widgetRegistries"];
+        let ids = |c: &Value| -> Vec<i64> {
+            c["nodes"]
+                .as_array()
+                .expect("nodes")
+                .iter()
+                .map(|n| n["widgetId"].as_str().expect("id").parse().expect("int"))
+                .collect()
+        };
+        assert_eq!(
+            ids(conn),
+            synced[synced.len() - 100..].to_vec(),
+            "{label}: the last page"
+        );
+        assert_eq!(conn["pageInfo"]["hasPreviousPage"], json!(true));
+        let data = api
+            .data(back, json!({"before": conn["pageInfo"]["startCursor"]}))
+            .await;
+        let conn = &data["geoNode"]["widgetRegistries"];
+        assert_eq!(
+            ids(conn),
+            synced[synced.len() - 200..synced.len() - 100].to_vec()
+        );
+        assert_eq!(conn["pageInfo"]["hasNextPage"], json!(true));
+        assert_eq!(
+            api.error(
+                "{ geoNode { widgetRegistries(first: 1, last: 1) { nodes { id } } } }",
+                json!({})
+            )
+            .await,
+            "page forward (first/after) or backward (last/before), not both"
+        );
         // Geo's timestamp orders, keyset-paged on (time, id).
         let listed = pages_by(
             &api,
