@@ -192,7 +192,12 @@ impl App {
                 }
             }
         }
+        // The crash suite stops the application here: objects written, rows and events not.
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("app::before_commit", |_| std::process::abort());
         tx.commit().await?;
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("app::after_commit", |_| std::process::abort());
         Ok(())
     }
 

@@ -35,14 +35,21 @@ fn ok(config: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// Runs a node; its log, at `trace`, is appended to `<config>.log` (scanned for secrets).
 fn spawn(config: &Path, role: &str, env: &[(&str, &str)]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(config.with_extension("log"))
+        .expect("log file");
     let mut cmd = Command::new(GEO);
     cmd.arg(role)
         .env("GEO_CONFIG", config)
+        .env("RUST_LOG", "trace")
         .env_remove("FAILPOINTS")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(log);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -129,6 +136,27 @@ struct Setup {
     primary: PathBuf,
     secret: String,
     access_key: String,
+}
+
+impl Drop for Setup {
+    /// No log line of any process, at `trace`, holds the secondary's secret.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        for entry in std::fs::read_dir(self.dir.path()).expect("dir").flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let text = std::fs::read_to_string(&path).expect("log");
+                assert!(!text.is_empty(), "{} is empty", path.display());
+                assert!(
+                    !text.contains(&self.secret),
+                    "{} contains the secret",
+                    path.display()
+                );
+            }
+        }
+    }
 }
 
 /// A primary with 30 widgets, one of them 256 MiB, running.
@@ -305,6 +333,160 @@ fn stopped_between_applying_events_and_saving_the_cursor_it_converges_on_restart
     assert_eq!(json["widgets_synced_count"], 40, "{json}");
     signal(&node, "-TERM");
     assert!(wait(&mut node).success());
+    signal(&primary_node, "-TERM");
+    assert!(wait(&mut primary_node).success());
+}
+
+/// A root-only tmpfs, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
+        // Mounting needs root (`id -u` prints 0).
+        let uid = Command::new("id").arg("-u").output().ok()?;
+        if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+            eprintln!("SKIPPED: the disk-full test needs root to mount a tmpfs");
+            assert!(
+                std::env::var("CI").is_err(),
+                "CI runs as root and must run this test"
+            );
+            return None;
+        }
+        std::fs::create_dir_all(path).expect("mount point");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .expect("mount");
+        assert!(status.success(), "mount tmpfs");
+        Some(Tmpfs(path.to_owned()))
+    }
+
+    fn resize(&self, size: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .expect("remount");
+        assert!(status.success(), "remount tmpfs");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_store_fails_the_large_object_only_and_converges_once_space_returns() {
+    let (setup, mut primary_node, url) = primary();
+    let env = [("GEO_SECRET", setup.secret.as_str())];
+    let (config, root) = secondary(&setup, &url, "d");
+    // The store on a 64 MiB file system; the tracking database stays off it.
+    let Some(fs) = Tmpfs::mount(&root, "64M") else {
+        return;
+    };
+    let mut node = spawn(&config, "secondary", &env);
+    let db = setup.dir.path().join("d.db");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let row = |id: i64| -> Option<(i16, Option<String>)> {
+        rt.block_on(async {
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+                .await
+                .ok()?;
+            let r = sqlx::query_as(
+                "SELECT state, last_sync_failure FROM widget_registry WHERE widget_id = ?1",
+            )
+            .bind(id)
+            .fetch_optional(&pool)
+            .await
+            .ok()?;
+            pool.close().await;
+            r
+        })
+    };
+    let start = Instant::now();
+    loop {
+        let big = row(1);
+        let small_synced = (2..=30).all(|id| row(id).is_some_and(|(s, _)| s == 2));
+        if let Some((3, Some(reason))) = &big
+            && small_synced
+        {
+            assert!(reason.contains("No space left on device"), "{reason}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "big {big:?}, small synced {small_synced}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        temp_files(&root).is_empty(),
+        "the failed download's temp file is removed"
+    );
+    assert!(
+        !root
+            .join(geo_examples::app::key(geo_examples::app::Kind::Widget, 1))
+            .exists()
+    );
+
+    // Space returns; the backoff elapses (the operator could also `geo resync`).
+    fs.resize("512M");
+    rt.block_on(async {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .expect("db");
+        sqlx::query("UPDATE widget_registry SET retry_at = 0 WHERE state = 3")
+            .execute(&pool)
+            .await
+            .expect("update");
+        pool.close().await;
+    });
+    converges(&config, &env);
+    signal(&node, "-TERM");
+    assert!(wait(&mut node).success());
+    signal(&primary_node, "-TERM");
+    assert!(wait(&mut primary_node).success());
+}
+
+#[test]
+fn the_application_killed_around_its_commit_leaves_rows_and_events_together() {
+    let (setup, mut primary_node, _url) = primary();
+    let status = |what: &str| -> i64 {
+        let s = ok(&setup.primary, &["status", "--json"], &[]);
+        let json: serde_json::Value = serde_json::from_str(&s).expect("json");
+        json[what].as_i64().unwrap_or(0)
+    };
+    let (records, events) = (status("widgets_count"), status("last_event_id"));
+    assert_eq!(records, 30);
+
+    // Killed after writing the objects, before committing rows and events: neither exists.
+    let o = geo(
+        &setup.primary,
+        &["app-create", "widget", "31", "35"],
+        &[("FAILPOINTS", "app::before_commit=return")],
+    );
+    assert!(
+        !o.status.success(),
+        "the fail point stopped the application"
+    );
+    assert_eq!(status("widgets_count"), records, "no row without its event");
+    assert_eq!(status("last_event_id"), events, "no event without its row");
+
+    // Killed just after the commit: both exist, one event per row.
+    let o = geo(
+        &setup.primary,
+        &["app-create", "widget", "36", "40"],
+        &[("FAILPOINTS", "app::after_commit=return")],
+    );
+    assert!(
+        !o.status.success(),
+        "the fail point stopped the application"
+    );
+    assert_eq!(status("widgets_count"), records + 5);
+    assert_eq!(status("last_event_id"), events + 5);
     signal(&primary_node, "-TERM");
     assert!(wait(&mut primary_node).success());
 }

@@ -37,6 +37,8 @@ fn main() -> ExitCode {
 }
 
 fn app_command(args: &[String]) -> Result<()> {
+    #[cfg(feature = "failpoints")]
+    let _scenario = fail::FailScenario::setup();
     let config = std::env::var_os("GEO_CONFIG").map(std::path::PathBuf::from);
     let settings = Settings::load(config.as_deref())?;
     let url: String = settings.require("database_url", "")?;
