@@ -14,6 +14,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use common::{Widget, WidgetReplicator, exec};
+use futures_util::StreamExt;
 use geo_runtime::events::{CursorConfig, StartPosition};
 use geo_runtime::node::nodes::add_secondary;
 use geo_runtime::node::{Node, NodeConfig, NodeHandle, PrimaryConfig, SecondaryConfig};
@@ -32,7 +33,16 @@ enum Fault {
     CloseMidBody,
     CorruptByte,
     EvilKey,
+    /// Headers and half the body, then silence with the connection open.
+    Stall,
+    /// The body in chunks with pauses shorter than the idle timeout, longer than it in total.
+    SlowSteady,
+    /// 503 for every object.
+    Status503,
 }
+
+/// Object requests the proxy saw (nextest runs each test in its own process).
+static RETRIEVES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 #[derive(Clone)]
 struct Proxy {
@@ -49,8 +59,14 @@ async fn forward(State(p): State<Proxy>, req: Request) -> Response {
         .map_or("/", |x| x.as_str())
         .to_owned();
     let retrieve = path.starts_with("/geo/v1/retrieve/");
+    if retrieve {
+        RETRIEVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     if retrieve && fault == Fault::Status500 {
         return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response();
+    }
+    if retrieve && fault == Fault::Status503 {
+        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "busy").into_response();
     }
     let mut upstream = p
         .http
@@ -85,6 +101,23 @@ async fn forward(State(p): State<Proxy>, req: Request) -> Response {
                 let half = bytes::Bytes::from(bytes[..bytes.len() / 2].to_vec());
                 let stream =
                     futures_util::stream::iter(vec![Ok(half), Err(std::io::Error::other("cut"))]);
+                return out.body(Body::from_stream(stream)).expect("response");
+            }
+            Fault::Stall => {
+                let half = bytes::Bytes::from(bytes[..bytes.len() / 2].to_vec());
+                let stream = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(half)])
+                    .chain(futures_util::stream::pending());
+                return out.body(Body::from_stream(stream)).expect("response");
+            }
+            Fault::SlowSteady => {
+                let chunks: Vec<bytes::Bytes> = bytes
+                    .chunks(bytes.len().div_ceil(4))
+                    .map(bytes::Bytes::copy_from_slice)
+                    .collect();
+                let stream = futures_util::stream::iter(chunks).then(|c| async move {
+                    tokio::time::sleep(Duration::from_millis(700)).await;
+                    Ok::<_, std::io::Error>(c)
+                });
                 return out.body(Body::from_stream(stream)).expect("response");
             }
             _ => {}
@@ -391,6 +424,78 @@ async fn a_corrupted_byte_is_caught_by_the_checksum() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_pointing_outside_the_store_is_refused() {
     check_fault(Fault::EvilKey, "unsafe object key").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_transfer_is_cut_by_the_idle_timeout() {
+    check_fault(Fault::Stall, "Error downloading file").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_but_steady_transfer_is_not_cut() {
+    let mut s = setup().await;
+    *s.fault.lock().expect("fault") = Fault::SlowSteady;
+    create(&s, 1).await;
+    let started = Instant::now();
+    start_secondary(&mut s).await;
+    wait_for(&s, &[1], SyncState::Synced, None).await;
+    // Longer than the 2 s idle timeout in total, never idle that long: it went through.
+    assert!(started.elapsed() > Duration::from_secs(2));
+    let row = Registry::new(&s.secondary_db, WidgetReplicator::DESCRIPTOR)
+        .find_by_model_id(1)
+        .await
+        .expect("find")
+        .expect("row");
+    assert_eq!(row.retry_count, 0, "synced at the first attempt");
+    only_primary_bytes(s.root.path());
+    stop(s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_storm_stays_within_the_backoff_and_recovers_on_its_own() {
+    const N: i64 = 500;
+    let mut s = setup().await;
+    *s.fault.lock().expect("fault") = Fault::Status503;
+    for id in 1..=N {
+        create(&s, id).await;
+    }
+    start_secondary(&mut s).await;
+    let ids: Vec<i64> = (1..=N).collect();
+    wait_for(&s, &ids, SyncState::Failed, Some("status code 503")).await;
+    let after_first_round = RETRIEVES.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(after_first_round, N as usize, "one request per object");
+    // Geo's backoff: nothing is due for at least 15 s; nothing is asked meanwhile.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        RETRIEVES.load(std::sync::atomic::Ordering::Relaxed),
+        after_first_round,
+        "no request before the backoff elapses"
+    );
+    // The retry times are spread (jitter), not one thundering herd.
+    let micros: Vec<i64> = match s.secondary_db.as_sqlite_readers() {
+        Some(pool) => sqlx::query_scalar("SELECT retry_at FROM widget_registry ORDER BY retry_at")
+            .fetch_all(pool)
+            .await
+            .expect("retry times"),
+        None => unreachable!("the fault suite runs on SQLite"),
+    };
+    let distinct: std::collections::BTreeSet<i64> = micros.iter().map(|m| m / 1000).collect();
+    assert!(
+        distinct.len() > (N as usize) * 9 / 10,
+        "{} distinct retry times",
+        distinct.len()
+    );
+    let spread_s = (micros[micros.len() - 1] - micros[0]) as f64 / 1e6;
+    assert!(spread_s > 20.0, "retry times spread over {spread_s:.1} s");
+    // The primary recovers; the retries come due and everything syncs, with no operator.
+    *s.fault.lock().expect("fault") = Fault::None;
+    time_passes(&s.secondary_db).await;
+    wait_for(&s, &ids, SyncState::Synced, None).await;
+    assert!(
+        RETRIEVES.load(std::sync::atomic::Ordering::Relaxed) <= 2 * N as usize,
+        "each object asked at most twice"
+    );
+    stop(s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
