@@ -153,6 +153,7 @@ async fn run(label: &str, tracking: TestDatabase, count: usize, size: usize, cap
         SyncConfig {
             files_max_capacity: capacity,
             idle_wait: Duration::ZERO,
+            max_object_size: None,
         },
     );
     let t = Instant::now();

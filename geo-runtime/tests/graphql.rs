@@ -239,6 +239,7 @@ async fn registries_over_graphql() {
         config.sync = SyncConfig {
             files_max_capacity: 4,
             idle_wait: Duration::from_millis(20),
+            max_object_size: None,
         };
         config.cursor = CursorConfig {
             idle_wait: Duration::from_millis(20),

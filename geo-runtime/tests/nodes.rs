@@ -49,6 +49,7 @@ fn fast(config: &mut SecondaryConfig) {
     config.sync = SyncConfig {
         files_max_capacity: 10,
         idle_wait: Duration::from_millis(20),
+        max_object_size: None,
     };
     config.cursor = CursorConfig {
         idle_wait: Duration::from_millis(20),

@@ -251,6 +251,7 @@ async fn start_secondary(primary: &Database, url: &str, db: &Database, root: &Pa
     config.sync = SyncConfig {
         files_max_capacity: 10,
         idle_wait: Duration::from_millis(20),
+        max_object_size: None,
     };
     config.cursor = CursorConfig {
         idle_wait: Duration::from_millis(20),

@@ -96,6 +96,12 @@ pub const KEYS: &[Key] = &[
         doc: "secondary: downloads at once",
     },
     Key {
+        name: "max_object_size",
+        secret: false,
+        default: None,
+        doc: "secondary: objects larger than this many bytes are refused (no limit when unset)",
+    },
+    Key {
         name: "verification_max_capacity",
         secret: false,
         default: Some("100"),
@@ -425,6 +431,7 @@ impl Settings {
         c.sync = SyncConfig {
             files_max_capacity: usize::try_from(self.positive("files_max_capacity")?)
                 .unwrap_or(usize::MAX),
+            max_object_size: self.get("max_object_size")?,
             ..SyncConfig::default()
         };
         c.verification = SecondaryVerifyConfig {

@@ -312,6 +312,7 @@ impl<'a> Sites<'a> {
         config.sync = SyncConfig {
             files_max_capacity: 8,
             idle_wait: Duration::from_millis(20),
+            max_object_size: None,
         };
         config.cursor = CursorConfig {
             idle_wait: Duration::from_millis(20),

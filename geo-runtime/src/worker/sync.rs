@@ -36,6 +36,8 @@ pub struct SyncConfig {
     pub files_max_capacity: usize,
     /// Pause when there was nothing to sync.
     pub idle_wait: Duration,
+    /// Objects larger than this are refused (the row fails with the reason); `None`: no limit.
+    pub max_object_size: Option<u64>,
 }
 
 impl Default for SyncConfig {
@@ -43,6 +45,7 @@ impl Default for SyncConfig {
         SyncConfig {
             files_max_capacity: 10,
             idle_wait: Duration::from_secs(1),
+            max_object_size: None,
         }
     }
 }
@@ -293,6 +296,15 @@ impl<S: BlobStore> BlobSync<S> {
             None => None,
         };
         let expected_size = response.content_length();
+        if let (Some(size), Some(max)) = (expected_size, self.config.max_object_size)
+            && size > max
+        {
+            return Err(fail(
+                "too_large",
+                format!("The object is too large to sync: {size} bytes, the limit is {max}"),
+                false,
+            ));
+        }
         let staged = match expected_size {
             // Small objects: read whole, then written in one step.
             Some(size) if size <= SMALL_OBJECT => {
