@@ -490,3 +490,78 @@ fn the_application_killed_around_its_commit_leaves_rows_and_events_together() {
     signal(&primary_node, "-TERM");
     assert!(wait(&mut primary_node).success());
 }
+
+#[test]
+fn a_full_tracking_database_stops_the_work_says_why_and_recovers() {
+    let (setup, mut primary_node, url) = primary();
+    let env = [("GEO_SECRET", setup.secret.as_str())];
+    let (config, _root) = secondary(&setup, &url, "e");
+    // The tracking database on a small file system of its own.
+    let dbdir = setup.dir.path().join("e-db");
+    let Some(_fs) = Tmpfs::mount(&dbdir, "16M") else {
+        return;
+    };
+    let text = std::fs::read_to_string(&config).expect("config");
+    let moved = text.replace(
+        &format!("sqlite://{}/e.db", setup.dir.path().display()),
+        &format!("sqlite://{}/e.db", dbdir.display()),
+    );
+    assert_ne!(text, moved);
+    std::fs::write(&config, moved).expect("config");
+    let mut node = spawn(&config, "secondary", &env);
+    // Once the node has migrated its database, fill the file system to the last byte.
+    let start = Instant::now();
+    while !geo(&config, &["status", "--json"], &env).status.success() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the secondary never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let filler = dbdir.join("filler");
+    {
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        let chunk = vec![0_u8; 64 * 1024];
+        while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    // The workers fail their writes and say why (the log is at trace).
+    let log = config.with_extension("log");
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("database or disk is full") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no worker said the database is full"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        node.try_wait().expect("wait").is_none(),
+        "the node keeps running"
+    );
+    // Space returns: the same process recovers and converges.
+    std::fs::remove_file(&filler).expect("free space");
+    let start = Instant::now();
+    while !geo(&config, &["check"], &env).status.success() {
+        if start.elapsed() > Duration::from_secs(120) {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let warnings: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                .collect();
+            panic!(
+                "never recovered; the last warnings:\n{}",
+                warnings[warnings.len().saturating_sub(15)..].join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    signal(&node, "-TERM");
+    assert!(wait(&mut node).success());
+    signal(&primary_node, "-TERM");
+    assert!(wait(&mut primary_node).success());
+}

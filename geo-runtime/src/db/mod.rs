@@ -248,7 +248,28 @@ pub enum WriteTx {
     /// PostgreSQL.
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
     /// SQLite.
-    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Sqlite(SqliteWriteTx),
+}
+
+/// SQLite's write transaction, run by hand on the writer connection rather than through
+/// `sqlx::Transaction`: when `COMMIT` itself fails (a full disk), sqlx would return the
+/// connection to the pool still counting an open transaction, and every later `BEGIN` on the
+/// pool's only writer would fail ("begin_with at non-zero transaction depth"). Here a failed
+/// commit is rolled back, and a connection whose state is unknown is closed, never reused.
+#[derive(Debug)]
+pub struct SqliteWriteTx {
+    conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
+    /// Committed, or rolled back after a failed commit: the connection is clean.
+    finished: bool,
+}
+
+impl Drop for SqliteWriteTx {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Closing the connection aborts its open transaction; the pool opens a new one.
+            self.conn.close_on_drop();
+        }
+    }
 }
 
 impl WriteTx {
@@ -256,7 +277,7 @@ impl WriteTx {
     pub fn conn(&mut self) -> Conn<'_> {
         match self {
             WriteTx::Postgres(tx) => Conn::Postgres(tx),
-            WriteTx::Sqlite(tx) => Conn::Sqlite(tx),
+            WriteTx::Sqlite(tx) => Conn::Sqlite(&mut tx.conn),
         }
     }
 
@@ -264,7 +285,17 @@ impl WriteTx {
     pub async fn commit(self) -> Result<(), DbError> {
         match self {
             WriteTx::Postgres(tx) => tx.commit().await?,
-            WriteTx::Sqlite(tx) => tx.commit().await?,
+            WriteTx::Sqlite(mut tx) => {
+                if let Err(e) = sqlx::query("COMMIT").execute(&mut *tx.conn).await {
+                    // Still open after a failed COMMIT: roll back; if even that fails, the
+                    // connection is closed on drop (`finished` stays false).
+                    if sqlx::query("ROLLBACK").execute(&mut *tx.conn).await.is_ok() {
+                        tx.finished = true;
+                    }
+                    return Err(e.into());
+                }
+                tx.finished = true;
+            }
         }
         Ok(())
     }
@@ -276,7 +307,12 @@ impl Database {
         Ok(match &self.inner {
             Inner::Postgres(pool) => WriteTx::Postgres(pool.begin().await?),
             Inner::Sqlite { writer, .. } => {
-                WriteTx::Sqlite(writer.begin_with("BEGIN IMMEDIATE").await?)
+                let mut conn = writer.acquire().await?;
+                sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+                WriteTx::Sqlite(SqliteWriteTx {
+                    conn,
+                    finished: false,
+                })
             }
         })
     }

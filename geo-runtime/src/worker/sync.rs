@@ -72,6 +72,9 @@ pub struct BlobSync<S = LocalStore> {
     config: SyncConfig,
     registries: Vec<Registry>,
     metrics: Metrics,
+    /// Rows a round claimed but could not record (the tracking database failed after the
+    /// claim): the next round fails them first, so they do not wait for the sweeper.
+    unrecorded: std::sync::Arc<std::sync::Mutex<Vec<(usize, ClaimedRow)>>>,
 }
 
 /// A downloaded row, its key and whether its checksum was the primary's.
@@ -105,6 +108,7 @@ impl<S: BlobStore> BlobSync<S> {
             store,
             config,
             metrics: Metrics::default(),
+            unrecorded: Default::default(),
         }
     }
 
@@ -119,7 +123,8 @@ impl<S: BlobStore> BlobSync<S> {
     pub async fn step(&self) -> Result<SyncRound, DbError> {
         let mut round = SyncRound::default();
         let capacity = self.config.files_max_capacity.max(1);
-        for registry in &self.registries {
+        self.record_unrecorded().await?;
+        for (index, registry) in self.registries.iter().enumerate() {
             let d = registry.descriptor();
             if !flags::is_enabled(&self.tracking, d).await? {
                 continue;
@@ -128,6 +133,72 @@ impl<S: BlobStore> BlobSync<S> {
             if claimed.is_empty() {
                 continue;
             }
+            let claimed_rows = claimed.clone();
+            let outcome = self
+                .sync_claimed(d, registry, claimed, capacity, &mut round)
+                .await;
+            if let Err(e) = outcome {
+                let mut unrecorded = self
+                    .unrecorded
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                unrecorded.extend(claimed_rows.into_iter().map(|r| (index, r)));
+                return Err(e);
+            }
+        }
+        Ok(round)
+    }
+
+    /// Fails the rows an earlier round claimed but could not record (due at the usual backoff).
+    async fn record_unrecorded(&self) -> Result<(), DbError> {
+        let rows: Vec<(usize, ClaimedRow)> = std::mem::take(
+            &mut *self
+                .unrecorded
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if rows.is_empty() {
+            return Ok(());
+        }
+        for (index, registry) in self.registries.iter().enumerate() {
+            let failures: Vec<SyncFailure> = rows
+                .iter()
+                .filter(|(i, _)| *i == index)
+                .map(|(_, r)| {
+                    r.failed(
+                        "The sync's outcome could not be recorded (the tracking database failed); retrying",
+                        false,
+                    )
+                })
+                .collect();
+            if failures.is_empty() {
+                continue;
+            }
+            if let Err(e) = registry.mark_failed(&failures, now()).await {
+                self.unrecorded
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .extend(rows);
+                return Err(e);
+            }
+        }
+        tracing::info!(
+            rows = rows.len(),
+            "failed the syncs whose outcome could not be recorded"
+        );
+        Ok(())
+    }
+
+    /// Downloads `claimed`, makes the copies durable and records the outcome.
+    async fn sync_claimed(
+        &self,
+        d: &'static ReplicatorDescriptor,
+        registry: &Registry,
+        claimed: Vec<ClaimedRow>,
+        capacity: usize,
+        round: &mut SyncRound,
+    ) -> Result<(), DbError> {
+        {
             round.claimed += claimed.len();
             let results: Vec<Result<Downloaded<S::Staged>, SyncFailure>> =
                 futures_util::stream::iter(claimed)
@@ -225,7 +296,7 @@ impl<S: BlobStore> BlobSync<S> {
             round.failed += failed;
             round.bytes += round_bytes;
         }
-        Ok(round)
+        Ok(())
     }
 
     /// Downloads one object into a staged temp file (checked, not yet durable).
