@@ -131,6 +131,34 @@ fn converges(secondary: &Path, env: &[(&str, &str)]) {
     }
 }
 
+/// How many times the primary served each widget (its `serving an object` log lines).
+fn served(setup: &Setup) -> std::collections::BTreeMap<i64, usize> {
+    let log = std::fs::read_to_string(setup.primary.with_extension("log")).expect("primary log");
+    let mut out = std::collections::BTreeMap::new();
+    for line in log.lines().filter(|l| l.contains("serving an object")) {
+        if let Some(id) = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("id="))
+            .and_then(|v| v.parse::<i64>().ok())
+        {
+            *out.entry(id).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+/// Every object was downloaded, and none more than twice (a kill costs one repeat at most).
+fn at_most_twice(setup: &Setup, ids: std::ops::RangeInclusive<i64>) {
+    let served = served(setup);
+    for id in ids {
+        let n = served.get(&id).copied().unwrap_or(0);
+        assert!(
+            (1..=2).contains(&n),
+            "widget {id} was served {n} times: {served:?}"
+        );
+    }
+}
+
 struct Setup {
     dir: tempfile::TempDir,
     primary: PathBuf,
@@ -269,6 +297,7 @@ fn killed_during_a_large_download_the_secondary_converges_on_restart() {
 
     let mut node = spawn(&config, "secondary", &env);
     converges(&config, &env);
+    at_most_twice(&setup, 1..=30);
     assert!(
         temp_files(&root).is_empty(),
         "temp files are removed at start-up"
@@ -302,6 +331,7 @@ fn stopped_between_durable_bytes_and_the_registry_commit_it_converges_on_restart
     // Restarted: the interrupted syncs are released at once (not after the 8 h sweeper).
     let mut node = spawn(&config, "secondary", &env);
     converges(&config, &env);
+    at_most_twice(&setup, 1..=30);
     assert!(temp_files(&root).is_empty());
     signal(&node, "-TERM");
     assert!(wait(&mut node).success());
@@ -328,6 +358,7 @@ fn stopped_between_applying_events_and_saving_the_cursor_it_converges_on_restart
 
     let mut node = spawn(&config, "secondary", &env);
     converges(&config, &env);
+    at_most_twice(&setup, 1..=40);
     let s = ok(&config, &["status", "--json"], &env);
     let json: serde_json::Value = serde_json::from_str(&s).expect("json");
     assert_eq!(json["widgets_synced_count"], 40, "{json}");

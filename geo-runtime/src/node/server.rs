@@ -318,6 +318,9 @@ async fn retrieve<S: BlobStore>(
     )
     .await?;
     let d = descriptor(&api, &name)?;
+    // One line per object served (after authentication): operators and the crash suite count
+    // transfers per object with it.
+    tracing::debug!(replicable = d.replicable_name, id, "serving an object");
     let missing_file = || ApiError {
         status: StatusCode::NOT_FOUND,
         message: format!("{} #{id} file not found", d.model_type),
