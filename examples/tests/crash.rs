@@ -182,6 +182,13 @@ impl Drop for Setup {
                     "{} contains the secret",
                     path.display()
                 );
+                // A JWT (base64 of `{"alg":…`) or an Authorization value (`<access key>:<jwt>`).
+                assert!(
+                    !text.contains("eyJhbGciOi")
+                        && !text.contains(&format!("{}:", self.access_key)),
+                    "{} contains a token",
+                    path.display()
+                );
             }
         }
     }
