@@ -2,46 +2,14 @@
 //! secondary, configured by files and environment, checked with `status`, `check`, `resync`,
 //! `reverify`, `nodes` and the metrics endpoint; and its errors on bad input, one line each.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const GEO: &str = env!("CARGO_BIN_EXE_geo");
+mod common;
+
+use common::{GEO, geo, ok, stderr, stdout, wait_for_line};
 const ADMIN_TOKEN: &str = "an-admin-token-of-some-length";
-
-fn geo(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(GEO);
-    cmd.args(args)
-        .env("GEO_CONFIG", config)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("geo runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Succeeds, or fails the test with what the command said.
-fn ok(config: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
-    let o = geo(config, args, env);
-    assert!(
-        o.status.success(),
-        "geo {args:?}: {:?}\nstdout: {}\nstderr: {}",
-        o.status,
-        stdout(&o),
-        stderr(&o)
-    );
-    stdout(&o)
-}
 
 /// Fails with exit code `code` and exactly one line on stderr, which is returned.
 fn one_line_error(o: &Output, code: i32) -> String {
@@ -157,21 +125,6 @@ fn bad_input_gets_one_clear_line() {
         &[],
     );
     assert!(sql.contains("CREATE TABLE \"widget_registry\""), "{sql}");
-}
-
-/// A child process whose stdout is read line by line until `prefix`.
-fn wait_for_line(child: &mut Child, prefix: &str) -> String {
-    let out = child.stdout.as_mut().expect("piped stdout");
-    let mut reader = BufReader::new(out);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = reader.read_line(&mut line).expect("read stdout");
-        assert!(n > 0, "the process ended before printing {prefix:?}");
-        if let Some(rest) = line.trim_end().strip_prefix(prefix) {
-            return rest.to_owned();
-        }
-    }
 }
 
 fn spawn(config: &Path, role: &str, env: &[(&str, &str)], log: &Path) -> Child {

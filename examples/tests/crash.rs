@@ -7,33 +7,12 @@
 #![cfg(feature = "failpoints")]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const GEO: &str = env!("CARGO_BIN_EXE_geo");
+mod common;
 
-fn geo(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(GEO);
-    cmd.args(args)
-        .env("GEO_CONFIG", config)
-        .env_remove("FAILPOINTS")
-        .stdin(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("geo runs")
-}
-
-fn ok(config: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
-    let o = geo(config, args, env);
-    assert!(
-        o.status.success(),
-        "geo {args:?}: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use common::{GEO, geo, ok, wait_for_line};
 
 /// Runs a node; its log, at `trace`, is appended to `<config>.log` (scanned for secrets).
 fn spawn(config: &Path, role: &str, env: &[(&str, &str)]) -> Child {
@@ -54,22 +33,6 @@ fn spawn(config: &Path, role: &str, env: &[(&str, &str)]) -> Child {
         cmd.env(k, v);
     }
     cmd.spawn().expect("spawn geo")
-}
-
-fn first_line_after(child: &mut Child, prefix: &str) -> String {
-    use std::io::BufRead;
-    let mut reader = std::io::BufReader::new(child.stdout.as_mut().expect("stdout"));
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(
-            reader.read_line(&mut line).expect("read") > 0,
-            "no {prefix:?}"
-        );
-        if let Some(rest) = line.trim_end().strip_prefix(prefix) {
-            return rest.to_owned();
-        }
-    }
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -236,7 +199,7 @@ fn primary() -> (Setup, Child, String) {
     }
     f.sync_all().expect("sync");
     let mut node = spawn(&primary, "primary", &[]);
-    let url = first_line_after(&mut node, "primary API listening on ");
+    let url = wait_for_line(&mut node, "primary API listening on ");
     (
         Setup {
             secret: field("secret"),

@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{WidgetRegistry, exec};
 use geo_runtime::db::Dialect;
@@ -13,7 +13,6 @@ use geo_runtime::events::{CursorConfig, StartPosition};
 use geo_runtime::node::nodes::add_secondary;
 use geo_runtime::node::{AdminConfig, Node, NodeConfig, PrimaryConfig, SecondaryConfig, Secret};
 use geo_runtime::storage::{LocalStore, ObjectKey};
-use geo_runtime::testing::{self, TestDatabase};
 use geo_runtime::testkit::RegistryFactoryExt;
 use geo_runtime::worker::sync::SyncConfig;
 use geo_runtime::worker::verify::SecondaryVerifyConfig;
@@ -154,21 +153,6 @@ async fn all_cursor(api: &Api) -> String {
         .to_owned()
 }
 
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
-{
-    let start = Instant::now();
-    loop {
-        match check().await {
-            Ok(()) => return,
-            Err(e) if start.elapsed() > Duration::from_secs(60) => panic!("{what}: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
-
 fn series(d: Dialect, n: i64) -> String {
     match d {
         Dialect::Postgres => format!("SELECT i FROM generate_series(1, {n}) AS i"),
@@ -178,17 +162,9 @@ fn series(d: Dialect, n: i64) -> String {
     }
 }
 
-async fn pairs() -> Vec<(TestDatabase, TestDatabase)> {
-    let mut out = vec![(testing::sqlite().await, testing::sqlite().await)];
-    if let Some(p) = testing::postgres().await {
-        out.push((p, testing::postgres().await.expect("a second schema")));
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registries_over_graphql() {
-    for (pdb, sdb) in pairs().await {
+    for (pdb, sdb) in common::empty_pairs().await {
         let label = pdb.label().to_owned();
         // A primary with 5,000 widget records (their objects are not needed: the secondary's
         // rows for them are made by the factory), and one real widget with its object.
@@ -421,7 +397,7 @@ async fn registries_over_graphql() {
         }
         let registry =
             geo_runtime::registry::Registry::new(&sdb, common::WidgetReplicator::DESCRIPTOR);
-        eventually("the real widget syncs", || async {
+        common::eventually("the real widget syncs", Duration::from_secs(60), || async {
             let row = registry
                 .find_by_model_id(real.id)
                 .await
@@ -449,16 +425,20 @@ async fn registries_over_graphql() {
             json!({"errors": [], "updated": 1}),
             "{label}"
         );
-        eventually("the resync syncs it again", || async {
-            let row = registry
-                .find_by_model_id(real.id)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or("no row")?;
-            (row.state == SyncState::Synced && row.sync_attempt > first_attempt)
-                .then_some(())
-                .ok_or(format!("{:?} attempt {}", row.state, row.sync_attempt))
-        })
+        common::eventually(
+            "the resync syncs it again",
+            Duration::from_secs(60),
+            || async {
+                let row = registry
+                    .find_by_model_id(real.id)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or("no row")?;
+                (row.state == SyncState::Synced && row.sync_attempt > first_attempt)
+                    .then_some(())
+                    .ok_or(format!("{:?} attempt {}", row.state, row.sync_attempt))
+            },
+        )
         .await;
         let data = api
             .data(
@@ -485,12 +465,16 @@ async fn registries_over_graphql() {
                 .expect("job")
                 .to_owned();
             let query = "query($id: ID!) { geoBulkUpdateJob(id: $id) { status processed error } }";
-            eventually("the bulk update finishes", || async {
-                let d = api.data(query, json!({"id": job})).await;
-                (d["geoBulkUpdateJob"]["status"] == "DONE")
-                    .then_some(())
-                    .ok_or(d.to_string())
-            })
+            common::eventually(
+                "the bulk update finishes",
+                Duration::from_secs(60),
+                || async {
+                    let d = api.data(query, json!({"id": job})).await;
+                    (d["geoBulkUpdateJob"]["status"] == "DONE")
+                        .then_some(())
+                        .ok_or(d.to_string())
+                },
+            )
             .await;
             let d = api.data(query, json!({"id": job})).await;
             assert_eq!(

@@ -19,7 +19,6 @@ use geo_runtime::node::nodes::add_secondary;
 use geo_runtime::node::{AdminConfig, Node, NodeConfig, NodeHandle, PrimaryConfig, Secret};
 use geo_runtime::status::NodeStatus;
 use geo_runtime::storage::{LocalStore, ObjectKey};
-use geo_runtime::testing::{self, TestDatabase};
 use geo_runtime::worker::sync::SyncConfig;
 use geo_runtime::worker::verify::{SecondaryVerifyConfig, VerifyConfig};
 use geo_runtime::{Database, ReplicableModel, Replicator, ReplicatorDescriptor};
@@ -136,21 +135,6 @@ fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {
             )
         })
         .collect()
-}
-
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
-{
-    let start = Instant::now();
-    loop {
-        match check().await {
-            Ok(()) => return,
-            Err(e) if start.elapsed() > DEADLINE => panic!("{what}: still {e} after {DEADLINE:?}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
 }
 
 fn counts<'a>(s: &'a NodeStatus, name: &str) -> &'a geo_runtime::status::ReplicableStatus {
@@ -293,17 +277,9 @@ fn sha_hex(path: &Path) -> Option<String> {
         .map(|b| geo_runtime::storage::hex(&Sha256::digest(&b)))
 }
 
-async fn pairs() -> Vec<(TestDatabase, TestDatabase)> {
-    let mut out = vec![(testing::sqlite().await, testing::sqlite().await)];
-    if let Some(p) = testing::postgres().await {
-        out.push((p, testing::postgres().await.expect("a second schema")));
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_sites_verify_and_the_secondary_heals_corruption_on_its_own() {
-    for (pdb, sdb) in pairs().await {
+    for (pdb, sdb) in common::empty_pairs().await {
         let label = pdb.label().to_owned();
         let pdir = tempfile::tempdir().expect("tempdir");
         let sdir = tempfile::tempdir().expect("tempdir");
@@ -335,7 +311,7 @@ async fn both_sites_verify_and_the_secondary_heals_corruption_on_its_own() {
         let started = Instant::now();
 
         // The primary checksums everything; its checksums are sha256sum's.
-        eventually("the primary checksums every object", || async {
+        common::eventually("the primary checksums every object", DEADLINE, || async {
             let s = primary.status().await;
             for kind in &KINDS {
                 let c = counts(&s, kind.d.replicable_name);
@@ -360,16 +336,20 @@ async fn both_sites_verify_and_the_secondary_heals_corruption_on_its_own() {
         );
 
         // The secondary syncs and verifies every copy.
-        eventually("the secondary syncs and verifies every copy", || async {
-            let s = secondary.status().await;
-            for kind in &KINDS {
-                let c = counts(&s, kind.d.replicable_name);
-                if (c.synced_count, c.verified_count) != (Some(PER_MODEL), Some(PER_MODEL)) {
-                    return Err(format!("{c:?}"));
+        common::eventually(
+            "the secondary syncs and verifies every copy",
+            DEADLINE,
+            || async {
+                let s = secondary.status().await;
+                for kind in &KINDS {
+                    let c = counts(&s, kind.d.replicable_name);
+                    if (c.synced_count, c.verified_count) != (Some(PER_MODEL), Some(PER_MODEL)) {
+                        return Err(format!("{c:?}"));
+                    }
                 }
-            }
-            Ok(())
-        })
+                Ok(())
+            },
+        )
         .await;
         eprintln!("{label}: secondary verified after {:?}", started.elapsed());
         for key in &keys {
@@ -438,23 +418,28 @@ async fn both_sites_verify_and_the_secondary_heals_corruption_on_its_own() {
             )
             .await;
         }
-        eventually("the secondary finds both corrupted copies", || async {
-            let failed = |name| {
-                secondary.handle.metrics().counter(
-                    "geo_verification_total",
-                    &[("replicable", name), ("outcome", "failed")],
-                )
-            };
-            let s = secondary.status().await;
-            let resyncing: Vec<_> = KINDS
-                .iter()
-                .map(|k| counts(&s, k.d.replicable_name).failed_count)
-                .collect();
-            if failed("widget") < 1.0 || failed("doc") < 1.0 || resyncing != [Some(1), Some(1)] {
-                return Err(format!("not detected yet: {resyncing:?}"));
-            }
-            Ok(())
-        })
+        common::eventually(
+            "the secondary finds both corrupted copies",
+            DEADLINE,
+            || async {
+                let failed = |name| {
+                    secondary.handle.metrics().counter(
+                        "geo_verification_total",
+                        &[("replicable", name), ("outcome", "failed")],
+                    )
+                };
+                let s = secondary.status().await;
+                let resyncing: Vec<_> = KINDS
+                    .iter()
+                    .map(|k| counts(&s, k.d.replicable_name).failed_count)
+                    .collect();
+                if failed("widget") < 1.0 || failed("doc") < 1.0 || resyncing != [Some(1), Some(1)]
+                {
+                    return Err(format!("not detected yet: {resyncing:?}"));
+                }
+                Ok(())
+            },
+        )
         .await;
         eprintln!("{label}: corruption found after {:?}", started.elapsed());
         // The first retry waits 16-74 s (Geo's backoff): let that time pass.
@@ -468,7 +453,7 @@ async fn both_sites_verify_and_the_secondary_heals_corruption_on_its_own() {
             )
             .await;
         }
-        eventually("the secondary heals both copies", || async {
+        common::eventually("the secondary heals both copies", DEADLINE, || async {
             let s = secondary.status().await;
             for kind in &KINDS {
                 let c = counts(&s, kind.d.replicable_name);

@@ -133,16 +133,15 @@ impl<S: BlobStore> BlobSync<S> {
             if claimed.is_empty() {
                 continue;
             }
-            let claimed_rows = claimed.clone();
             let outcome = self
-                .sync_claimed(d, registry, claimed, capacity, &mut round)
+                .sync_claimed(d, registry, &claimed, capacity, &mut round)
                 .await;
             if let Err(e) = outcome {
                 let mut unrecorded = self
                     .unrecorded
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                unrecorded.extend(claimed_rows.into_iter().map(|r| (index, r)));
+                unrecorded.extend(claimed.into_iter().map(|r| (index, r)));
                 return Err(e);
             }
         }
@@ -194,108 +193,106 @@ impl<S: BlobStore> BlobSync<S> {
         &self,
         d: &'static ReplicatorDescriptor,
         registry: &Registry,
-        claimed: Vec<ClaimedRow>,
+        claimed: &[ClaimedRow],
         capacity: usize,
         round: &mut SyncRound,
     ) -> Result<(), DbError> {
-        {
-            round.claimed += claimed.len();
-            let results: Vec<Result<Downloaded<S::Staged>, SyncFailure>> =
-                futures_util::stream::iter(claimed)
-                    .map(|row| {
-                        let span = tracing::info_span!(
-                            "sync",
-                            replicable = d.replicable_name,
-                            id = row.model_record_id,
-                            attempt = row.sync_attempt
-                        );
-                        self.download(d, row).instrument(span)
-                    })
-                    .buffer_unordered(capacity)
-                    .collect()
-                    .await;
-            let mut downloaded = Vec::new();
-            let mut failed = Vec::new();
-            for r in results {
-                match r {
-                    Ok(d) => downloaded.push(d),
-                    Err(f) => failed.push(f),
-                }
-            }
-            // Durable and in place, all together, before any row is marked synced.
-            let (meta, staged): (Vec<DownloadMeta>, Vec<S::Staged>) = downloaded
-                .into_iter()
-                .map(|d| ((d.row, d.key, d.checked), d.staged))
-                .unzip();
-            let mut ok = Vec::new();
-            let mut round_bytes = 0;
-            for ((row, key, checked), committed) in
-                meta.into_iter().zip(self.store.commit(staged).await)
-            {
-                match committed {
-                    Ok(written) => {
-                        round_bytes += written.size;
-                        ok.push(SyncedCopy {
-                            row,
-                            object_key: Some(key),
-                            sha256: Some(written.sha256),
-                            checked_against_primary: checked,
-                        });
-                    }
-                    Err(e) => {
-                        self.metrics.add(
-                            "geo_sync_failures_total",
-                            &[("replicable", d.replicable_name), ("reason", e.kind())],
-                            1,
-                        );
-                        tracing::warn!(id = row.model_record_id, error = %e, "making a downloaded object durable failed");
-                        failed.push(row.failed(format!("Error downloading file: {e}"), false))
-                    }
-                }
-            }
-            // The crash suite stops the process here: bytes durable, registry not yet told.
-            #[cfg(feature = "failpoints")]
-            fail::fail_point!("sync::before_registry_commit", |_| std::process::abort());
-            let marked = registry.mark_synced_copies(&ok).await?;
-            // One line per transition, in the row's own span, as the download's lines are.
-            for copy in &ok {
-                let row = &copy.row;
-                let span = tracing::info_span!(
-                    "sync",
-                    replicable = d.replicable_name,
-                    id = row.model_record_id,
-                    attempt = row.sync_attempt
-                );
-                let _entered = span.enter();
-                if marked.contains(&row.id) {
-                    tracing::debug!(
-                        object_key = copy.object_key.as_deref(),
-                        verified = copy.checked_against_primary,
-                        "registry row synced"
+        round.claimed += claimed.len();
+        let results: Vec<Result<Downloaded<S::Staged>, SyncFailure>> =
+            futures_util::stream::iter(claimed.iter().copied())
+                .map(|row| {
+                    let span = tracing::info_span!(
+                        "sync",
+                        replicable = d.replicable_name,
+                        id = row.model_record_id,
+                        attempt = row.sync_attempt
                     );
-                } else {
-                    tracing::info!(
-                        "download superseded: the row changed while it was downloaded; the newer attempt wins"
-                    );
-                }
+                    self.download(d, row).instrument(span)
+                })
+                .buffer_unordered(capacity)
+                .collect()
+                .await;
+        let mut downloaded = Vec::new();
+        let mut failed = Vec::new();
+        for r in results {
+            match r {
+                Ok(d) => downloaded.push(d),
+                Err(f) => failed.push(f),
             }
-            let synced = marked.len();
-            let failed =
-                usize::try_from(registry.mark_failed(&failed, now()).await?).unwrap_or(usize::MAX);
-            let replicable = [("replicable", d.replicable_name)];
-            self.metrics
-                .add("geo_sync_bytes_total", &replicable, round_bytes);
-            for (outcome, n) in [("synced", synced), ("failed", failed)] {
-                self.metrics.add(
-                    "geo_sync_transfers_total",
-                    &[("replicable", d.replicable_name), ("outcome", outcome)],
-                    n as u64,
-                );
-            }
-            round.synced += synced;
-            round.failed += failed;
-            round.bytes += round_bytes;
         }
+        // Durable and in place, all together, before any row is marked synced.
+        let (meta, staged): (Vec<DownloadMeta>, Vec<S::Staged>) = downloaded
+            .into_iter()
+            .map(|d| ((d.row, d.key, d.checked), d.staged))
+            .unzip();
+        let mut ok = Vec::new();
+        let mut round_bytes = 0;
+        for ((row, key, checked), committed) in
+            meta.into_iter().zip(self.store.commit(staged).await)
+        {
+            match committed {
+                Ok(written) => {
+                    round_bytes += written.size;
+                    ok.push(SyncedCopy {
+                        row,
+                        object_key: Some(key),
+                        sha256: Some(written.sha256),
+                        checked_against_primary: checked,
+                    });
+                }
+                Err(e) => {
+                    self.metrics.add(
+                        "geo_sync_failures_total",
+                        &[("replicable", d.replicable_name), ("reason", e.kind())],
+                        1,
+                    );
+                    tracing::warn!(id = row.model_record_id, error = %e, "making a downloaded object durable failed");
+                    failed.push(row.failed(format!("Error downloading file: {e}"), false))
+                }
+            }
+        }
+        // The crash suite stops the process here: bytes durable, registry not yet told.
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("sync::before_registry_commit", |_| std::process::abort());
+        let marked = registry.mark_synced_copies(&ok).await?;
+        // One line per transition, in the row's own span, as the download's lines are.
+        for copy in &ok {
+            let row = &copy.row;
+            let span = tracing::info_span!(
+                "sync",
+                replicable = d.replicable_name,
+                id = row.model_record_id,
+                attempt = row.sync_attempt
+            );
+            let _entered = span.enter();
+            if marked.contains(&row.id) {
+                tracing::debug!(
+                    object_key = copy.object_key.as_deref(),
+                    verified = copy.checked_against_primary,
+                    "registry row synced"
+                );
+            } else {
+                tracing::info!(
+                    "download superseded: the row changed while it was downloaded; the newer attempt wins"
+                );
+            }
+        }
+        let synced = marked.len();
+        let failed =
+            usize::try_from(registry.mark_failed(&failed, now()).await?).unwrap_or(usize::MAX);
+        let replicable = [("replicable", d.replicable_name)];
+        self.metrics
+            .add("geo_sync_bytes_total", &replicable, round_bytes);
+        for (outcome, n) in [("synced", synced), ("failed", failed)] {
+            self.metrics.add(
+                "geo_sync_transfers_total",
+                &[("replicable", d.replicable_name), ("outcome", outcome)],
+                n as u64,
+            );
+        }
+        round.synced += synced;
+        round.failed += failed;
+        round.bytes += round_bytes;
         Ok(())
     }
 

@@ -83,13 +83,39 @@ pub async fn secondaries() -> Vec<TestDatabase> {
     dbs
 }
 
-/// (primary, secondary) pairs of the same dialect.
-pub async fn pairs() -> Vec<(TestDatabase, TestDatabase)> {
+/// Empty (primary, secondary) databases of the same dialect: SQLite, and PostgreSQL when
+/// configured.
+pub async fn empty_pairs() -> Vec<(TestDatabase, TestDatabase)> {
     let mut out = vec![(testing::sqlite().await, testing::sqlite().await)];
     if let Some(p) = testing::postgres().await {
         let s = testing::postgres().await.expect("a second schema");
         out.push((p, s));
     }
+    out
+}
+
+/// Waits until `check` passes, polling every 50 ms; panics with its last reason after
+/// `deadline`.
+pub async fn eventually<F, Fut>(what: &str, deadline: std::time::Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        match check().await {
+            Ok(()) => return,
+            Err(e) if start.elapsed() > deadline => {
+                panic!("{what}: still {e} after {deadline:?}")
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// (primary, secondary) pairs of the same dialect, with the tables and migrations.
+pub async fn pairs() -> Vec<(TestDatabase, TestDatabase)> {
+    let out = empty_pairs().await;
     for (p, s) in &out {
         primary(p).await;
         secondary(s).await;
