@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
 use super::{BlobStore, ObjectKey, Opened, StorageError, WrittenBlob, hex};
 
@@ -17,6 +16,9 @@ pub struct StagedBlob {
     tmp: PathBuf,
     path: PathBuf,
     written: WrittenBlob,
+    /// The data is already flushed (streamed objects are flushed by their writer thread, so a
+    /// batch's commit waits for none of them).
+    durable: bool,
 }
 
 impl StagedBlob {
@@ -52,32 +54,40 @@ async fn blocking<T: Send + 'static>(
         })
 }
 
-fn flush_all(root: &Path, staged: &[StagedBlob], data: bool) -> std::io::Result<()> {
+/// Batches of more files (or directories) than this are flushed with one `syncfs` instead of
+/// one `fsync` each: a batch of small downloads costs two flushes, while one object does not
+/// flush the whole file system.
+const SYNCFS_ABOVE: usize = 8;
+
+/// Flushes `paths` (files: their data; directories: their entries).
+fn flush_paths(root: &Path, paths: &[&Path]) -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
-    {
-        let _ = (staged, data);
+    if paths.len() > SYNCFS_ABOVE {
         let dir = std::fs::File::open(root)?;
-        rustix::fs::syncfs(&dir).map_err(std::io::Error::from)
+        return rustix::fs::syncfs(&dir).map_err(std::io::Error::from);
     }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = root;
-        for s in staged {
-            if data {
-                std::fs::File::open(&s.tmp)?.sync_all()?;
-            } else if let Some(dir) = s.path.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
+    let _ = root;
+    for path in paths {
+        let file = std::fs::File::open(path)?;
+        if file.metadata()?.is_dir() {
+            file.sync_all()?;
+        } else {
+            file.sync_data()?;
         }
-        Ok(())
     }
+    Ok(())
 }
 
 fn commit_blocking(
     root: &Path,
     mut staged: Vec<StagedBlob>,
 ) -> Vec<Result<WrittenBlob, StorageError>> {
-    if let Err(e) = flush_all(root, &staged, true) {
+    let unflushed: Vec<&Path> = staged
+        .iter()
+        .filter(|s| !s.durable)
+        .map(|s| s.tmp.as_path())
+        .collect();
+    if let Err(e) = flush_paths(root, &unflushed) {
         let reason = e.to_string();
         return staged
             .iter()
@@ -100,7 +110,13 @@ fn commit_blocking(
             Err(e) => results.push(Err(io("rename into place", &s.path)(e))),
         }
     }
-    if let Err(e) = flush_all(root, &staged, false) {
+    let dirs: std::collections::BTreeSet<&Path> = staged
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| r.is_ok())
+        .filter_map(|(s, _)| s.path.parent())
+        .collect();
+    if let Err(e) = flush_paths(root, &dirs.into_iter().collect::<Vec<_>>()) {
         let reason = e.to_string();
         return results
             .into_iter()
@@ -144,6 +160,7 @@ fn stage_bytes_blocking(
             size: data.len() as u64,
             sha256,
         },
+        durable: false,
     };
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -273,7 +290,9 @@ impl LocalStore {
     }
 
     /// Streams a body to a temp file next to `key`'s final path (SHA-256 and size checked as in
-    /// [`LocalStore::write`]), without making it durable yet.
+    /// [`LocalStore::write`]), without publishing it yet. The file is hashed and written by a
+    /// thread of the blocking pool while the body arrives, with writeback started as it goes and
+    /// its data flushed at the end, so that [`LocalStore::commit`] has only the rename left.
     pub async fn stage_stream<S, E>(
         &self,
         key: &ObjectKey,
@@ -285,14 +304,37 @@ impl LocalStore {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
+        self.stage_stream_with(key, body, expected_size, expected_sha256, true)
+            .await
+    }
+
+    /// [`LocalStore::stage_stream`], flushing the data only when `flush` (a staging copy on its
+    /// way to an object store needs no flush).
+    pub(super) async fn stage_stream_with<S, E>(
+        &self,
+        key: &ObjectKey,
+        body: S,
+        expected_size: Option<u64>,
+        expected_sha256: Option<[u8; 32]>,
+        flush: bool,
+    ) -> Result<StagedBlob, StorageError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
         let path = self.path(key);
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(io("create directory", &dir))?;
         let tmp = dir.join(format!("{TEMP_PREFIX}{:016x}", fastrand::u64(..)));
-        match write_temp(&tmp, body, expected_size, expected_sha256).await {
-            Ok(written) => Ok(StagedBlob { tmp, path, written }),
+        match write_temp(&tmp, body, expected_size, expected_sha256, flush).await {
+            Ok(written) => Ok(StagedBlob {
+                tmp,
+                path,
+                written,
+                durable: flush,
+            }),
             Err(e) => {
                 let _ = tokio::fs::remove_file(&tmp).await;
                 Err(e)
@@ -369,28 +411,90 @@ impl LocalStore {
     }
 }
 
+/// Network chunks are handed to the writer thread in batches of about this many bytes…
+const WRITE_BATCH: usize = 512 * 1024;
+/// …through a queue this deep: a download holds a few MiB at most, whatever its size.
+const WRITE_QUEUE: usize = 2;
+/// Writeback of a streamed file is started every this many bytes, so the disk works while the
+/// rest arrives and the final flush waits for the tail only.
+const WRITEBACK_WINDOW: u64 = 8 << 20;
+
+/// What the network side sends the writer thread.
+enum ToWriter {
+    Data(Vec<Bytes>),
+    /// The body is complete: flush (when asked) and report. Without it the writer stops
+    /// without flushing (the download failed).
+    End,
+}
+
 async fn write_temp<S, E>(
     tmp: &Path,
     body: S,
     expected_size: Option<u64>,
     expected_sha256: Option<[u8; 32]>,
+    flush: bool,
 ) -> Result<WrittenBlob, StorageError>
 where
     S: Stream<Item = Result<Bytes, E>> + Send,
     E: std::fmt::Display,
 {
-    let file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(tmp)
-        .await
-        .map_err(io("create", tmp))?;
-    // Network chunks are small (~16 KiB); each write to a tokio file is a trip to the blocking
-    // pool, so gather them into 1 MiB writes.
-    let mut file = tokio::io::BufWriter::with_capacity(1 << 20, file);
-    let mut hasher = Sha256::new();
-    let mut size: u64 = 0;
+    // Hashing and writing run on their own thread: the network side never waits for them, and
+    // concurrent downloads hash on several cores.
+    let (tx, rx) = tokio::sync::mpsc::channel(WRITE_QUEUE);
+    let writer = tokio::task::spawn_blocking({
+        let tmp = tmp.to_path_buf();
+        move || write_temp_blocking(&tmp, rx, flush)
+    });
+    let fed = feed(body, &tx, expected_size).await;
+    drop(tx);
+    let written = writer.await.map_err(|e| StorageError::Source {
+        bytes: 0,
+        reason: e.to_string(),
+    });
+    let (size, sha256) = match (fed, written) {
+        // The writer failed (a full disk…): its error is the cause, whatever the feeding saw.
+        (_, Ok(Err(e)) | Err(e)) if !matches!(e, StorageError::Source { .. }) => return Err(e),
+        (Err(e), _) => return Err(e),
+        (Ok(()), Err(e) | Ok(Err(e))) => return Err(e),
+        (Ok(()), Ok(Ok(written))) => written,
+    };
+    if let Some(expected) = expected_size
+        && size != expected
+    {
+        return Err(StorageError::SizeMismatch {
+            expected,
+            actual: size,
+        });
+    }
+    if let Some(expected) = expected_sha256
+        && expected != sha256
+    {
+        return Err(StorageError::ChecksumMismatch {
+            expected: hex(&expected),
+            actual: hex(&sha256),
+        });
+    }
+    Ok(WrittenBlob { size, sha256 })
+}
+
+/// Passes `body` to the writer in batches, failing early on more bytes than announced.
+async fn feed<S, E>(
+    body: S,
+    tx: &tokio::sync::mpsc::Sender<ToWriter>,
+    expected_size: Option<u64>,
+) -> Result<(), StorageError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send,
+    E: std::fmt::Display,
+{
+    let gone = || StorageError::Source {
+        bytes: 0,
+        reason: "the writer stopped".into(),
+    };
     let mut body = std::pin::pin!(body);
+    let mut size: u64 = 0;
+    let mut batch = Vec::new();
+    let mut batched = 0;
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| StorageError::Source {
             bytes: size,
@@ -405,28 +509,83 @@ where
                 actual: size,
             });
         }
-        hasher.update(&chunk);
-        file.write_all(&chunk).await.map_err(io("write", tmp))?;
+        batched += chunk.len();
+        batch.push(chunk);
+        if batched >= WRITE_BATCH {
+            batched = 0;
+            tx.send(ToWriter::Data(std::mem::take(&mut batch)))
+                .await
+                .map_err(|_| gone())?;
+        }
     }
-    if let Some(expected) = expected_size
-        && size != expected
+    if !batch.is_empty() {
+        tx.send(ToWriter::Data(batch)).await.map_err(|_| gone())?;
+    }
+    tx.send(ToWriter::End).await.map_err(|_| gone())
+}
+
+/// The writer thread of [`write_temp`]: creates `tmp`, hashes and writes what arrives, starts
+/// writeback every [`WRITEBACK_WINDOW`] and, once the body is complete, flushes the data when
+/// `flush`. Returns the size and SHA-256 written.
+fn write_temp_blocking(
+    tmp: &Path,
+    mut rx: tokio::sync::mpsc::Receiver<ToWriter>,
+    flush: bool,
+) -> Result<(u64, [u8; 32]), StorageError> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp)
+        .map_err(io("create", tmp))?;
+    let mut hasher = Sha256::new();
+    let mut size: u64 = 0;
+    let mut written_back: u64 = 0;
+    loop {
+        match rx.blocking_recv() {
+            Some(ToWriter::Data(batch)) => {
+                for chunk in batch {
+                    hasher.update(&chunk);
+                    file.write_all(&chunk).map_err(io("write", tmp))?;
+                    size += chunk.len() as u64;
+                }
+                if flush && size - written_back >= WRITEBACK_WINDOW {
+                    start_writeback(&file, written_back, size);
+                    written_back = size;
+                }
+            }
+            Some(ToWriter::End) => break,
+            None => {
+                return Err(StorageError::Source {
+                    bytes: size,
+                    reason: "the download stopped".into(),
+                });
+            }
+        }
+    }
+    if flush {
+        file.sync_data().map_err(io("flush", tmp))?;
+    }
+    Ok((size, hasher.finalize().into()))
+}
+
+/// Starts writing `[from, to)` of `file` to disk without waiting for it (and lets the kernel
+/// drop what an earlier call already wrote from the page cache: a copy is not read back soon).
+fn start_writeback(file: &std::fs::File, from: u64, to: u64) {
+    #[cfg(target_os = "linux")]
     {
-        return Err(StorageError::SizeMismatch {
-            expected,
-            actual: size,
-        });
+        // POSIX_FADV_DONTNEED starts writeback of the dirty pages in the range and drops the
+        // clean ones. Advice only: a failure changes nothing but the speed.
+        let start = from.saturating_sub(WRITEBACK_WINDOW);
+        let _ = rustix::fs::fadvise(
+            file,
+            start,
+            std::num::NonZeroU64::new(to - start),
+            rustix::fs::Advice::DontNeed,
+        );
     }
-    let sha256: [u8; 32] = hasher.finalize().into();
-    if let Some(expected) = expected_sha256
-        && expected != sha256
-    {
-        return Err(StorageError::ChecksumMismatch {
-            expected: hex(&expected),
-            actual: hex(&sha256),
-        });
-    }
-    file.flush().await.map_err(io("flush", tmp))?;
-    Ok(WrittenBlob { size, sha256 })
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, from, to);
 }
 
 async fn sync_dir(dir: &Path) -> Result<(), StorageError> {
@@ -659,6 +818,34 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["a", "b"]);
+    }
+
+    #[tokio::test]
+    async fn a_body_over_several_writeback_windows_arrives_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LocalStore::new(dir.path());
+        let key = ObjectKey::parse("big/obj").expect("key");
+        // 20 MiB + 1 byte in 64 KiB network-sized chunks: three writeback windows, a partial
+        // last write batch.
+        let data: Vec<u8> = (0..(20 << 20) + 1).map(|i: u32| (i % 251) as u8).collect();
+        let parts: Vec<Result<Bytes, &'static str>> = data
+            .chunks(64 * 1024)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let staged = store
+            .stage_stream(
+                &key,
+                futures_util::stream::iter(parts),
+                Some(data.len() as u64),
+                Some(sha(&data)),
+            )
+            .await
+            .expect("stage");
+        assert!(staged.durable, "a streamed object is flushed by its writer");
+        assert_eq!(staged.written().size, data.len() as u64);
+        let results = store.commit(vec![staged]).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert!(std::fs::read(store.path(&key)).expect("read") == data);
     }
 
     #[tokio::test]

@@ -125,7 +125,7 @@ impl BlobStore for ObjectStoreBlobs {
     {
         let local = self
             .staging
-            .stage_stream(key, body, expected_size, expected_sha256)
+            .stage_stream_with(key, body, expected_size, expected_sha256, false)
             .await?;
         Ok(RemoteStaged {
             path: local.temp_path().to_path_buf(),
