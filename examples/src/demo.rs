@@ -156,6 +156,7 @@ pub async fn run(options: &Options, out: &mut dyn Write) -> Result<Outcome> {
         files_max_capacity: 16,
         idle_wait: Duration::from_millis(50),
         max_object_size: None,
+        ..SyncConfig::default()
     };
     sconfig.cursor = CursorConfig {
         idle_wait: Duration::from_millis(50),

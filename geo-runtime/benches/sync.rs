@@ -3,7 +3,7 @@
 //! same tree (no fsync, no state) measured in the same run.
 //!
 //! `cargo bench -p geo-runtime --bench sync` (release). GEO_BENCH_SMALL (default 10000 files of
-//! 4 KiB), GEO_BENCH_LARGE (default 10 files of 100 MiB), GEO_BENCH_CAPACITY (default 32 at once).
+//! 4 KiB), GEO_BENCH_LARGE (default 10 files of 100 MiB), GEO_BENCH_CAPACITY (default 32 at once), GEO_BENCH_BATCH (default 32 small objects per request).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -227,6 +227,7 @@ async fn run(label: &str, tracking: TestDatabase, count: usize, size: usize, cap
             files_max_capacity: capacity,
             idle_wait: Duration::ZERO,
             max_object_size: None,
+            batch_size: env("GEO_BENCH_BATCH", 32),
         },
     );
     let t = Instant::now();

@@ -241,6 +241,8 @@ async fn setup() -> Setup {
         files_max_capacity: 4,
         idle_wait: Duration::from_millis(20),
         max_object_size: None,
+        // These faults are about the one-object path; `batch_faults` below covers batches.
+        batch_size: 1,
     };
     config.cursor = CursorConfig {
         idle_wait: Duration::from_millis(20),

@@ -216,6 +216,7 @@ async fn registries_over_graphql() {
             files_max_capacity: 4,
             idle_wait: Duration::from_millis(20),
             max_object_size: None,
+            ..SyncConfig::default()
         };
         config.cursor = CursorConfig {
             idle_wait: Duration::from_millis(20),

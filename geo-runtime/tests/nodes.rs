@@ -50,6 +50,7 @@ fn fast(config: &mut SecondaryConfig) {
         files_max_capacity: 10,
         idle_wait: Duration::from_millis(20),
         max_object_size: None,
+        ..SyncConfig::default()
     };
     config.cursor = CursorConfig {
         idle_wait: Duration::from_millis(20),

@@ -236,6 +236,7 @@ async fn start_secondary(primary: &Database, url: &str, db: &Database, root: &Pa
         files_max_capacity: 10,
         idle_wait: Duration::from_millis(20),
         max_object_size: None,
+        ..SyncConfig::default()
     };
     config.cursor = CursorConfig {
         idle_wait: Duration::from_millis(20),

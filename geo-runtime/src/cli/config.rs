@@ -96,6 +96,12 @@ pub const KEYS: &[Key] = &[
         doc: "secondary: downloads at once",
     },
     Key {
+        name: "batch_size",
+        secret: false,
+        default: Some("32"),
+        doc: "secondary: objects asked for in one request (those up to 64 KiB travel together; 1: one object per request)",
+    },
+    Key {
         name: "max_object_size",
         secret: false,
         default: None,
@@ -432,6 +438,7 @@ impl Settings {
             files_max_capacity: usize::try_from(self.positive("files_max_capacity")?)
                 .unwrap_or(usize::MAX),
             max_object_size: self.get("max_object_size")?,
+            batch_size: usize::try_from(self.positive("batch_size")?).unwrap_or(usize::MAX),
             ..SyncConfig::default()
         };
         c.verification = SecondaryVerifyConfig {

@@ -107,8 +107,26 @@ pub enum RequestScope {
         /// The model record.
         replicable_id: i64,
     },
+    /// Retrieve several small objects in one response.
+    RetrieveMany {
+        /// The replicable.
+        replicable_name: String,
+        /// Hex SHA-256 of the request's exact `ids` list (`1,2,3`): the token is valid for
+        /// those records only, without carrying the list itself.
+        ids_sha256: String,
+    },
     /// Report the secondary's status and cursor.
     Status,
+}
+
+impl RequestScope {
+    /// The scope of a request for the objects `ids_list` (as sent: `1,2,3`) of a replicable.
+    pub fn retrieve_many(replicable_name: &str, ids_list: &str) -> Self {
+        RequestScope::RetrieveMany {
+            replicable_name: replicable_name.to_owned(),
+            ids_sha256: crate::storage::hex(&Sha256::digest(ids_list.as_bytes())),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]

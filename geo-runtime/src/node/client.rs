@@ -8,7 +8,9 @@ use reqwest::header::AUTHORIZATION;
 use reqwest::{StatusCode, Url};
 
 use super::auth::{RequestScope, Secret, authorization};
-use super::server::{ChecksumsPage, CursorReport, EventsPage, IdsPage};
+use super::server::{
+    BATCH_INLINE_MAX, ChecksumsPage, CursorReport, EventsPage, FrameStatus, IdsPage, ObjectFrame,
+};
 use crate::events::{Event, EventSource, SourceError};
 use crate::replicator::ReplicatorDescriptor;
 use crate::worker::consistency::ModelIdSource;
@@ -135,6 +137,25 @@ impl PrimaryClient {
             .map_err(transport)
     }
 
+    /// `GET /geo/v1/retrieve/<name>?ids=…`: several small objects in one response, to read
+    /// with [`FrameReader`] (the caller checks the status).
+    pub async fn retrieve_many(
+        &self,
+        replicable_name: &str,
+        ids: &[i64],
+    ) -> Result<reqwest::Response, SourceError> {
+        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        let mut url = self.url(&format!("/geo/v1/retrieve/{replicable_name}"))?;
+        url.query_pairs_mut().append_pair("ids", &list);
+        let scope = RequestScope::retrieve_many(replicable_name, &list);
+        self.http
+            .get(url)
+            .header(AUTHORIZATION, self.auth(&scope))
+            .send()
+            .await
+            .map_err(transport)
+    }
+
     /// The primary's verified checksums of `ids` (`None`: not verified yet); records the primary
     /// no longer has are left out.
     pub async fn primary_checksums(
@@ -189,6 +210,91 @@ impl PrimaryClient {
         url.query_pairs_mut()
             .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
         self.get_json(url, &RequestScope::Events).await
+    }
+}
+
+/// Longest frame header accepted in a batch response.
+const MAX_FRAME_HEADER: usize = 4096;
+
+/// Reads the frames of a batch response ([`PrimaryClient::retrieve_many`]) as they arrive.
+pub struct FrameReader {
+    body: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buf: bytes::BytesMut,
+}
+
+impl std::fmt::Debug for FrameReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameReader")
+            .field("buffered", &self.buf.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FrameReader {
+    /// Reads `response`'s body.
+    pub fn new(response: reqwest::Response) -> Self {
+        use futures_util::StreamExt;
+        FrameReader {
+            body: response.bytes_stream().boxed(),
+            buf: bytes::BytesMut::new(),
+        }
+    }
+
+    /// Reads more of the body; false at its end.
+    async fn fill(&mut self) -> Result<bool, String> {
+        use futures_util::StreamExt;
+        match self.body.next().await {
+            Some(Ok(chunk)) => {
+                self.buf.extend_from_slice(&chunk);
+                Ok(true)
+            }
+            Some(Err(e)) => Err(e.to_string()),
+            None => Ok(false),
+        }
+    }
+
+    /// The next frame and, for an `ok` frame, the object's bytes; `None` at the end of the
+    /// body. A malformed frame, an inline object larger than [`BATCH_INLINE_MAX`], or a body
+    /// that ends inside a frame is an error (the rest of the response is unusable).
+    pub async fn next(&mut self) -> Result<Option<(ObjectFrame, bytes::Bytes)>, String> {
+        let mut searched = 0;
+        let line = loop {
+            if let Some(at) = self.buf[searched..].iter().position(|&b| b == b'\n') {
+                break self.buf.split_to(searched + at + 1);
+            }
+            searched = self.buf.len();
+            if searched > MAX_FRAME_HEADER {
+                return Err("malformed batch response: frame header too long".into());
+            }
+            if !self.fill().await? {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err("the batch response ended inside a frame".into())
+                };
+            }
+        };
+        let frame: ObjectFrame = serde_json::from_slice(&line[..line.len() - 1])
+            .map_err(|e| format!("malformed batch response: {e}"))?;
+        if frame.status != FrameStatus::Ok {
+            return Ok(Some((frame, bytes::Bytes::new())));
+        }
+        let size = frame
+            .size
+            .filter(|&s| s <= BATCH_INLINE_MAX)
+            .ok_or("malformed batch response: an inline object without a size or too large")?;
+        let size = usize::try_from(size).map_err(|e| e.to_string())?;
+        while self.buf.len() < size {
+            if !self.fill().await? {
+                return Err(format!(
+                    "the batch response ended inside object {}: {} of {size} bytes",
+                    frame.id,
+                    self.buf.len()
+                ));
+            }
+        }
+        let data = self.buf.split_to(size).freeze();
+        Ok(Some((frame, data)))
     }
 }
 

@@ -6,6 +6,8 @@
 //! - `GET /geo/v1/replicables/<name>?after_id=<id>&limit=<n>`: model ids, for the backfill;
 //! - `GET /geo/v1/retrieve/<name>/<id>`: the object's bytes, with `Content-Length`, its key, and
 //!   its SHA-256 when the primary has verified it;
+//! - `GET /geo/v1/retrieve/<name>?ids=1,2,3`: several small objects in one response, each an
+//!   [`ObjectFrame`] line followed by its bytes (larger ones are marked to be fetched alone);
 //! - `POST /geo/v1/cursor`: a secondary reports how far it has read (for pruning).
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -25,12 +27,63 @@ use super::nodes::{KnownNode, find_by_access_key};
 use super::{FILE_NOT_FOUND, HEADER_OBJECT_KEY, HEADER_SHA256};
 use crate::db::Database;
 use crate::events::{DbEventSource, Event, EventSource, record_secondary_cursor};
-use crate::replicator::{ReplicatorDescriptor, ReplicatorSet, model_checksums, model_object};
-use crate::storage::{BlobStore, LocalStore, ObjectKey, Opened, hex};
+use crate::replicator::{
+    ReplicatorDescriptor, ReplicatorSet, model_checksums, model_object, model_objects,
+};
+use crate::storage::{BlobStore, LocalStore, ObjectKey, Opened, SmallObject, hex};
 use crate::worker::consistency::{DbModelIdSource, ModelIdSource};
 
 /// Objects up to this size are read whole before they are sent; larger ones are streamed.
 pub const WHOLE_READ_BELOW: u64 = 256 * 1024;
+
+/// Objects up to this size are sent inline in a batch response; larger ones are answered
+/// [`FrameStatus::Separately`], to be fetched on their own (streamed).
+pub const BATCH_INLINE_MAX: u64 = 64 * 1024;
+
+/// Most objects asked for in one batch request.
+pub const MAX_BATCH: usize = 256;
+
+/// The content type of a batch response.
+pub const BATCH_CONTENT_TYPE: &str = "application/vnd.geo-objects";
+
+/// Objects of a batch read from the store in one go (and sent as one chunk).
+const READ_GROUP: usize = 32;
+
+/// The header of one object in a batch response: one line of JSON, followed by `size` bytes of
+/// the object when the status is [`FrameStatus::Ok`]. Frames come in the order of the request's
+/// ids, one per id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectFrame {
+    /// The model record.
+    pub id: i64,
+    /// What follows.
+    pub status: FrameStatus,
+    /// The object's key on the primary (`ok`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The object's size (`ok` and `separately`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// Hex SHA-256, when the primary has verified the object (`ok`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// The outcome of one object in a batch response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FrameStatus {
+    /// The object's bytes follow.
+    Ok,
+    /// There is no such record on the primary.
+    RecordMissing,
+    /// The record exists but its object does not (`FILE_NOT_FOUND`).
+    FileMissing,
+    /// The object is larger than [`BATCH_INLINE_MAX`]: fetch it on its own.
+    Separately,
+    /// The primary could not read the object (it logged why).
+    Error,
+}
 
 /// Largest page of events or ids served at once.
 pub const MAX_PAGE: usize = 10_000;
@@ -69,6 +122,7 @@ impl<S: BlobStore> PrimaryApi<S> {
             .route("/geo/v1/events", get(events::<S>))
             .route("/geo/v1/replicables/{name}", get(replicables::<S>))
             .route("/geo/v1/retrieve/{name}/{id}", get(retrieve::<S>))
+            .route("/geo/v1/retrieve/{name}", get(retrieve_many::<S>))
             .route("/geo/v1/checksums/{name}", get(checksums::<S>))
             .route("/geo/v1/cursor", post(cursor::<S>))
             .with_state(self)
@@ -372,6 +426,125 @@ async fn retrieve<S: BlobStore>(
         h.insert(HEADER_SHA256, v);
     }
     Ok(response)
+}
+
+#[derive(Debug, Deserialize)]
+struct RetrieveManyQuery {
+    /// Comma-separated model ids.
+    ids: String,
+}
+
+async fn retrieve_many<S: BlobStore>(
+    State(api): State<PrimaryApi<S>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<RetrieveManyQuery>,
+) -> Result<Response, ApiError> {
+    authenticate(&api, &headers, &RequestScope::retrieve_many(&name, &q.ids)).await?;
+    let d = descriptor(&api, &name)?;
+    let ids = parse_ids(&q.ids)?;
+    if ids.len() > MAX_BATCH {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("at most {MAX_BATCH} objects per request"),
+        ));
+    }
+    let mut known: std::collections::HashMap<i64, (Option<String>, Option<Vec<u8>>)> =
+        model_objects(&api.db, d, &ids)
+            .await?
+            .into_iter()
+            .map(|(id, key, sum)| (id, (key, sum)))
+            .collect();
+    // Each id resolved to its key (and checksum) or to the frame that answers it.
+    let plan: Vec<(i64, Resolved)> = ids
+        .iter()
+        .map(|&id| {
+            let resolved = match known.remove(&id) {
+                None => Err(FrameStatus::RecordMissing),
+                Some((None, _)) => Err(FrameStatus::FileMissing),
+                Some((Some(key), sum)) => ObjectKey::parse(&key)
+                    .map(|key| (key, sum.filter(|c| c.len() == 32).map(|c| hex(&c))))
+                    .map_err(|e| {
+                        tracing::error!(replicable = %name, id, error = %e, "the model's object key is not a safe path");
+                        FrameStatus::Error
+                    }),
+            };
+            (id, resolved)
+        })
+        .collect();
+    let groups: Vec<Vec<_>> = plan.chunks(READ_GROUP).map(<[_]>::to_vec).collect();
+    let store = api.store.clone();
+    let replicable = d.replicable_name;
+    let body = futures_util::StreamExt::then(futures_util::stream::iter(groups), move |group| {
+        let store = store.clone();
+        async move { Ok::<_, std::io::Error>(batch_chunk(&store, replicable, group).await) }
+    });
+    let mut response = Response::new(Body::from_stream(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(BATCH_CONTENT_TYPE),
+    );
+    Ok(response)
+}
+
+/// A requested id resolved to its key and hex checksum, or to the frame that answers it.
+type Resolved = Result<(ObjectKey, Option<String>), FrameStatus>;
+
+/// The frames of a group of objects, read from the store in one go.
+async fn batch_chunk<S: BlobStore>(
+    store: &S,
+    replicable: &'static str,
+    group: Vec<(i64, Resolved)>,
+) -> bytes::Bytes {
+    let keys = group
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok().map(|(key, _)| key.clone()))
+        .collect();
+    let mut reads = store
+        .read_small_many(keys, BATCH_INLINE_MAX)
+        .await
+        .into_iter();
+    let mut out = Vec::new();
+    for (id, resolved) in group {
+        let mut frame = ObjectFrame {
+            id,
+            status: FrameStatus::Ok,
+            key: None,
+            size: None,
+            sha256: None,
+        };
+        let mut data = None;
+        match resolved {
+            Err(status) => frame.status = status,
+            Ok((key, sha256)) => match reads.next() {
+                Some(Ok(SmallObject::Whole(bytes))) => {
+                    // One line per object served, as for single retrievals.
+                    tracing::debug!(replicable, id, "serving an object");
+                    frame.key = Some(key.as_str().to_owned());
+                    frame.size = Some(bytes.len() as u64);
+                    frame.sha256 = sha256;
+                    data = Some(bytes);
+                }
+                Some(Ok(SmallObject::TooLarge(size))) => {
+                    frame.status = FrameStatus::Separately;
+                    frame.size = Some(size);
+                }
+                Some(Ok(SmallObject::Missing)) => frame.status = FrameStatus::FileMissing,
+                Some(Err(e)) => {
+                    tracing::error!(replicable, id, error = %e, "reading an object");
+                    frame.status = FrameStatus::Error;
+                }
+                None => frame.status = FrameStatus::Error,
+            },
+        }
+        // Serialising a struct of strings and numbers cannot fail.
+        let _ = serde_json::to_writer(&mut out, &frame);
+        out.push(b'\n');
+        if let Some(bytes) = data {
+            out.extend_from_slice(&bytes);
+        }
+    }
+    bytes::Bytes::from(out)
 }
 
 #[derive(Debug, Deserialize)]

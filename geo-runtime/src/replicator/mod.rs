@@ -7,7 +7,7 @@
 mod model;
 mod registration;
 
-pub use model::{model_checksums, model_object, model_object_keys};
+pub use model::{model_checksums, model_object, model_object_keys, model_objects};
 
 pub use registration::{RegisteredReplicator, ReplicatorSet};
 

@@ -74,6 +74,33 @@ pub async fn model_checksums(
     Ok(rows)
 }
 
+/// [`model_object`] for several records at once: `(id, key, verified checksum)` of each of `ids`
+/// that exists, in one query.
+pub async fn model_objects(
+    primary: &Database,
+    descriptor: &ReplicatorDescriptor,
+    ids: &[i64],
+) -> Result<Vec<(i64, Option<String>, Option<Vec<u8>>)>, DbError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let key_column = descriptor
+        .blob_column
+        .map_or_else(|| "NULL".to_owned(), |c| format!("m.{}", quote(c)));
+    let (join, checksum) = verified_checksum(descriptor);
+    let id = format!("m.{}", quote(descriptor.model_id_column));
+    let sql = format!(
+        "SELECT {id}, {key_column}, {checksum} FROM {} m{join} WHERE {}",
+        quote(descriptor.model_table),
+        in_id_list(primary.dialect(), &id, 1)
+    );
+    let rows: Vec<(i64, Option<String>, Option<Vec<u8>>)> = on_pool!(primary, read, pool => sqlx::query_as(AssertSqlSafe(sql))
+        .bind(IdList(ids.to_vec()))
+        .fetch_all(pool)
+        .await?);
+    Ok(rows)
+}
+
 /// The object keys of `ids` (`None`: the record has none); records that do not exist are left
 /// out.
 pub async fn model_object_keys(

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 
-use super::{BlobStore, ObjectKey, Opened, StorageError, WrittenBlob, hex};
+use super::{BlobStore, ObjectKey, Opened, SmallObject, StorageError, WrittenBlob, hex};
 
 /// An object written to its temp file, not yet durable nor at its final path.
 #[derive(Debug)]
@@ -134,11 +134,34 @@ fn commit_blocking(
     results
 }
 
+/// Reads `path` whole when it is at most `max` bytes.
+fn read_small_blocking(path: &Path, max: u64) -> Result<SmallObject, StorageError> {
+    use std::io::Read;
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(SmallObject::Missing),
+        Err(e) => return Err(io("open", path)(e)),
+    };
+    let meta = file.metadata().map_err(io("stat", path))?;
+    if !meta.is_file() {
+        return Ok(SmallObject::Missing);
+    }
+    if meta.len() > max {
+        return Ok(SmallObject::TooLarge(meta.len()));
+    }
+    let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.read_to_end(&mut data).map_err(io("read", path))?;
+    Ok(SmallObject::Whole(Bytes::from(data)))
+}
+
+/// Stages one body; `made` remembers the directories this batch already created, so a batch
+/// of objects in a few directories does not ask for each of them again.
 fn stage_bytes_blocking(
     root: &Path,
     path: PathBuf,
     data: &[u8],
     expected_sha256: Option<[u8; 32]>,
+    made: &mut std::collections::HashSet<PathBuf>,
 ) -> Result<StagedBlob, StorageError> {
     use std::io::Write;
     let sha256: [u8; 32] = Sha256::digest(data).into();
@@ -151,7 +174,10 @@ fn stage_bytes_blocking(
         });
     }
     let dir = path.parent().unwrap_or(root).to_path_buf();
-    std::fs::create_dir_all(&dir).map_err(io("create directory", &dir))?;
+    if !made.contains(&dir) {
+        std::fs::create_dir_all(&dir).map_err(io("create directory", &dir))?;
+        made.insert(dir.clone());
+    }
     let tmp = dir.join(format!("{TEMP_PREFIX}{:016x}", fastrand::u64(..)));
     let staged = StagedBlob {
         tmp,
@@ -286,7 +312,10 @@ impl LocalStore {
     ) -> Result<StagedBlob, StorageError> {
         let path = self.path(key);
         let root = self.root.clone();
-        blocking(move || stage_bytes_blocking(&root, path, &data, expected_sha256)).await?
+        blocking(move || {
+            stage_bytes_blocking(&root, path, &data, expected_sha256, &mut Default::default())
+        })
+        .await?
     }
 
     /// Streams a body to a temp file next to `key`'s final path (SHA-256 and size checked as in
@@ -630,6 +659,57 @@ impl BlobStore for LocalStore {
 
     async fn commit(&self, staged: Vec<StagedBlob>) -> Vec<Result<WrittenBlob, StorageError>> {
         LocalStore::commit(self, staged).await
+    }
+
+    async fn stage_many_bytes(
+        &self,
+        items: Vec<(ObjectKey, Bytes, Option<[u8; 32]>)>,
+    ) -> Vec<Result<StagedBlob, StorageError>> {
+        let n = items.len();
+        let root = self.root.clone();
+        let items: Vec<_> = items
+            .into_iter()
+            .map(|(key, data, sha)| (self.path(&key), data, sha))
+            .collect();
+        blocking(move || {
+            let mut made = std::collections::HashSet::new();
+            items
+                .into_iter()
+                .map(|(path, data, sha)| stage_bytes_blocking(&root, path, &data, sha, &mut made))
+                .collect()
+        })
+        .await
+        .unwrap_or_else(|e| {
+            (0..n)
+                .map(|_| {
+                    Err(StorageError::Source {
+                        bytes: 0,
+                        reason: e.to_string(),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    async fn read_small_many(
+        &self,
+        keys: Vec<ObjectKey>,
+        max: u64,
+    ) -> Vec<Result<SmallObject, StorageError>> {
+        let n = keys.len();
+        let paths: Vec<PathBuf> = keys.iter().map(|k| self.path(k)).collect();
+        blocking(move || paths.iter().map(|p| read_small_blocking(p, max)).collect())
+            .await
+            .unwrap_or_else(|e| {
+                (0..n)
+                    .map(|_| {
+                        Err(StorageError::Source {
+                            bytes: 0,
+                            reason: e.to_string(),
+                        })
+                    })
+                    .collect()
+            })
     }
 
     async fn read_or_open(

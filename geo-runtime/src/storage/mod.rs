@@ -40,6 +40,17 @@ impl fmt::Debug for Opened {
     }
 }
 
+/// An object read for a batch response ([`BlobStore::read_small_many`]).
+#[derive(Debug)]
+pub enum SmallObject {
+    /// The whole object.
+    Whole(Bytes),
+    /// Larger than asked for: its size (to be streamed on its own).
+    TooLarge(u64),
+    /// No such object.
+    Missing,
+}
+
 /// Where a node keeps its objects: the local file system ([`LocalStore`]) or, with the
 /// `object-store` feature, any `object_store` backend ([`ObjectStoreBlobs`]: S3 with `s3`).
 /// The sync and the API use only this trait, never local paths.
@@ -85,6 +96,42 @@ pub trait BlobStore: Clone + Send + Sync + fmt::Debug + 'static {
         key: &ObjectKey,
         whole_below: u64,
     ) -> impl Future<Output = Result<Option<Opened>, StorageError>> + Send;
+
+    /// Stages several bodies already in memory; one result per item, in order. (A local store
+    /// does it in one trip to the blocking pool.)
+    fn stage_many_bytes(
+        &self,
+        items: Vec<(ObjectKey, Bytes, Option<[u8; 32]>)>,
+    ) -> impl Future<Output = Vec<Result<Self::Staged, StorageError>>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(items.len());
+            for (key, data, sha256) in items {
+                out.push(self.stage_bytes(&key, data, sha256).await);
+            }
+            out
+        }
+    }
+
+    /// Reads the objects of `keys` that are at most `max` bytes whole, for a batch response;
+    /// one result per key, in order. (A local store does it in one trip to the blocking pool.)
+    fn read_small_many(
+        &self,
+        keys: Vec<ObjectKey>,
+        max: u64,
+    ) -> impl Future<Output = Vec<Result<SmallObject, StorageError>>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(keys.len());
+            for key in keys {
+                out.push(match self.read_or_open(&key, max).await {
+                    Ok(None) => Ok(SmallObject::Missing),
+                    Ok(Some(Opened::Whole(b))) => Ok(SmallObject::Whole(b)),
+                    Ok(Some(Opened::Stream(_, size))) => Ok(SmallObject::TooLarge(size)),
+                    Err(e) => Err(e),
+                });
+            }
+            out
+        }
+    }
 
     /// Removes `key`; true when it existed.
     fn delete(&self, key: &ObjectKey) -> impl Future<Output = Result<bool, StorageError>> + Send;

@@ -313,6 +313,7 @@ impl<'a> Sites<'a> {
             files_max_capacity: 8,
             idle_wait: Duration::from_millis(20),
             max_object_size: None,
+            ..SyncConfig::default()
         };
         config.cursor = CursorConfig {
             idle_wait: Duration::from_millis(20),

@@ -1,10 +1,15 @@
 //! The secondary's blob sync (Geo's registry sync worker + blob downloader): claims due registry
-//! rows, `files_max_capacity` at a time, downloads each object from the primary into the local
-//! store (temp file, SHA-256 while streaming, checked against the primary's checksum and size,
-//! fsync, rename, directory fsync), then marks the batch synced, or failed with the reason and
-//! Geo's backoff. A row is marked synced only after its bytes are durable, and only by the
-//! attempt that claimed it.
+//! rows, downloads their objects from the primary, `files_max_capacity` requests at a time, into
+//! the local store (temp file, SHA-256 while streaming, checked against the primary's checksum
+//! and size, fsync, rename, directory fsync), then marks the batch synced, or failed with the
+//! reason and Geo's backoff. A row is marked synced only after its bytes are durable, and only
+//! by the attempt that claimed it.
+//!
+//! Small objects travel many to a request (`batch_size`, up to 64 KiB each): per-request costs
+//! (a token, a query and a round trip on each side) would otherwise dominate a 4 KiB object.
+//! Larger ones are streamed one to a request.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
@@ -16,6 +21,8 @@ use crate::db::Database;
 use crate::db::dialect::now;
 use crate::error::DbError;
 use crate::flags;
+use crate::node::client::FrameReader;
+use crate::node::server::{FrameStatus, MAX_BATCH};
 use crate::node::{FILE_NOT_FOUND, HEADER_OBJECT_KEY, HEADER_SHA256, PrimaryClient};
 use crate::registry::{ClaimedRow, Registry, SyncFailure, SyncedCopy};
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
@@ -38,6 +45,10 @@ pub struct SyncConfig {
     pub idle_wait: Duration,
     /// Objects larger than this are refused (the row fails with the reason); `None`: no limit.
     pub max_object_size: Option<u64>,
+    /// Rows asked for in one request; the primary sends the objects of up to 64 KiB inline and
+    /// marks larger ones, which are then fetched one to a request. 1 fetches every object on its
+    /// own request.
+    pub batch_size: usize,
 }
 
 impl Default for SyncConfig {
@@ -46,6 +57,7 @@ impl Default for SyncConfig {
             files_max_capacity: 10,
             idle_wait: Duration::from_secs(1),
             max_object_size: None,
+            batch_size: 32,
         }
     }
 }
@@ -75,6 +87,15 @@ pub struct BlobSync<S = LocalStore> {
     /// Rows a round claimed but could not record (the tracking database failed after the
     /// claim): the next round fails them first, so they do not wait for the sweeper.
     unrecorded: std::sync::Arc<std::sync::Mutex<Vec<(usize, ClaimedRow)>>>,
+}
+
+/// What recording a round's downloads did.
+#[derive(Debug, Default)]
+struct Recorded {
+    synced: usize,
+    bytes: u64,
+    /// Downloads that could not be made durable.
+    failed: Vec<SyncFailure>,
 }
 
 /// A downloaded row, its key and whether its checksum was the primary's.
@@ -129,7 +150,10 @@ impl<S: BlobStore> BlobSync<S> {
             if !flags::is_enabled(&self.tracking, d).await? {
                 continue;
             }
-            let claimed = registry.claim(capacity * CLAIM_FACTOR, now()).await?;
+            // Batched requests carry up to `batch_size` rows each: claim enough to keep every
+            // request slot busy with a full batch.
+            let per_slot = CLAIM_FACTOR.max(self.batch_size());
+            let claimed = registry.claim(capacity * per_slot, now()).await?;
             if claimed.is_empty() {
                 continue;
             }
@@ -188,7 +212,10 @@ impl<S: BlobStore> BlobSync<S> {
         Ok(())
     }
 
-    /// Downloads `claimed`, makes the copies durable and records the outcome.
+    /// Downloads `claimed`, makes the copies durable and records the outcome. Downloading and
+    /// recording run side by side: whatever has arrived is made durable and marked synced in
+    /// one group while the next objects download (a group commit), so the flushes and the
+    /// registry transaction cost little per object and never stall the transfers.
     async fn sync_claimed(
         &self,
         d: &'static ReplicatorDescriptor,
@@ -198,41 +225,119 @@ impl<S: BlobStore> BlobSync<S> {
         round: &mut SyncRound,
     ) -> Result<(), DbError> {
         round.claimed += claimed.len();
-        let results: Vec<Result<Downloaded<S::Staged>, SyncFailure>> =
-            futures_util::stream::iter(claimed.iter().copied())
-                .map(|row| {
-                    let span = tracing::info_span!(
-                        "sync",
-                        replicable = d.replicable_name,
-                        id = row.model_record_id,
-                        attempt = row.sync_attempt
-                    );
-                    self.download(d, row).instrument(span)
-                })
-                .buffer_unordered(capacity)
-                .collect()
-                .await;
-        let mut downloaded = Vec::new();
-        let mut failed = Vec::new();
-        for r in results {
-            match r {
-                Ok(d) => downloaded.push(d),
-                Err(f) => failed.push(f),
-            }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (mut failed, recorded) = tokio::join!(
+            self.download_all(d, claimed, capacity, tx),
+            self.record_downloads(d, registry, rx),
+        );
+        let recorded = recorded?;
+        failed.extend(recorded.failed);
+        let failed =
+            usize::try_from(registry.mark_failed(&failed, now()).await?).unwrap_or(usize::MAX);
+        let replicable = [("replicable", d.replicable_name)];
+        self.metrics
+            .add("geo_sync_bytes_total", &replicable, recorded.bytes);
+        for (outcome, n) in [("synced", recorded.synced), ("failed", failed)] {
+            self.metrics.add(
+                "geo_sync_transfers_total",
+                &[("replicable", d.replicable_name), ("outcome", outcome)],
+                n as u64,
+            );
         }
-        // Durable and in place, all together, before any row is marked synced.
-        let (meta, staged): (Vec<DownloadMeta>, Vec<S::Staged>) = downloaded
+        round.synced += recorded.synced;
+        round.failed += failed;
+        round.bytes += recorded.bytes;
+        Ok(())
+    }
+
+    /// Downloads the objects of `claimed`, `capacity` requests at once, passing each staged
+    /// object to `done` as it arrives; returns the failed attempts.
+    async fn download_all(
+        &self,
+        d: &'static ReplicatorDescriptor,
+        claimed: &[ClaimedRow],
+        capacity: usize,
+        done: tokio::sync::mpsc::UnboundedSender<Downloaded<S::Staged>>,
+    ) -> Vec<SyncFailure> {
+        let mut failed = Vec::new();
+        // A send fails only when recording stopped on an error: the staged object is dropped
+        // (its temp file removed) and the row waits for the next round.
+        let mut settle = |r: Result<Downloaded<S::Staged>, SyncFailure>| match r {
+            Ok(downloaded) => drop(done.send(downloaded)),
+            Err(f) => failed.push(f),
+        };
+        let mut alone = Vec::new();
+        if self.batch_size() > 1 {
+            // Spread the rows over the request slots, full batches when there are enough.
+            let per_request = claimed.len().div_ceil(capacity).clamp(1, self.batch_size());
+            let requests: Vec<Vec<ClaimedRow>> =
+                claimed.chunks(per_request).map(<[_]>::to_vec).collect();
+            let mut batches = futures_util::stream::iter(requests)
+                .map(|rows| self.download_many(d, rows))
+                .buffer_unordered(capacity);
+            while let Some((results, too_large)) = batches.next().await {
+                results.into_iter().for_each(&mut settle);
+                alone.extend(too_large);
+            }
+        } else {
+            alone = claimed.to_vec();
+        }
+        let mut singles = futures_util::stream::iter(alone)
+            .map(|row| {
+                let span = tracing::info_span!(
+                    "sync",
+                    replicable = d.replicable_name,
+                    id = row.model_record_id,
+                    attempt = row.sync_attempt
+                );
+                self.download(d, row).instrument(span)
+            })
+            .buffer_unordered(capacity);
+        while let Some(result) = singles.next().await {
+            settle(result);
+        }
+        failed
+    }
+
+    /// Makes the staged objects arriving on `arrived` durable and marks them synced, in groups
+    /// of whatever has arrived since the last group, until the downloads are done.
+    async fn record_downloads(
+        &self,
+        d: &'static ReplicatorDescriptor,
+        registry: &Registry,
+        mut arrived: tokio::sync::mpsc::UnboundedReceiver<Downloaded<S::Staged>>,
+    ) -> Result<Recorded, DbError> {
+        let mut recorded = Recorded::default();
+        while let Some(first) = arrived.recv().await {
+            let mut group = vec![first];
+            while let Ok(more) = arrived.try_recv() {
+                group.push(more);
+            }
+            self.record_group(d, registry, group, &mut recorded).await?;
+        }
+        Ok(recorded)
+    }
+
+    /// Durable and in place, the whole group, before any of its rows is marked synced.
+    async fn record_group(
+        &self,
+        d: &'static ReplicatorDescriptor,
+        registry: &Registry,
+        group: Vec<Downloaded<S::Staged>>,
+        recorded: &mut Recorded,
+    ) -> Result<(), DbError> {
+        let (meta, staged): (Vec<DownloadMeta>, Vec<S::Staged>) = group
             .into_iter()
             .map(|d| ((d.row, d.key, d.checked), d.staged))
             .unzip();
         let mut ok = Vec::new();
-        let mut round_bytes = 0;
+        let mut bytes = 0;
         for ((row, key, checked), committed) in
             meta.into_iter().zip(self.store.commit(staged).await)
         {
             match committed {
                 Ok(written) => {
-                    round_bytes += written.size;
+                    bytes += written.size;
                     ok.push(SyncedCopy {
                         row,
                         object_key: Some(key),
@@ -240,15 +345,13 @@ impl<S: BlobStore> BlobSync<S> {
                         checked_against_primary: checked,
                     });
                 }
-                Err(e) => {
-                    self.metrics.add(
-                        "geo_sync_failures_total",
-                        &[("replicable", d.replicable_name), ("reason", e.kind())],
-                        1,
-                    );
-                    tracing::warn!(id = row.model_record_id, error = %e, "making a downloaded object durable failed");
-                    failed.push(row.failed(format!("Error downloading file: {e}"), false))
-                }
+                Err(e) => recorded.failed.push(self.failure(
+                    d,
+                    &row,
+                    e.kind(),
+                    format!("Error downloading file: {e}"),
+                    false,
+                )),
             }
         }
         // The crash suite stops the process here: bytes durable, registry not yet told.
@@ -277,23 +380,197 @@ impl<S: BlobStore> BlobSync<S> {
                 );
             }
         }
-        let synced = marked.len();
-        let failed =
-            usize::try_from(registry.mark_failed(&failed, now()).await?).unwrap_or(usize::MAX);
-        let replicable = [("replicable", d.replicable_name)];
-        self.metrics
-            .add("geo_sync_bytes_total", &replicable, round_bytes);
-        for (outcome, n) in [("synced", synced), ("failed", failed)] {
-            self.metrics.add(
-                "geo_sync_transfers_total",
-                &[("replicable", d.replicable_name), ("outcome", outcome)],
-                n as u64,
+        recorded.synced += marked.len();
+        recorded.bytes += bytes;
+        Ok(())
+    }
+
+    fn batch_size(&self) -> usize {
+        self.config.batch_size.clamp(1, MAX_BATCH)
+    }
+
+    /// A failed attempt, logged in the row's span and counted by reason.
+    fn failure(
+        &self,
+        d: &ReplicatorDescriptor,
+        row: &ClaimedRow,
+        kind: &'static str,
+        reason: String,
+        missing: bool,
+    ) -> SyncFailure {
+        let span = tracing::info_span!(
+            "sync",
+            replicable = d.replicable_name,
+            id = row.model_record_id,
+            attempt = row.sync_attempt
+        );
+        let _entered = span.enter();
+        tracing::warn!(reason = %reason, missing_on_primary = missing, "blob download failed");
+        self.metrics.add(
+            "geo_sync_failures_total",
+            &[("replicable", d.replicable_name), ("reason", kind)],
+            1,
+        );
+        row.failed(reason, missing)
+    }
+
+    /// Downloads the objects of `rows` in one request and stages them. Returns the outcomes
+    /// and the rows whose objects are too large to travel in a batch (to download alone).
+    async fn download_many(
+        &self,
+        d: &ReplicatorDescriptor,
+        rows: Vec<ClaimedRow>,
+    ) -> (
+        Vec<Result<Downloaded<S::Staged>, SyncFailure>>,
+        Vec<ClaimedRow>,
+    ) {
+        let started = std::time::Instant::now();
+        let ids: Vec<i64> = rows.iter().map(|r| r.model_record_id).collect();
+        let fail_all = |kind, reason: String| {
+            let failed = rows
+                .iter()
+                .map(|row| Err(self.failure(d, row, kind, reason.clone(), false)))
+                .collect();
+            (failed, Vec::new())
+        };
+        let response = match self.client.retrieve_many(d.replicable_name, &ids).await {
+            Ok(r) => r,
+            Err(e) => return fail_all("transport", format!("Error downloading file: {e}")),
+        };
+        let status = response.status();
+        if !status.is_success() {
+            return fail_all(
+                "http_status",
+                format!("Non-success HTTP response status code {}", status.as_u16()),
             );
         }
-        round.synced += synced;
-        round.failed += failed;
-        round.bytes += round_bytes;
-        Ok(())
+        let mut waiting: HashMap<i64, ClaimedRow> =
+            rows.iter().map(|r| (r.model_record_id, *r)).collect();
+        let mut results = Vec::with_capacity(rows.len());
+        let mut alone = Vec::new();
+        let mut to_stage = Vec::new();
+        let mut reader = FrameReader::new(response);
+        let broken = loop {
+            let (frame, data) = match reader.next().await {
+                Ok(Some(next)) => next,
+                Ok(None) => break None,
+                Err(e) => break Some(e),
+            };
+            let Some(row) = waiting.remove(&frame.id) else {
+                break Some(format!(
+                    "the primary answered for record {}, which was not asked for",
+                    frame.id
+                ));
+            };
+            let too_large = frame
+                .size
+                .zip(self.config.max_object_size)
+                .filter(|(size, max)| size > max);
+            if let Some((size, max)) = too_large {
+                results.push(Err(self.failure(
+                    d,
+                    &row,
+                    "too_large",
+                    format!("The object is too large to sync: {size} bytes, the limit is {max}"),
+                    false,
+                )));
+                continue;
+            }
+            match frame.status {
+                FrameStatus::Ok => {
+                    let key = frame
+                        .key
+                        .as_deref()
+                        .ok_or_else(|| "the primary sent no object key".to_owned())
+                        .and_then(|k| ObjectKey::parse(k).map_err(|e| e.to_string()));
+                    let sha = match frame.sha256.as_deref() {
+                        None => Ok(None),
+                        Some(h) => parse_sha256(h)
+                            .map(Some)
+                            .ok_or_else(|| "the primary sent a malformed checksum".to_owned()),
+                    };
+                    match key.and_then(|k| sha.map(|s| (k, s))) {
+                        Ok((key, sha)) => to_stage.push((row, key, data, sha)),
+                        Err(reason) => {
+                            results.push(Err(self.failure(d, &row, "protocol", reason, false)));
+                        }
+                    }
+                }
+                FrameStatus::Separately => alone.push(row),
+                FrameStatus::FileMissing => results.push(Err(self.failure(
+                    d,
+                    &row,
+                    "missing_on_primary",
+                    "The file is missing on the Geo primary site".into(),
+                    true,
+                ))),
+                FrameStatus::RecordMissing => results.push(Err(self.failure(
+                    d,
+                    &row,
+                    "record_missing_on_primary",
+                    "The record is missing on the Geo primary site".into(),
+                    false,
+                ))),
+                FrameStatus::Error => results.push(Err(self.failure(
+                    d,
+                    &row,
+                    "http_status",
+                    "The primary could not read the object".into(),
+                    false,
+                ))),
+            }
+        };
+        // Rows the response never answered: it broke, or ended early.
+        let reason = broken.unwrap_or_else(|| "the primary's response ended early".into());
+        for row in waiting.into_values() {
+            results.push(Err(self.failure(
+                d,
+                &row,
+                "transport",
+                format!("Error downloading file: {reason}"),
+                false,
+            )));
+        }
+        let (meta, items): (Vec<_>, Vec<_>) = to_stage
+            .into_iter()
+            .map(
+                |(row, key, data, sha): (ClaimedRow, ObjectKey, bytes::Bytes, _)| {
+                    (
+                        (row, key.as_str().to_owned(), sha.is_some()),
+                        (key, data, sha),
+                    )
+                },
+            )
+            .unzip();
+        let took = started.elapsed().as_secs_f64();
+        for ((row, key, checked), staged) in meta
+            .into_iter()
+            .zip(self.store.stage_many_bytes(items).await)
+        {
+            results.push(match staged {
+                Ok(staged) => {
+                    self.metrics.observe(
+                        "geo_sync_download_duration_seconds",
+                        &[("replicable", d.replicable_name)],
+                        took,
+                    );
+                    Ok(Downloaded {
+                        row,
+                        key,
+                        staged,
+                        checked,
+                    })
+                }
+                Err(e) => Err(self.failure(
+                    d,
+                    &row,
+                    e.kind(),
+                    format!("Error downloading file: {e}"),
+                    false,
+                )),
+            });
+        }
+        (results, alone)
     }
 
     /// Downloads one object into a staged temp file (checked, not yet durable).
