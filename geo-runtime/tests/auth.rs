@@ -176,6 +176,92 @@ async fn every_wrong_request_is_refused_without_bytes_or_secrets_in_logs() {
         assert_eq!(ok.headers()["x-geo-object-key"], "w/1");
         assert_eq!(ok.bytes().await.expect("body").as_ref(), MARKER);
 
+        // The batch endpoint: a token is valid for its exact id list only.
+        let batch_url = format!("{base}/geo/v1/retrieve/widget?ids=1,2");
+        let batch_cases: Vec<(&str, Option<String>, u16)> = vec![
+            ("batch, no token", None, 401),
+            (
+                "batch, token for another list",
+                Some(authorization(
+                    &good.access_key,
+                    &good.secret,
+                    &RequestScope::retrieve_many("widget", "1"),
+                    now(),
+                )),
+                401,
+            ),
+            (
+                "batch, token for one object",
+                Some(authorization(&good.access_key, &good.secret, &scope, now())),
+                401,
+            ),
+            (
+                "batch, token for another replicable",
+                Some(authorization(
+                    &good.access_key,
+                    &good.secret,
+                    &RequestScope::retrieve_many("gizmo", "1,2"),
+                    now(),
+                )),
+                401,
+            ),
+            (
+                "batch, disabled node",
+                Some(authorization(
+                    &off.access_key,
+                    &off.secret,
+                    &RequestScope::retrieve_many("widget", "1,2"),
+                    now(),
+                )),
+                403,
+            ),
+        ];
+        for (what, header, status) in batch_cases {
+            let mut request = http.get(&batch_url);
+            if let Some(h) = &header {
+                request = request.header("authorization", h);
+                tokens.push(h.clone());
+            }
+            let response = request.send().await.expect("request");
+            assert_eq!(response.status().as_u16(), status, "{}: {what}", db.label());
+            let body = response.bytes().await.expect("body");
+            assert!(
+                !body.windows(MARKER.len()).any(|w| w == MARKER),
+                "{what}: object bytes in a refusal"
+            );
+        }
+        let ok = http
+            .get(&batch_url)
+            .header(
+                "authorization",
+                authorization(
+                    &good.access_key,
+                    &good.secret,
+                    &RequestScope::retrieve_many("widget", "1,2"),
+                    now(),
+                ),
+            )
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(ok.status().as_u16(), 200);
+        let body = ok.bytes().await.expect("body");
+        let text = String::from_utf8_lossy(&body);
+        let first: serde_json::Value =
+            serde_json::from_str(text.lines().next().unwrap_or_default()).expect("a JSON frame");
+        assert_eq!(first["id"], 1, "the first frame: {first}");
+        assert_eq!(first["status"], "ok", "the first frame: {first}");
+        assert_eq!(first["key"], "w/1", "the first frame: {first}");
+        assert_eq!(first["size"], MARKER.len(), "the first frame: {first}");
+        assert!(
+            body.windows(MARKER.len()).any(|w| w == MARKER),
+            "the object follows its frame"
+        );
+        assert!(
+            text.ends_with("{\"id\":2,\"status\":\"record_missing\"}\n"),
+            "a missing record is answered in its frame: {text}"
+        );
+
         node.shutdown().await;
         let logged = String::from_utf8_lossy(&logs.0.lock().expect("logs")).to_string();
         assert!(logged.contains("refused a request"), "refusals are logged");

@@ -92,6 +92,8 @@ async fn forward(State(p): State<Proxy>, req: Request) -> Response {
         .map_or("/", |x| x.as_str())
         .to_owned();
     let retrieve = path.starts_with("/geo/v1/retrieve/");
+    // A batch response: frame lines, each followed by an object's bytes.
+    let batch = retrieve && path.contains("?ids=");
     let _in_flight = retrieve.then(InFlight::enter);
     if retrieve {
         RETRIEVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -131,9 +133,36 @@ async fn forward(State(p): State<Proxy>, req: Request) -> Response {
             out = out.header(name, value);
         }
     }
+    if batch && status.is_success() && !bytes.is_empty() {
+        match fault {
+            // The last byte belongs to the last object.
+            Fault::CorruptByte => {
+                if let Some(last) = bytes.last_mut() {
+                    *last ^= 0x55;
+                }
+            }
+            Fault::EvilKey => {
+                // Byte by byte: the objects between the frame lines are not text.
+                let (from, to) = (&b"\"key\":\"w/"[..], &b"\"key\":\"../../w/"[..]);
+                let mut out = Vec::with_capacity(bytes.len());
+                let mut i = 0;
+                while i < bytes.len() {
+                    if bytes[i..].starts_with(from) {
+                        out.extend_from_slice(to);
+                        i += from.len();
+                    } else {
+                        out.push(bytes[i]);
+                        i += 1;
+                    }
+                }
+                bytes = out;
+            }
+            _ => {}
+        }
+    }
     if retrieve && status.is_success() && !bytes.is_empty() {
         match fault {
-            Fault::CorruptByte => bytes[0] ^= 0x55,
+            Fault::CorruptByte if !batch => bytes[0] ^= 0x55,
             Fault::CloseMidBody => {
                 // Half the body, then the connection breaks (Content-Length promised more).
                 let half = bytes::Bytes::from(bytes[..bytes.len() / 2].to_vec());
@@ -286,8 +315,14 @@ async fn stop(s: Setup) {
     s.primary.shutdown().await;
 }
 
+/// Widgets from 1000 on are small enough to travel in batches; the others go one to a request.
 fn body(id: i64) -> Vec<u8> {
-    (0..(200_000 + id as usize))
+    let size = if id >= 1000 {
+        5_000 + id as usize % 1000
+    } else {
+        200_000 + id as usize
+    };
+    (0..size)
         .map(|i| (i as u64 * 31 + id as u64) as u8)
         .collect()
 }
@@ -441,6 +476,91 @@ async fn check_fault(fault: Fault, reason: &str) {
         );
     }
     stop(s).await;
+}
+
+/// [`check_fault`] for objects that travel in batches: a fault may spoil a whole response or
+/// only the objects it touched, so the test waits until every row has settled, wants at least
+/// one failed with `reason` and only the primary's bytes on disk, then clears the fault.
+async fn check_batch_fault(fault: Fault, reason: &str) {
+    let mut s = setup().await;
+    s.secondary_config.sync.batch_size = 32;
+    *s.fault.lock().expect("fault") = fault;
+    let ids: Vec<i64> = (1001..=1012).collect();
+    for &id in &ids {
+        create(&s, id).await;
+    }
+    start_secondary(&mut s).await;
+    let registry = Registry::new(&s.secondary_db, WidgetReplicator::DESCRIPTOR);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let failed = loop {
+        let mut rows = Vec::new();
+        for &id in &ids {
+            rows.extend(registry.find_by_model_id(id).await.expect("find"));
+        }
+        let settled = rows.len() == ids.len()
+            && rows
+                .iter()
+                .all(|r| matches!(r.state, SyncState::Synced | SyncState::Failed));
+        if settled {
+            break rows
+                .into_iter()
+                .filter(|r| r.state == SyncState::Failed)
+                .collect::<Vec<_>>();
+        }
+        assert!(Instant::now() < deadline, "rows never settled: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!failed.is_empty(), "the fault failed no row");
+    for row in &failed {
+        let failure = row.last_sync_failure.clone().unwrap_or_default();
+        assert!(
+            failure.contains(reason),
+            "widget {}: reason {failure:?}, want {reason:?}",
+            row.model_record_id
+        );
+    }
+    only_primary_bytes(s.root.path());
+    *s.fault.lock().expect("fault") = Fault::None;
+    time_passes(&s.secondary_db).await;
+    wait_for(&s, &ids, SyncState::Synced, None).await;
+    only_primary_bytes(s.root.path());
+    for &id in &ids {
+        let row = registry
+            .find_by_model_id(id)
+            .await
+            .expect("find")
+            .expect("row");
+        assert_eq!(row.verification_state, VerificationState::Succeeded);
+        assert_eq!(
+            row.verification_checksum,
+            Some(Sha256::digest(body(id)).to_vec())
+        );
+    }
+    stop(s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_a_500_fails_the_attempts_and_a_retry_succeeds() {
+    check_batch_fault(
+        Fault::Status500,
+        "Non-success HTTP response status code 500",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_a_connection_closed_mid_body_fails_only_what_did_not_arrive() {
+    check_batch_fault(Fault::CloseMidBody, "Error downloading file").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_a_corrupted_object_is_caught_by_its_checksum() {
+    check_batch_fault(Fault::CorruptByte, "checksum mismatch").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_a_key_pointing_outside_the_store_is_refused() {
+    check_batch_fault(Fault::EvilKey, "unsafe object key").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
