@@ -345,6 +345,7 @@ impl<S: EventSource> EventCursor<S> {
     /// lease on the way out.
     pub async fn run(&self, cancel: CancellationToken) -> Result<(), CursorError> {
         let mut failing_since: Option<Instant> = None;
+        let mut failures: u32 = 0;
         let result = loop {
             if cancel.is_cancelled() {
                 break Ok(());
@@ -352,6 +353,7 @@ impl<S: EventSource> EventCursor<S> {
             let wait = match self.step().await {
                 Ok(r) => {
                     failing_since = None;
+                    failures = 0;
                     if !r.held_lease {
                         // Standby: try again within the lease's lifetime.
                         self.config.lease_ttl / 3
@@ -366,8 +368,16 @@ impl<S: EventSource> EventCursor<S> {
                     if since.elapsed() > self.config.max_error_duration {
                         break Err(CursorError::GaveUp(since.elapsed(), Box::new(e)));
                     }
-                    tracing::warn!(error = %e, "event cursor step failed; retrying");
-                    self.config.lease_ttl / 3 + Duration::from_millis(fastrand::u64(100..2000))
+                    // A passing hiccup costs a fraction of a second, a lasting outage is not
+                    // hammered, and the lease is renewed in time either way.
+                    failures = failures.saturating_add(1);
+                    let backoff = Duration::from_millis(100)
+                        .saturating_mul(1 << failures.min(10).saturating_sub(1))
+                        .min(self.config.lease_ttl / 3);
+                    let jitter =
+                        fastrand::u64(0..=u64::try_from(backoff.as_millis() / 4).unwrap_or(0));
+                    tracing::warn!(error = %e, retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX), "event cursor step failed; retrying");
+                    backoff + Duration::from_millis(jitter)
                 }
             };
             if !wait.is_zero() {
