@@ -3,7 +3,8 @@
 //! same tree (no fsync, no state) measured in the same run.
 //!
 //! `cargo bench -p geo-runtime --bench sync` (release). GEO_BENCH_SMALL (default 10000 files of
-//! 4 KiB), GEO_BENCH_LARGE (default 10 files of 100 MiB), GEO_BENCH_CAPACITY (default 32 at once), GEO_BENCH_BATCH (default 32 small objects per request).
+//! 4 KiB), GEO_BENCH_LARGE (default 10 files of 100 MiB), GEO_BENCH_CAPACITY (default 32 at once), GEO_BENCH_BATCH (default 32 small objects per request), GEO_BENCH_DIR (where the trees go; default
+//! the system's temp directory).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -25,6 +26,16 @@ pub struct Widget {
     pub id: i64,
     #[replicable(blob)]
     pub file: String,
+}
+
+/// A directory for one tree, under GEO_BENCH_DIR when set (another file system), else the
+/// system's temp directory.
+fn tree_dir() -> tempfile::TempDir {
+    match std::env::var_os("GEO_BENCH_DIR") {
+        Some(dir) => tempfile::tempdir_in(dir),
+        None => tempfile::tempdir(),
+    }
+    .expect("tempdir")
 }
 
 fn env(name: &str, default: usize) -> usize {
@@ -153,7 +164,7 @@ async fn run(label: &str, tracking: TestDatabase, count: usize, size: usize, cap
         "CREATE TABLE widgets (id BIGINT PRIMARY KEY, file TEXT NOT NULL)",
     )
     .await;
-    let pdir = tempfile::tempdir().expect("tempdir");
+    let pdir = tree_dir();
     let node = Node::start(
         NodeConfig::Primary(PrimaryConfig::new(
             "127.0.0.1:0".parse().expect("addr"),
@@ -210,7 +221,7 @@ async fn run(label: &str, tracking: TestDatabase, count: usize, size: usize, cap
         .insert_pending(&ids, geo_runtime::db::dialect::now())
         .await
         .expect("pending");
-    let sdir = tempfile::tempdir().expect("tempdir");
+    let sdir = tree_dir();
     let client = PrimaryClient::new(
         &url,
         &creds.access_key,
@@ -245,9 +256,9 @@ async fn run(label: &str, tracking: TestDatabase, count: usize, size: usize, cap
     let rss = peak_rss_mib();
     // rsync right after, into fresh directories; the file system's inode allocation after many
     // deletes makes single figures noisy, so compare within one run.
-    let rdir = tempfile::tempdir().expect("tempdir");
+    let rdir = tree_dir();
     let local = rsync(pdir.path(), rdir.path());
-    let ddir = tempfile::tempdir().expect("tempdir");
+    let ddir = tree_dir();
     let daemon = rsync_daemon(pdir.path(), ddir.path());
     let secs = took.as_secs_f64();
     println!(
@@ -266,7 +277,14 @@ async fn run(label: &str, tracking: TestDatabase, count: usize, size: usize, cap
         );
     }
     node.shutdown().await;
+    // Deleted at the end of the process, not here: on ext4 without a journal, creating files
+    // slows down for a while after many deletions, which would burden the next run.
+    KEEP.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .extend([pdir, sdir, rdir, ddir]);
 }
+
+static KEEP: std::sync::Mutex<Vec<tempfile::TempDir>> = std::sync::Mutex::new(Vec::new());
 
 #[tokio::main]
 async fn main() {
@@ -295,4 +313,9 @@ async fn main() {
         capacity.min(4),
     )
     .await;
+    drop(std::mem::take(
+        &mut *KEEP
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    ));
 }

@@ -487,3 +487,107 @@ async fn pruning_keeps_what_a_secondary_has_not_read() {
         );
     }
 }
+
+/// An event source whose reads wait at a gate, so a test can interleave a cursor step with
+/// other work: `entered` is signalled when a read begins, `open` lets it go on.
+struct GatedEvents {
+    inner: DbEventSource,
+    entered: std::sync::Arc<tokio::sync::Notify>,
+    open: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl EventSource for GatedEvents {
+    async fn events_after(&self, after: i64, limit: usize) -> Result<Vec<Event>, SourceError> {
+        self.entered.notify_one();
+        self.open.notified().await;
+        self.inner.events_after(after, limit).await
+    }
+
+    async fn events_by_ids(&self, ids: &[i64]) -> Result<Vec<Event>, SourceError> {
+        self.inner.events_by_ids(ids).await
+    }
+
+    async fn latest_event_id(&self) -> Result<i64, SourceError> {
+        self.inner.latest_event_id().await
+    }
+}
+
+/// A listing of the primary's ids that, once read, waits at a gate before it is applied.
+struct GatedListing {
+    inner: geo_runtime::worker::consistency::DbModelIdSource,
+    listed: std::sync::Arc<tokio::sync::Notify>,
+    open: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl geo_runtime::worker::consistency::ModelIdSource for GatedListing {
+    async fn model_ids_after(
+        &self,
+        descriptor: &'static geo_runtime::ReplicatorDescriptor,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<i64>, SourceError> {
+        let ids = self.inner.model_ids_after(descriptor, after, limit).await;
+        self.listed.notify_one();
+        self.open.notified().await;
+        ids
+    }
+}
+
+/// A cursor step begins, a consistency pass lists the primary (nothing there yet), a record is
+/// created, the cursor reads and applies it, and only then is the stale listing applied: the
+/// row must survive. (It did not when the row's creation time was the step's start, which came
+/// before the listing: the pass took it for an orphan.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_applied_while_a_stale_listing_is_in_flight_is_not_an_orphan() {
+    use std::sync::Arc;
+    use tokio::sync::Notify;
+    for (primary, secondary) in pairs().await {
+        let label = primary.label().to_owned();
+        let (entered, events_open) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let c = EventCursor::new(
+            &secondary,
+            &common::set(),
+            GatedEvents {
+                inner: DbEventSource::new(&primary),
+                entered: entered.clone(),
+                open: events_open.clone(),
+            },
+            config(),
+            "gated",
+        );
+        let stepping = tokio::spawn(async move { c.step().await });
+        entered.notified().await;
+        // The listing starts strictly after the step did (timestamps are in microseconds).
+        let t = now();
+        while now() <= t {
+            tokio::task::yield_now().await;
+        }
+        let (listed, listing_open) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let pass = geo_runtime::worker::consistency::Consistency::new(
+            &secondary,
+            GatedListing {
+                inner: geo_runtime::worker::consistency::DbModelIdSource::new(&primary),
+                listed: listed.clone(),
+                open: listing_open.clone(),
+            },
+        );
+        let passing = tokio::spawn(async move { pass.step(WidgetReplicator::DESCRIPTOR).await });
+        listed.notified().await;
+
+        publish(&primary, &widget(2), EventName::Created).await;
+        events_open.notify_one();
+        stepping.await.expect("join").expect("step");
+        assert_eq!(
+            state(&secondary, 2).await,
+            Some(SyncState::Pending),
+            "{label}: the cursor tracks the new record"
+        );
+        listing_open.notify_one();
+        passing.await.expect("join").expect("pass");
+        assert_eq!(
+            state(&secondary, 2).await,
+            Some(SyncState::Pending),
+            "{label}: a row newer than the listing is not an orphan"
+        );
+    }
+}

@@ -255,6 +255,10 @@ impl<S: EventSource> EventCursor<S> {
             .source
             .events_after(position, self.config.batch_size)
             .await?;
+        // Rows this step creates are stamped after the read, not at the step's start: a
+        // consistency pass whose listing began before the read (and so may lack these records)
+        // must see them as newer than its listing, never as orphans.
+        let read_at = now();
 
         // New gaps: ids the batch skipped.
         let mut new_gaps = Vec::new();
@@ -304,7 +308,7 @@ impl<S: EventSource> EventCursor<S> {
             return Err(CursorError::LeaseLost);
         }
         let events: Vec<&Event> = filled.iter().chain(batch.iter()).collect();
-        let (applied, skipped) = self.apply(tx.conn(), &events, started).await?;
+        let (applied, skipped) = self.apply(tx.conn(), &events, read_at).await?;
         delete_gaps(tx.conn(), &filled_ids).await?;
         delete_gaps(tx.conn(), &abandoned).await?;
         insert_gaps(tx.conn(), &new_gaps, started).await?;

@@ -36,6 +36,9 @@ pub const SMALL_OBJECT: u64 = 1024 * 1024;
 /// does not leave the other slots idle until the round ends.
 const CLAIM_FACTOR: usize = 4;
 
+/// Claims one round may make while they come back full (the round ends when one does not).
+const CLAIMS_PER_ROUND: usize = 8;
+
 /// Tuning of the blob sync.
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
@@ -153,19 +156,25 @@ impl<S: BlobStore> BlobSync<S> {
             // Batched requests carry up to `batch_size` rows each: claim enough to keep every
             // request slot busy with a full batch.
             let per_slot = CLAIM_FACTOR.max(self.batch_size());
-            let claimed = registry.claim(capacity * per_slot, now()).await?;
+            let claim_size = capacity * per_slot;
+            let claimed = registry.claim(claim_size, now()).await?;
             if claimed.is_empty() {
                 continue;
             }
+            let taken = std::sync::Mutex::new(claimed.clone());
             let outcome = self
-                .sync_claimed(d, registry, &claimed, capacity, &mut round)
+                .sync_claimed(
+                    d, registry, claimed, claim_size, capacity, &taken, &mut round,
+                )
                 .await;
             if let Err(e) = outcome {
-                let mut unrecorded = self
-                    .unrecorded
-                    .lock()
+                let taken = taken
+                    .into_inner()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                unrecorded.extend(claimed.into_iter().map(|r| (index, r)));
+                self.unrecorded
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .extend(taken.into_iter().map(|r| (index, r)));
                 return Err(e);
             }
         }
@@ -216,21 +225,48 @@ impl<S: BlobStore> BlobSync<S> {
     /// recording run side by side: whatever has arrived is made durable and marked synced in
     /// one group while the next objects download (a group commit), so the flushes and the
     /// registry transaction cost little per object and never stall the transfers.
+    ///
+    /// While the claims come back full, the round claims again (up to [`CLAIMS_PER_ROUND`]
+    /// times) as soon as the previous claim's downloads are done, so the last group of one claim
+    /// is recorded while the next claim downloads. Every row claimed is added to `taken`.
+    #[allow(clippy::too_many_arguments)]
     async fn sync_claimed(
         &self,
         d: &'static ReplicatorDescriptor,
         registry: &Registry,
-        claimed: &[ClaimedRow],
+        claimed: Vec<ClaimedRow>,
+        claim_size: usize,
         capacity: usize,
+        taken: &std::sync::Mutex<Vec<ClaimedRow>>,
         round: &mut SyncRound,
     ) -> Result<(), DbError> {
-        round.claimed += claimed.len();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let (mut failed, recorded) = tokio::join!(
-            self.download_all(d, claimed, capacity, tx),
-            self.record_downloads(d, registry, rx),
-        );
+        let downloads = async {
+            let mut failed = Vec::new();
+            let mut rows = claimed;
+            for claim in 1.. {
+                let full = rows.len() >= claim_size;
+                round.claimed += rows.len();
+                failed.extend(self.download_all(d, &rows, capacity, &tx).await);
+                // A closed channel: recording failed, the round is over.
+                if !full || claim >= CLAIMS_PER_ROUND || tx.is_closed() {
+                    break;
+                }
+                rows = registry.claim(claim_size, now()).await?;
+                if rows.is_empty() {
+                    break;
+                }
+                taken
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .extend(rows.iter().copied());
+            }
+            drop(tx);
+            Ok::<_, DbError>(failed)
+        };
+        let (failed, recorded) = tokio::join!(downloads, self.record_downloads(d, registry, rx));
         let recorded = recorded?;
+        let mut failed = failed?;
         failed.extend(recorded.failed);
         let failed =
             usize::try_from(registry.mark_failed(&failed, now()).await?).unwrap_or(usize::MAX);
@@ -257,7 +293,7 @@ impl<S: BlobStore> BlobSync<S> {
         d: &'static ReplicatorDescriptor,
         claimed: &[ClaimedRow],
         capacity: usize,
-        done: tokio::sync::mpsc::UnboundedSender<Downloaded<S::Staged>>,
+        done: &tokio::sync::mpsc::UnboundedSender<Downloaded<S::Staged>>,
     ) -> Vec<SyncFailure> {
         let mut failed = Vec::new();
         // A send fails only when recording stopped on an error: the staged object is dropped
@@ -299,38 +335,67 @@ impl<S: BlobStore> BlobSync<S> {
         failed
     }
 
-    /// Makes the staged objects arriving on `arrived` durable and marks them synced, in groups
-    /// of whatever has arrived since the last group, until the downloads are done.
+    /// Makes the staged objects arriving on `arrived` durable and marks them synced, until the
+    /// downloads are done. Two stages run side by side: one makes whatever has arrived durable
+    /// and puts it in place (a group commit), the other marks whatever has been made durable
+    /// synced, in one transaction; so the file system and the database work at the same time.
     async fn record_downloads(
         &self,
         d: &'static ReplicatorDescriptor,
         registry: &Registry,
         mut arrived: tokio::sync::mpsc::UnboundedReceiver<Downloaded<S::Staged>>,
     ) -> Result<Recorded, DbError> {
-        let mut recorded = Recorded::default();
-        while let Some(first) = arrived.recv().await {
-            let mut group = vec![first];
-            while let Ok(more) = arrived.try_recv() {
-                group.push(more);
+        let (durable_tx, mut durable) = tokio::sync::mpsc::unbounded_channel::<SyncedCopy>();
+        let commit = async {
+            let mut failed = Vec::new();
+            let mut bytes = 0;
+            while let Some(first) = arrived.recv().await {
+                // A closed channel: marking failed, the round is over; what is left is
+                // dropped (its temp files removed) and synced again.
+                if durable_tx.is_closed() {
+                    break;
+                }
+                let mut group = vec![first];
+                while let Ok(more) = arrived.try_recv() {
+                    group.push(more);
+                }
+                bytes += self.commit_group(d, group, &durable_tx, &mut failed).await;
             }
-            self.record_group(d, registry, group, &mut recorded).await?;
-        }
-        Ok(recorded)
+            drop(durable_tx);
+            (failed, bytes)
+        };
+        let mark = async {
+            let mut synced = 0;
+            while let Some(first) = durable.recv().await {
+                let mut copies = vec![first];
+                while let Ok(more) = durable.try_recv() {
+                    copies.push(more);
+                }
+                synced += self.mark_group(d, registry, &copies).await?;
+            }
+            Ok::<_, DbError>(synced)
+        };
+        let ((failed, bytes), synced) = tokio::join!(commit, mark);
+        Ok(Recorded {
+            synced: synced?,
+            bytes,
+            failed,
+        })
     }
 
-    /// Durable and in place, the whole group, before any of its rows is marked synced.
-    async fn record_group(
+    /// Durable and in place, the whole group: each copy that made it is passed to `durable`,
+    /// each that did not to `failed`. Returns the bytes made durable.
+    async fn commit_group(
         &self,
         d: &'static ReplicatorDescriptor,
-        registry: &Registry,
         group: Vec<Downloaded<S::Staged>>,
-        recorded: &mut Recorded,
-    ) -> Result<(), DbError> {
+        durable: &tokio::sync::mpsc::UnboundedSender<SyncedCopy>,
+        failed: &mut Vec<SyncFailure>,
+    ) -> u64 {
         let (meta, staged): (Vec<DownloadMeta>, Vec<S::Staged>) = group
             .into_iter()
             .map(|d| ((d.row, d.key, d.checked), d.staged))
             .unzip();
-        let mut ok = Vec::new();
         let mut bytes = 0;
         for ((row, key, checked), committed) in
             meta.into_iter().zip(self.store.commit(staged).await)
@@ -338,14 +403,16 @@ impl<S: BlobStore> BlobSync<S> {
             match committed {
                 Ok(written) => {
                     bytes += written.size;
-                    ok.push(SyncedCopy {
+                    // Only fails when marking stopped: the row stays started and is failed
+                    // at the next round.
+                    let _ = durable.send(SyncedCopy {
                         row,
                         object_key: Some(key),
                         sha256: Some(written.sha256),
                         checked_against_primary: checked,
                     });
                 }
-                Err(e) => recorded.failed.push(self.failure(
+                Err(e) => failed.push(self.failure(
                     d,
                     &row,
                     e.kind(),
@@ -354,12 +421,26 @@ impl<S: BlobStore> BlobSync<S> {
                 )),
             }
         }
+        bytes
+    }
+
+    /// Marks durable copies synced, in one transaction; returns how many rows it marked.
+    async fn mark_group(
+        &self,
+        d: &'static ReplicatorDescriptor,
+        registry: &Registry,
+        copies: &[SyncedCopy],
+    ) -> Result<usize, DbError> {
         // The crash suite stops the process here: bytes durable, registry not yet told.
         #[cfg(feature = "failpoints")]
         fail::fail_point!("sync::before_registry_commit", |_| std::process::abort());
-        let marked = registry.mark_synced_copies(&ok).await?;
+        let marked: std::collections::HashSet<i64> = registry
+            .mark_synced_copies(copies)
+            .await?
+            .into_iter()
+            .collect();
         // One line per transition, in the row's own span, as the download's lines are.
-        for copy in &ok {
+        for copy in copies {
             let row = &copy.row;
             let span = tracing::info_span!(
                 "sync",
@@ -380,9 +461,7 @@ impl<S: BlobStore> BlobSync<S> {
                 );
             }
         }
-        recorded.synced += marked.len();
-        recorded.bytes += bytes;
-        Ok(())
+        Ok(marked.len())
     }
 
     fn batch_size(&self) -> usize {
