@@ -78,6 +78,12 @@ pub const KEYS: &[Key] = &[
         doc: "secondary: its secret (from `geo nodes add`); prefer GEO_SECRET to the file",
     },
     Key {
+        name: "secrets_key",
+        secret: true,
+        default: None,
+        doc: "primary: the key secondaries' secrets are encrypted with in geo_nodes (32 bytes as 64 hex digits or base64, e.g. from `openssl rand -base64 32`); prefer GEO_SECRETS_KEY",
+    },
+    Key {
         name: "admin_listen",
         secret: false,
         default: None,
@@ -411,6 +417,7 @@ impl Settings {
         };
         c.admin = self.admin()?;
         c.status_interval = Duration::from_secs(self.positive("status_interval_secs")?);
+        c.secrets_key = self.get("secrets_key")?;
         Ok(c)
     }
 

@@ -526,7 +526,8 @@ pub async fn run(cli: Cli, set: ReplicatorSet) -> Result<ExitCode, CliError> {
             let enable = matches!(action, NodesAction::Enable { .. });
             match action {
                 NodesAction::Add { name, url } => {
-                    let creds = nodes::add_secondary(&db, &name, &url).await?;
+                    let key = settings.get::<crate::node::SecretsKey>("secrets_key")?;
+                    let creds = nodes::register(&db, &name, &url, key.as_ref()).await?;
                     out(&format!(
                         "registered secondary `{name}`. Its credentials are shown this once; put them in its configuration:\n\
                          name = \"{name}\"\naccess_key = \"{}\"\nsecret = \"{}\"\n",

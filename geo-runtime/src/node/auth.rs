@@ -84,6 +84,67 @@ impl fmt::Display for Secret {
     }
 }
 
+/// The key node secrets are encrypted with in `geo_nodes` (Geo's `db_key_base`): 32 random
+/// bytes, written as 64 hex digits or in base64. Its `Debug` and `Display` show nothing of it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretsKey([u8; 32]);
+
+impl SecretsKey {
+    /// Parses 64 hex digits or base64 (standard or URL-safe, padded or not) of 32 bytes.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            (0..32)
+                .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16))
+                .collect::<Result<Vec<u8>, _>>()
+                .map_err(|e| e.to_string())?
+        } else {
+            use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+            let unpadded = text.trim_end_matches('=');
+            let padded = format!("{unpadded}{}", "=".repeat((4 - unpadded.len() % 4) % 4));
+            STANDARD
+                .decode(&padded)
+                .or_else(|_| URL_SAFE.decode(&padded))
+                .map_err(|_| "expected 64 hex digits or base64".to_owned())?
+        };
+        let key: [u8; 32] = bytes
+            .try_into()
+            .map_err(|b: Vec<u8>| format!("expected 32 bytes, got {}", b.len()))?;
+        Ok(SecretsKey(key))
+    }
+
+    /// A new random key.
+    pub fn generate() -> Result<Self, getrandom::Error> {
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key)?;
+        Ok(SecretsKey(key))
+    }
+
+    /// The key in base64, to put in a configuration once. Never log it.
+    pub fn to_base64(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(self.0)
+    }
+
+    /// The key's bytes.
+    pub(crate) fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for SecretsKey {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        SecretsKey::parse(s)
+    }
+}
+
+impl fmt::Debug for SecretsKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretsKey(<redacted>)")
+    }
+}
+
 /// A new random access key: 20 characters (Geo's length). Not a secret: it names the node.
 pub fn generate_access_key() -> Result<String, getrandom::Error> {
     random_token(20)

@@ -10,7 +10,7 @@ mod runner;
 pub mod server;
 
 pub use admin::AdminConfig;
-pub use auth::{RequestScope, Secret};
+pub use auth::{RequestScope, Secret, SecretsKey};
 pub use client::{ClientError, PrimaryClient};
 pub use runner::{Node, NodeConfig, NodeHandle, NodeStartError, PrimaryConfig, SecondaryConfig};
 pub use server::{PrimaryApi, serve};

@@ -47,6 +47,10 @@ pub struct PrimaryConfig {
     pub admin: Option<AdminConfig>,
     /// How often the status is collected (Geo: once a minute).
     pub status_interval: Duration,
+    /// The key the secondaries' secrets are sealed with in `geo_nodes`; secrets still in clear
+    /// are sealed when the primary starts. Without it they are stored in clear (a warning
+    /// says so at start).
+    pub secrets_key: Option<crate::node::SecretsKey>,
 }
 
 impl PrimaryConfig {
@@ -60,6 +64,7 @@ impl PrimaryConfig {
             verification: VerifyConfig::default(),
             admin: None,
             status_interval: Duration::from_secs(60),
+            secrets_key: None,
         }
     }
 }
@@ -130,10 +135,6 @@ impl SecondaryConfig {
 
 /// What a node is.
 #[derive(Debug, Clone)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "built once per node; boxing would only add noise at every call site"
-)]
 pub enum NodeConfig {
     /// A primary.
     Primary(PrimaryConfig),
@@ -169,6 +170,9 @@ pub enum NodeStartError {
     /// The GraphQL schema could not be built from the replicators.
     #[error("building the GraphQL schema: {0}")]
     Graphql(String),
+    /// The secondaries' secrets could not be sealed.
+    #[error(transparent)]
+    Nodes(#[from] crate::node::nodes::NodeError),
 }
 
 /// Starts nodes.
@@ -327,6 +331,23 @@ impl Node {
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         db::migrate(db, NodeRole::Primary, set).await?;
+        match &c.secrets_key {
+            Some(key) => {
+                let sealed = crate::node::nodes::seal_clear_secrets(db, key).await?;
+                if sealed > 0 {
+                    tracing::info!(nodes = sealed, "sealed the node secrets stored in clear");
+                }
+            }
+            None => {
+                let clear = crate::node::nodes::clear_secret_count(db).await?;
+                if clear > 0 {
+                    tracing::warn!(
+                        nodes = clear,
+                        "node secrets are stored in clear in geo_nodes; configure secrets_key to encrypt them"
+                    );
+                }
+            }
+        }
         let listener = tokio::net::TcpListener::bind(c.listen)
             .await
             .map_err(|source| NodeStartError::Listen {
@@ -334,7 +355,7 @@ impl Node {
                 source,
             })?;
         let local_addr = listener.local_addr().ok();
-        let api = PrimaryApi::new(db, set, store.clone());
+        let api = PrimaryApi::new(db, set, store.clone()).with_secrets_key(c.secrets_key.clone());
         let shutdown = cancel.clone();
         tracker.spawn(async move {
             if let Err(e) = serve(listener, api, shutdown).await {

@@ -22,8 +22,9 @@ use axum::serve::ListenerExt;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use super::auth::SecretsKey;
 use super::auth::{AuthError, RequestScope, parse_authorization, verify};
-use super::nodes::{KnownNode, find_by_access_key};
+use super::nodes::{KnownNode, NodeError, find_by_access_key};
 use super::{FILE_NOT_FOUND, HEADER_OBJECT_KEY, HEADER_SHA256};
 use crate::db::Database;
 use crate::events::{DbEventSource, Event, EventSource, record_secondary_cursor};
@@ -103,6 +104,7 @@ pub struct PrimaryApi<S = LocalStore> {
     set: ReplicatorSet,
     store: S,
     nodes: NodeCache,
+    secrets_key: Option<SecretsKey>,
 }
 
 impl<S: BlobStore> PrimaryApi<S> {
@@ -113,7 +115,14 @@ impl<S: BlobStore> PrimaryApi<S> {
             set: set.clone(),
             store,
             nodes: NodeCache::default(),
+            secrets_key: None,
         }
+    }
+
+    /// Opens the nodes' sealed secrets with `key` (see [`super::nodes`]).
+    pub fn with_secrets_key(mut self, key: Option<SecretsKey>) -> Self {
+        self.secrets_key = key;
+        self
     }
 
     /// The axum router (mount it in your own server, or use [`serve`]).
@@ -181,6 +190,15 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        // A misconfiguration of this primary (no key, another key): said here, not to the
+        // secondary.
+        tracing::error!(error = %e, "cannot read a node's credentials");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    }
+}
+
 impl From<crate::DbError> for ApiError {
     fn from(e: crate::DbError) -> Self {
         tracing::error!(error = %e, "database error while serving a secondary");
@@ -221,7 +239,7 @@ async fn authenticate<S: BlobStore>(
     let node = match cached {
         Some(node) => node,
         None => {
-            let node = find_by_access_key(&api.db, &presented.access_key)
+            let node = find_by_access_key(&api.db, &presented.access_key, api.secrets_key.as_ref())
                 .await?
                 .ok_or_else(|| refuse(AuthError::UnknownNode, None))?;
             if let Ok(mut cache) = api.nodes.lock() {
