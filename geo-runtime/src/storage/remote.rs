@@ -12,6 +12,9 @@ use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutPayload};
 
 use super::{BlobStore, LocalStore, ObjectKey, Opened, StagedBlob, StorageError, WrittenBlob};
 
+/// Uploads of one commit in flight at once.
+const UPLOADS_AT_ONCE: usize = 8;
+
 /// Objects up to this size are uploaded in one request; larger ones in parts.
 const SINGLE_PUT: u64 = 8 * 1024 * 1024;
 
@@ -135,12 +138,13 @@ impl BlobStore for ObjectStoreBlobs {
     }
 
     async fn commit(&self, staged: Vec<RemoteStaged>) -> Vec<Result<WrittenBlob, StorageError>> {
-        let mut results = Vec::with_capacity(staged.len());
-        for s in staged {
-            // Dropping `s` removes its staging file whatever the outcome.
-            results.push(self.upload(&s).await);
-        }
-        results
+        // A few uploads at once (each is a round trip or several); results in order. Dropping
+        // each staged object removes its staging file whatever the outcome.
+        futures_util::stream::iter(staged)
+            .map(|s| async move { self.upload(&s).await })
+            .buffered(UPLOADS_AT_ONCE)
+            .collect()
+            .await
     }
 
     async fn read_or_open(
