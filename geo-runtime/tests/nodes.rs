@@ -456,3 +456,77 @@ async fn a_secondary_can_keep_its_objects_in_an_object_store() {
     secondary.shutdown().await;
     primary.handle.shutdown().await;
 }
+
+/// A round told to stop starts no download: the rows it claimed stay `started`, nothing is
+/// written, and once released (as a node does when it starts) the next round syncs them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_round_starts_nothing_and_the_next_start_finishes_it() {
+    use geo_runtime::node::PrimaryClient;
+    use geo_runtime::worker::sync::BlobSync;
+
+    let primary = start_primary(testing::sqlite().await).await;
+    let ids: Vec<i64> = (1..=120).collect();
+    for id in &ids {
+        create(&primary, *id).await;
+    }
+    let creds = add_secondary(&primary.db, "s", "http://s.invalid")
+        .await
+        .expect("register");
+    let sdb = testing::sqlite().await;
+    geo_runtime::db::migrate(&sdb, geo_runtime::NodeRole::Secondary, &common::set())
+        .await
+        .expect("migrate");
+    let registry = Registry::new(&sdb, WidgetReplicator::DESCRIPTOR);
+    registry
+        .insert_pending(&ids, geo_runtime::db::dialect::now())
+        .await
+        .expect("pending");
+    let root = tempfile::tempdir().expect("tempdir");
+    let client = PrimaryClient::new(
+        &primary.url,
+        &creds.access_key,
+        creds.secret,
+        Duration::from_secs(10),
+    )
+    .expect("client");
+    let sync = BlobSync::new(
+        &sdb,
+        &common::set(),
+        client,
+        LocalStore::new(root.path()),
+        SyncConfig::default(),
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    stop.cancel();
+    let round = sync.step_until(&stop).await.expect("round");
+    assert!(round.claimed > 0, "the round claimed: {round:?}");
+    assert_eq!((round.synced, round.failed), (0, 0), "{round:?}");
+    let counts = registry.count_by_state().await.expect("counts");
+    assert_eq!(counts.started, round.claimed as i64, "{counts:?}");
+    assert!(
+        std::fs::read_dir(root.path())
+            .expect("root")
+            .next()
+            .is_none(),
+        "nothing written"
+    );
+
+    let now = geo_runtime::db::dialect::now();
+    registry
+        .release_interrupted(now + chrono::TimeDelta::seconds(1), now)
+        .await
+        .expect("release");
+    while registry.count_by_state().await.expect("counts").synced < ids.len() as i64 {
+        let round = sync.step().await.expect("round");
+        assert_eq!(round.failed, 0, "{round:?}");
+        assert!(round.claimed > 0, "rows left unsynced: {round:?}");
+    }
+    for id in ids {
+        let key = ObjectKey::parse(&widget(id).file).expect("key");
+        assert!(
+            std::fs::read(LocalStore::new(root.path()).path(&key)).expect("copy") == content(id, 0),
+            "widget {id}"
+        );
+    }
+    primary.handle.shutdown().await;
+}

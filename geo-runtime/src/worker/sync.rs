@@ -145,6 +145,13 @@ impl<S: BlobStore> BlobSync<S> {
     /// One round: for each replicable whose replication is on here, claims due rows and syncs
     /// them, `files_max_capacity` at once.
     pub async fn step(&self) -> Result<SyncRound, DbError> {
+        self.step_until(&CancellationToken::new()).await
+    }
+
+    /// [`BlobSync::step`], starting no new download once `stop` is cancelled: the downloads
+    /// under way finish and are recorded, the rows not yet started stay `started` and are
+    /// released when a node starts (or by the sweeper).
+    pub async fn step_until(&self, stop: &CancellationToken) -> Result<SyncRound, DbError> {
         let mut round = SyncRound::default();
         let capacity = self.config.files_max_capacity.max(1);
         self.record_unrecorded().await?;
@@ -164,7 +171,7 @@ impl<S: BlobStore> BlobSync<S> {
             let taken = std::sync::Mutex::new(claimed.clone());
             let outcome = self
                 .sync_claimed(
-                    d, registry, claimed, claim_size, capacity, &taken, &mut round,
+                    d, registry, claimed, claim_size, capacity, &taken, &mut round, stop,
                 )
                 .await;
             if let Err(e) = outcome {
@@ -239,6 +246,7 @@ impl<S: BlobStore> BlobSync<S> {
         capacity: usize,
         taken: &std::sync::Mutex<Vec<ClaimedRow>>,
         round: &mut SyncRound,
+        stop: &CancellationToken,
     ) -> Result<(), DbError> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let downloads = async {
@@ -247,9 +255,9 @@ impl<S: BlobStore> BlobSync<S> {
             for claim in 1.. {
                 let full = rows.len() >= claim_size;
                 round.claimed += rows.len();
-                failed.extend(self.download_all(d, &rows, capacity, &tx).await);
+                failed.extend(self.download_all(d, &rows, capacity, &tx, stop).await);
                 // A closed channel: recording failed, the round is over.
-                if !full || claim >= CLAIMS_PER_ROUND || tx.is_closed() {
+                if !full || claim >= CLAIMS_PER_ROUND || tx.is_closed() || stop.is_cancelled() {
                     break;
                 }
                 rows = registry.claim(claim_size, now()).await?;
@@ -294,6 +302,7 @@ impl<S: BlobStore> BlobSync<S> {
         claimed: &[ClaimedRow],
         capacity: usize,
         done: &tokio::sync::mpsc::UnboundedSender<Downloaded<S::Staged>>,
+        stop: &CancellationToken,
     ) -> Vec<SyncFailure> {
         let mut failed = Vec::new();
         // A send fails only when recording stopped on an error: the staged object is dropped
@@ -309,6 +318,7 @@ impl<S: BlobStore> BlobSync<S> {
             let requests: Vec<Vec<ClaimedRow>> =
                 claimed.chunks(per_request).map(<[_]>::to_vec).collect();
             let mut batches = futures_util::stream::iter(requests)
+                .take_while(|_| futures_util::future::ready(!stop.is_cancelled()))
                 .map(|rows| self.download_many(d, rows))
                 .buffer_unordered(capacity);
             while let Some((results, too_large)) = batches.next().await {
@@ -319,6 +329,7 @@ impl<S: BlobStore> BlobSync<S> {
             alone = claimed.to_vec();
         }
         let mut singles = futures_util::stream::iter(alone)
+            .take_while(|_| futures_util::future::ready(!stop.is_cancelled()))
             .map(|row| {
                 let span = tracing::info_span!(
                     "sync",
@@ -774,14 +785,15 @@ impl<S: BlobStore> BlobSync<S> {
         })
     }
 
-    /// Runs rounds until cancelled; an interrupted round leaves its rows `started` for the
-    /// sweeper (or finishes them when the cancellation comes between rounds).
+    /// Runs rounds until cancelled. A cancelled round starts no new download: those under way
+    /// finish and are recorded, and the rows it had not started stay `started` until a node
+    /// starts (which releases them at once) or the sweeper fails them.
     pub async fn run(&self, cancel: CancellationToken) {
         super::run_rounds(
             &cancel,
             self.config.idle_wait,
             "blob sync round",
-            || async { self.step().await.map(|r| r.claimed > 0) },
+            || async { self.step_until(&cancel).await.map(|r| r.claimed > 0) },
         )
         .await;
     }
