@@ -35,6 +35,31 @@ fn now() -> i64 {
 
 const MARKER: &[u8] = b"PRIVATE-OBJECT-BYTES-7f3a";
 
+/// Sends `url` with each case's authorization (none when `None`): each gets its status and no
+/// object bytes. The headers sent are added to `tokens`.
+async fn refused(
+    http: &reqwest::Client,
+    url: &str,
+    cases: Vec<(&str, Option<String>, u16)>,
+    tokens: &mut Vec<String>,
+    label: &str,
+) {
+    for (what, header, status) in cases {
+        let mut request = http.get(url);
+        if let Some(h) = &header {
+            request = request.header("authorization", h);
+            tokens.push(h.clone());
+        }
+        let response = request.send().await.expect("request");
+        assert_eq!(response.status().as_u16(), status, "{label}: {what}");
+        let body = response.bytes().await.expect("body");
+        assert!(
+            !body.windows(MARKER.len()).any(|w| w == MARKER),
+            "{what}: object bytes in a refusal"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_wrong_request_is_refused_without_bytes_or_secrets_in_logs() {
     let logs = Captured::default();
@@ -148,20 +173,7 @@ async fn every_wrong_request_is_refused_without_bytes_or_secrets_in_logs() {
             ),
         ];
         let mut tokens = Vec::new();
-        for (what, header, status) in cases {
-            let mut request = http.get(&url);
-            if let Some(h) = &header {
-                request = request.header("authorization", h);
-                tokens.push(h.clone());
-            }
-            let response = request.send().await.expect("request");
-            assert_eq!(response.status().as_u16(), status, "{}: {what}", db.label());
-            let body = response.bytes().await.expect("body");
-            assert!(
-                !body.windows(MARKER.len()).any(|w| w == MARKER),
-                "{what}: object bytes in a refusal"
-            );
-        }
+        refused(&http, &url, cases, &mut tokens, db.label()).await;
         // The right request gets the object.
         let ok = http
             .get(&url)
@@ -216,20 +228,7 @@ async fn every_wrong_request_is_refused_without_bytes_or_secrets_in_logs() {
                 403,
             ),
         ];
-        for (what, header, status) in batch_cases {
-            let mut request = http.get(&batch_url);
-            if let Some(h) = &header {
-                request = request.header("authorization", h);
-                tokens.push(h.clone());
-            }
-            let response = request.send().await.expect("request");
-            assert_eq!(response.status().as_u16(), status, "{}: {what}", db.label());
-            let body = response.bytes().await.expect("body");
-            assert!(
-                !body.windows(MARKER.len()).any(|w| w == MARKER),
-                "{what}: object bytes in a refusal"
-            );
-        }
+        refused(&http, &batch_url, batch_cases, &mut tokens, db.label()).await;
         let ok = http
             .get(&batch_url)
             .header(

@@ -9,7 +9,8 @@ use std::time::Duration;
 use common::{exec, scalar_i64};
 use geo_runtime::events::EventSource;
 use geo_runtime::node::nodes::{
-    NodeError, add_secondary, clear_secret_count, find_by_access_key, register, seal_clear_secrets,
+    NodeCredentials, NodeError, add_secondary, clear_secret_count, find_by_access_key, register,
+    seal_clear_secrets,
 };
 use geo_runtime::node::{Node, NodeConfig, PrimaryClient, PrimaryConfig, SecretsKey};
 use geo_runtime::{Database, Dialect, testing};
@@ -27,6 +28,17 @@ async fn stored_secret(db: &Database, name: &str) -> String {
             .await
             .expect("secret"),
     }
+}
+
+/// A client of `node` with a secondary's credentials.
+fn client_of(node: &geo_runtime::node::NodeHandle, creds: &NodeCredentials) -> PrimaryClient {
+    PrimaryClient::new(
+        &format!("http://{}", node.local_addr().expect("addr")),
+        &creds.access_key,
+        creds.secret.clone(),
+        Duration::from_secs(10),
+    )
+    .expect("client")
 }
 
 async fn databases() -> Vec<testing::TestDatabase> {
@@ -147,14 +159,7 @@ async fn a_primary_with_a_key_seals_at_start_and_authenticates_with_sealed_secre
             stored_secret(&db, "eu").await.starts_with("geo:v1:"),
             "{label}: sealed at start"
         );
-        let url = format!("http://{}", node.local_addr().expect("addr"));
-        let client = PrimaryClient::new(
-            &url,
-            &creds.access_key,
-            creds.secret.clone(),
-            Duration::from_secs(10),
-        )
-        .expect("client");
+        let client = client_of(&node, &creds);
         client
             .latest_event_id()
             .await
@@ -165,14 +170,7 @@ async fn a_primary_with_a_key_seals_at_start_and_authenticates_with_sealed_secre
         let node = start(Some(SecretsKey::generate().expect("key")))
             .await
             .expect("primary");
-        let url = format!("http://{}", node.local_addr().expect("addr"));
-        let client = PrimaryClient::new(
-            &url,
-            &creds.access_key,
-            creds.secret.clone(),
-            Duration::from_secs(10),
-        )
-        .expect("client");
+        let client = client_of(&node, &creds);
         let refused = client.latest_event_id().await.expect_err("wrong key");
         assert!(refused.to_string().contains("500"), "{label}: {refused}");
         node.shutdown().await;

@@ -99,18 +99,22 @@ impl PrimaryClient {
         authorization(&self.access_key, &self.secret, scope, unix_now())
     }
 
+    /// `GET url`, signed for `scope`; the caller checks the status.
+    async fn get(&self, url: Url, scope: &RequestScope) -> Result<reqwest::Response, SourceError> {
+        self.http
+            .get(url)
+            .header(AUTHORIZATION, self.auth(scope))
+            .send()
+            .await
+            .map_err(transport)
+    }
+
     async fn get_json<T: serde::de::DeserializeOwned>(
         &self,
         url: Url,
         scope: &RequestScope,
     ) -> Result<T, SourceError> {
-        let response = self
-            .http
-            .get(url)
-            .header(AUTHORIZATION, self.auth(scope))
-            .send()
-            .await
-            .map_err(transport)?;
+        let response = self.get(url, scope).await?;
         let status = response.status();
         if !status.is_success() {
             return Err(SourceError::Transport(format!("primary answered {status}")));
@@ -129,12 +133,7 @@ impl PrimaryClient {
             replicable_name: replicable_name.to_owned(),
             replicable_id: id,
         };
-        self.http
-            .get(url)
-            .header(AUTHORIZATION, self.auth(&scope))
-            .send()
-            .await
-            .map_err(transport)
+        self.get(url, &scope).await
     }
 
     /// `GET /geo/v1/retrieve/<name>?ids=…`: several small objects in one response, to read
@@ -147,13 +146,8 @@ impl PrimaryClient {
         let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
         let mut url = self.url(&format!("/geo/v1/retrieve/{replicable_name}"))?;
         url.query_pairs_mut().append_pair("ids", &list);
-        let scope = RequestScope::retrieve_many(replicable_name, &list);
-        self.http
-            .get(url)
-            .header(AUTHORIZATION, self.auth(&scope))
-            .send()
+        self.get(url, &RequestScope::retrieve_many(replicable_name, &list))
             .await
-            .map_err(transport)
     }
 
     /// The primary's verified checksums of `ids` (`None`: not verified yet); records the primary

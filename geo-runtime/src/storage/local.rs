@@ -42,6 +42,18 @@ impl Drop for StagedBlob {
     }
 }
 
+/// One failure per object of a batch the blocking pool could not run.
+fn all_failed<T>(n: usize, e: &StorageError) -> Vec<Result<T, StorageError>> {
+    (0..n)
+        .map(|_| {
+            Err(StorageError::Source {
+                bytes: 0,
+                reason: e.to_string(),
+            })
+        })
+        .collect()
+}
+
 /// Runs file-system work on the blocking pool.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
@@ -416,17 +428,9 @@ impl LocalStore {
         }
         let root = self.root.clone();
         let n = staged.len();
-        match blocking(move || commit_blocking(&root, staged)).await {
-            Ok(results) => results,
-            Err(e) => (0..n)
-                .map(|_| {
-                    Err(StorageError::Source {
-                        bytes: 0,
-                        reason: e.to_string(),
-                    })
-                })
-                .collect(),
-        }
+        blocking(move || commit_blocking(&root, staged))
+            .await
+            .unwrap_or_else(|e| all_failed(n, &e))
     }
 
     /// Removes `key`; true when it existed. The directory is fsynced so the removal survives a
@@ -714,16 +718,7 @@ impl BlobStore for LocalStore {
                 .collect()
         })
         .await
-        .unwrap_or_else(|e| {
-            (0..n)
-                .map(|_| {
-                    Err(StorageError::Source {
-                        bytes: 0,
-                        reason: e.to_string(),
-                    })
-                })
-                .collect()
-        })
+        .unwrap_or_else(|e| all_failed(n, &e))
     }
 
     async fn read_small_many(
@@ -735,16 +730,7 @@ impl BlobStore for LocalStore {
         let paths: Vec<PathBuf> = keys.iter().map(|k| self.path(k)).collect();
         blocking(move || paths.iter().map(|p| read_small_blocking(p, max)).collect())
             .await
-            .unwrap_or_else(|e| {
-                (0..n)
-                    .map(|_| {
-                        Err(StorageError::Source {
-                            bytes: 0,
-                            reason: e.to_string(),
-                        })
-                    })
-                    .collect()
-            })
+            .unwrap_or_else(|e| all_failed(n, &e))
     }
 
     async fn read_or_open(

@@ -92,6 +92,16 @@ pub struct BlobSync<S = LocalStore> {
     unrecorded: std::sync::Arc<std::sync::Mutex<Vec<(usize, ClaimedRow)>>>,
 }
 
+/// The span of one row's sync: every line about it carries the replicable, id and attempt.
+fn row_span(d: &ReplicatorDescriptor, row: &ClaimedRow) -> tracing::Span {
+    tracing::info_span!(
+        "sync",
+        replicable = d.replicable_name,
+        id = row.model_record_id,
+        attempt = row.sync_attempt
+    )
+}
+
 /// What recording a round's downloads did.
 #[derive(Debug, Default)]
 struct Recorded {
@@ -330,15 +340,7 @@ impl<S: BlobStore> BlobSync<S> {
         }
         let mut singles = futures_util::stream::iter(alone)
             .take_while(|_| futures_util::future::ready(!stop.is_cancelled()))
-            .map(|row| {
-                let span = tracing::info_span!(
-                    "sync",
-                    replicable = d.replicable_name,
-                    id = row.model_record_id,
-                    attempt = row.sync_attempt
-                );
-                self.download(d, row).instrument(span)
-            })
+            .map(|row| self.download(d, row).instrument(row_span(d, &row)))
             .buffer_unordered(capacity);
         while let Some(result) = singles.next().await {
             settle(result);
@@ -453,13 +455,7 @@ impl<S: BlobStore> BlobSync<S> {
         // One line per transition, in the row's own span, as the download's lines are.
         for copy in copies {
             let row = &copy.row;
-            let span = tracing::info_span!(
-                "sync",
-                replicable = d.replicable_name,
-                id = row.model_record_id,
-                attempt = row.sync_attempt
-            );
-            let _entered = span.enter();
+            let _entered = row_span(d, row).entered();
             if marked.contains(&row.id) {
                 tracing::debug!(
                     object_key = copy.object_key.as_deref(),
@@ -488,13 +484,7 @@ impl<S: BlobStore> BlobSync<S> {
         reason: String,
         missing: bool,
     ) -> SyncFailure {
-        let span = tracing::info_span!(
-            "sync",
-            replicable = d.replicable_name,
-            id = row.model_record_id,
-            attempt = row.sync_attempt
-        );
-        let _entered = span.enter();
+        let _entered = row_span(d, row).entered();
         tracing::warn!(reason = %reason, missing_on_primary = missing, "blob download failed");
         self.metrics.add(
             "geo_sync_failures_total",
