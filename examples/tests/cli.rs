@@ -10,6 +10,8 @@ mod common;
 
 use common::{GEO, geo, ok, stderr, stdout, wait_for_line};
 const ADMIN_TOKEN: &str = "an-admin-token-of-some-length";
+/// The primary's key for the secondaries' secrets (32 bytes, hex).
+const SECRETS_KEY: &str = "7a1c0e5b9d3f42a68c1e0b7d5f3a29c4e6b8d0f2a4c6e8b0d2f4a6c8e0b2d4f6";
 
 /// Fails with exit code `code` and exactly one line on stderr, which is returned.
 fn one_line_error(o: &Output, code: i32) -> String {
@@ -199,10 +201,12 @@ fn operators_run_nodes_and_check_them_with_the_cli() {
     let again = ok(&primary, &["migrations", "apply"], &[]);
     assert!(again.starts_with("0 applied, "), "{again}");
 
+    // The secondaries' secrets are sealed with the primary's key.
+    let keyed = [("GEO_SECRETS_KEY", SECRETS_KEY)];
     let creds = ok(
         &primary,
         &["nodes", "add", "west", "--url", "http://west.example"],
-        &[],
+        &keyed,
     );
     let field = |name: &str| {
         creds
@@ -219,12 +223,27 @@ fn operators_run_nodes_and_check_them_with_the_cli() {
         "{listed}"
     );
     assert!(!listed.contains(&secret), "nodes list never shows a secret");
+    ok(
+        &primary,
+        &["nodes", "add", "spare", "--url", "http://spare.example"],
+        &keyed,
+    );
+    let removed = ok(&primary, &["nodes", "remove", "spare"], &[]);
+    assert!(removed.contains("secondary `spare` removed"), "{removed}");
+    assert!(!ok(&primary, &["nodes", "list"], &[]).contains("spare"));
+    let again = geo(&primary, &["nodes", "remove", "spare"], &[]);
+    assert_eq!(again.status.code(), Some(1), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("no secondary named `spare`"),
+        "{}",
+        stderr(&again)
+    );
 
     ok(&primary, &["app-create", "widget", "1", "40"], &[]);
     ok(&primary, &["app-create", "package_file", "1", "20"], &[]);
 
     let primary_log = d.join("primary.log");
-    let mut primary_node = spawn(&primary, "primary", &[], &primary_log);
+    let mut primary_node = spawn(&primary, "primary", &keyed, &primary_log);
     let url = wait_for_line(&mut primary_node, "primary API listening on ");
 
     let secondary = write(
@@ -384,6 +403,11 @@ fn operators_run_nodes_and_check_them_with_the_cli() {
         assert!(
             !text.contains(ADMIN_TOKEN),
             "{} shows the admin token",
+            log.display()
+        );
+        assert!(
+            !text.contains(SECRETS_KEY),
+            "{} shows the secrets key",
             log.display()
         );
     }

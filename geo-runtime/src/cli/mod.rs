@@ -127,6 +127,12 @@ pub enum NodesAction {
         /// The secondary's name.
         name: String,
     },
+    /// Forget a secondary: its credentials stop working and its cursor no longer holds back
+    /// the pruning of the event log.
+    Remove {
+        /// The secondary's name.
+        name: String,
+    },
 }
 
 /// Which records a resync or reverify applies to.
@@ -549,6 +555,15 @@ pub async fn run(cli: Cli, set: ReplicatorSet) -> Result<ExitCode, CliError> {
                             n.url
                         ));
                     }
+                }
+                NodesAction::Remove { name } => {
+                    if !nodes::remove(&db, &name).await? {
+                        return Err(CliError::Message(format!("no secondary named `{name}`")));
+                    }
+                    out(&format!(
+                        "secondary `{name}` removed (its credentials stop working within {} s on a running primary)\n",
+                        crate::node::server::NODE_CACHE_TTL.as_secs()
+                    ));
                 }
                 NodesAction::Disable { name } | NodesAction::Enable { name } => {
                     if !nodes::set_enabled(&db, &name, enable).await? {

@@ -15,7 +15,7 @@ use sqlx::AssertSqlSafe;
 
 use super::auth::{Secret, SecretsKey, generate_access_key};
 use crate::db::dialect::{Ts, now, param};
-use crate::db::{Database, on_pool};
+use crate::db::{Database, on_conn, on_pool};
 use crate::error::DbError;
 
 /// A known node, as the primary's request check sees it.
@@ -239,6 +239,35 @@ pub async fn set_enabled(primary: &Database, name: &str, enabled: bool) -> Resul
     );
     let n = on_pool!(primary, write, pool => sqlx::query(AssertSqlSafe(sql)).bind(enabled).bind(name).execute(pool).await?.rows_affected());
     Ok(n == 1)
+}
+
+/// Forgets a secondary: its credentials stop working at once (within the primary's 5 s node
+/// cache) and its reported cursor no longer holds back the pruning of the event log. True
+/// when it existed.
+pub async fn remove(primary: &Database, name: &str) -> Result<bool, DbError> {
+    let d = primary.dialect();
+    let mut tx = primary.begin_write().await?;
+    let removed = on_conn!(tx.conn(), c => sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM \"geo_nodes\" WHERE \"name\" = {}",
+            param(d, 1)
+        )))
+        .bind(name)
+        .execute(&mut *c)
+        .await?
+        .rows_affected());
+    on_conn!(tx.conn(), c => sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM \"geo_secondary_cursors\" WHERE \"node_name\" = {}",
+            param(d, 1)
+        )))
+        .bind(name)
+        .execute(&mut *c)
+        .await?
+        .rows_affected());
+    tx.commit().await?;
+    if removed > 0 {
+        tracing::info!(node = name, "secondary removed");
+    }
+    Ok(removed > 0)
 }
 
 /// The node with this access key, if any, its secret opened with `key` when sealed.
