@@ -10,10 +10,15 @@ use object_store::WriteMultipart;
 use object_store::path::Path as StorePath;
 use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutPayload};
 
-use super::{BlobStore, LocalStore, ObjectKey, Opened, StagedBlob, StorageError, WrittenBlob};
+use super::{
+    BlobStore, LocalStore, ObjectKey, Opened, SmallObject, StagedBlob, StorageError, WrittenBlob,
+};
 
 /// Uploads of one commit in flight at once.
 const UPLOADS_AT_ONCE: usize = 8;
+
+/// Reads of one batch response in flight at once.
+const READS_AT_ONCE: usize = 16;
 
 /// Objects up to this size are uploaded in one request; larger ones in parts.
 const SINGLE_PUT: u64 = 8 * 1024 * 1024;
@@ -143,6 +148,46 @@ impl BlobStore for ObjectStoreBlobs {
         futures_util::stream::iter(staged)
             .map(|s| async move { self.upload(&s).await })
             .buffered(UPLOADS_AT_ONCE)
+            .collect()
+            .await
+    }
+
+    async fn stage_many_bytes(
+        &self,
+        items: Vec<(ObjectKey, Bytes, Option<[u8; 32]>)>,
+    ) -> Vec<Result<RemoteStaged, StorageError>> {
+        let keys: Vec<ObjectKey> = items.iter().map(|(k, _, _)| k.clone()).collect();
+        // Staged locally in one trip to the blocking pool, as a local store does.
+        BlobStore::stage_many_bytes(&self.staging, items)
+            .await
+            .into_iter()
+            .zip(keys)
+            .map(|(staged, key)| {
+                staged.map(|local| RemoteStaged {
+                    path: local.temp_path().to_path_buf(),
+                    key,
+                    local,
+                })
+            })
+            .collect()
+    }
+
+    async fn read_small_many(
+        &self,
+        keys: Vec<ObjectKey>,
+        max: u64,
+    ) -> Vec<Result<SmallObject, StorageError>> {
+        // One request each, several at once: a batch must not cost its objects' round trips
+        // one after the other.
+        futures_util::stream::iter(keys)
+            .map(|key| async move {
+                match self.read_or_open(&key, max).await? {
+                    None => Ok(SmallObject::Missing),
+                    Some(Opened::Whole(b)) => Ok(SmallObject::Whole(b)),
+                    Some(Opened::Stream(_, size)) => Ok(SmallObject::TooLarge(size)),
+                }
+            })
+            .buffered(READS_AT_ONCE)
             .collect()
             .await
     }
