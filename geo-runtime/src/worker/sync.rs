@@ -163,26 +163,19 @@ impl<S: BlobStore> BlobSync<S> {
     /// released when a node starts (or by the sweeper).
     pub async fn step_until(&self, stop: &CancellationToken) -> Result<SyncRound, DbError> {
         let mut round = SyncRound::default();
-        let capacity = self.config.files_max_capacity.max(1);
         self.record_unrecorded().await?;
         for (index, registry) in self.registries.iter().enumerate() {
             let d = registry.descriptor();
             if !flags::is_enabled(&self.tracking, d).await? {
                 continue;
             }
-            // Batched requests carry up to `batch_size` rows each: claim enough to keep every
-            // request slot busy with a full batch.
-            let per_slot = CLAIM_FACTOR.max(self.batch_size());
-            let claim_size = capacity * per_slot;
-            let claimed = registry.claim(claim_size, now()).await?;
+            let claimed = registry.claim(self.claim_size(), now()).await?;
             if claimed.is_empty() {
                 continue;
             }
             let taken = std::sync::Mutex::new(claimed.clone());
             let outcome = self
-                .sync_claimed(
-                    d, registry, claimed, claim_size, capacity, &taken, &mut round, stop,
-                )
+                .sync_claimed(d, registry, claimed, &taken, &mut round, stop)
                 .await;
             if let Err(e) = outcome {
                 let taken = taken
@@ -246,18 +239,16 @@ impl<S: BlobStore> BlobSync<S> {
     /// While the claims come back full, the round claims again (up to [`CLAIMS_PER_ROUND`]
     /// times) as soon as the previous claim's downloads are done, so the last group of one claim
     /// is recorded while the next claim downloads. Every row claimed is added to `taken`.
-    #[allow(clippy::too_many_arguments)]
     async fn sync_claimed(
         &self,
         d: &'static ReplicatorDescriptor,
         registry: &Registry,
         claimed: Vec<ClaimedRow>,
-        claim_size: usize,
-        capacity: usize,
         taken: &std::sync::Mutex<Vec<ClaimedRow>>,
         round: &mut SyncRound,
         stop: &CancellationToken,
     ) -> Result<(), DbError> {
+        let (capacity, claim_size) = (self.capacity(), self.claim_size());
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let downloads = async {
             let mut failed = Vec::new();
@@ -473,6 +464,16 @@ impl<S: BlobStore> BlobSync<S> {
 
     fn batch_size(&self) -> usize {
         self.config.batch_size.clamp(1, MAX_BATCH)
+    }
+
+    fn capacity(&self) -> usize {
+        self.config.files_max_capacity.max(1)
+    }
+
+    /// Rows per claim: batched requests carry up to `batch_size` rows each, so enough to keep
+    /// every request slot busy with a full batch.
+    fn claim_size(&self) -> usize {
+        self.capacity() * CLAIM_FACTOR.max(self.batch_size())
     }
 
     /// A failed attempt, logged in the row's span and counted by reason.
