@@ -260,6 +260,30 @@ async fn every_wrong_request_is_refused_without_bytes_or_secrets_in_logs() {
             text.ends_with("{\"id\":2,\"status\":\"record_missing\"}\n"),
             "a missing record is answered in its frame: {text}"
         );
+        // An id asked for twice is answered twice.
+        let twice = http
+            .get(format!("{base}/geo/v1/retrieve/widget?ids=1,1"))
+            .header(
+                "authorization",
+                authorization(
+                    &good.access_key,
+                    &good.secret,
+                    &RequestScope::retrieve_many("widget", "1,1"),
+                    now(),
+                ),
+            )
+            .send()
+            .await
+            .expect("request")
+            .bytes()
+            .await
+            .expect("body");
+        assert_eq!(
+            twice.windows(MARKER.len()).filter(|w| *w == MARKER).count(),
+            2,
+            "{}",
+            String::from_utf8_lossy(&twice)
+        );
 
         node.shutdown().await;
         let logged = String::from_utf8_lossy(&logs.0.lock().expect("logs")).to_string();

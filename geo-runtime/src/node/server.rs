@@ -467,7 +467,7 @@ async fn retrieve_many<S: BlobStore>(
             format!("at most {MAX_BATCH} objects per request"),
         ));
     }
-    let mut known: std::collections::HashMap<i64, (Option<String>, Option<Vec<u8>>)> =
+    let known: std::collections::HashMap<i64, (Option<String>, Option<Vec<u8>>)> =
         model_objects(&api.db, d, &ids)
             .await?
             .into_iter()
@@ -477,11 +477,15 @@ async fn retrieve_many<S: BlobStore>(
     let plan: Vec<(i64, Resolved)> = ids
         .iter()
         .map(|&id| {
-            let resolved = match known.remove(&id) {
+            // `get`, not `remove`: an id asked for twice is answered twice.
+            let resolved = match known.get(&id) {
                 None => Err(FrameStatus::RecordMissing),
                 Some((None, _)) => Err(FrameStatus::FileMissing),
-                Some((Some(key), sum)) => ObjectKey::parse(&key)
-                    .map(|key| (key, sum.filter(|c| c.len() == 32).map(|c| hex(&c))))
+                Some((Some(key), sum)) => ObjectKey::parse(key)
+                    .map(|key| {
+                        let sum = sum.as_deref().filter(|c| c.len() == 32).map(hex);
+                        (key, sum)
+                    })
                     .map_err(|e| {
                         tracing::error!(replicable = %name, id, error = %e, "the model's object key is not a safe path");
                         FrameStatus::Error
