@@ -350,3 +350,80 @@ impl ModelIdSource for PrimaryClient {
         Ok(page.ids)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reader(body: Vec<u8>) -> FrameReader {
+        FrameReader::new(reqwest::Response::from(axum::http::Response::new(body)))
+    }
+
+    fn frame(line: &str, data: &[u8]) -> Vec<u8> {
+        let mut out = line.as_bytes().to_vec();
+        out.push(b'\n');
+        out.extend_from_slice(data);
+        out
+    }
+
+    #[tokio::test]
+    async fn frames_and_their_objects_are_read_in_order() {
+        let mut body = frame(r#"{"id":1,"status":"ok","key":"a/1","size":3}"#, b"abc");
+        body.extend(frame(r#"{"id":2,"status":"file_missing"}"#, b""));
+        body.extend(frame(r#"{"id":3,"status":"ok","key":"a/3","size":0}"#, b""));
+        let mut r = reader(body);
+        let (f, data) = r.next().await.expect("frame").expect("some");
+        assert_eq!(
+            (f.id, f.status, data.as_ref()),
+            (1, FrameStatus::Ok, &b"abc"[..])
+        );
+        let (f, _) = r.next().await.expect("frame").expect("some");
+        assert_eq!((f.id, f.status), (2, FrameStatus::FileMissing));
+        let (f, data) = r.next().await.expect("frame").expect("some");
+        assert_eq!((f.id, data.len()), (3, 0));
+        assert!(r.next().await.expect("end").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_broken_response_is_an_error_not_a_short_object() {
+        let cut = frame(r#"{"id":1,"status":"ok","key":"a/1","size":10}"#, b"abc");
+        let oversized = frame(
+            &format!(
+                r#"{{"id":1,"status":"ok","key":"a/1","size":{}}}"#,
+                BATCH_INLINE_MAX + 1
+            ),
+            b"",
+        );
+        let no_size = frame(r#"{"id":1,"status":"ok","key":"a/1"}"#, b"");
+        let endless = vec![b'x'; MAX_FRAME_HEADER + 10];
+        let garbage = frame("not json", b"");
+        let half_header = br#"{"id":1,"sta"#.to_vec();
+        for (what, body, want) in [
+            (
+                "cut inside an object",
+                cut,
+                "ended inside object 1: 3 of 10 bytes",
+            ),
+            (
+                "an inline object over the limit",
+                oversized,
+                "without a size or too large",
+            ),
+            (
+                "an inline object without a size",
+                no_size,
+                "without a size or too large",
+            ),
+            ("a header without an end", endless, "frame header too long"),
+            (
+                "a header that is not JSON",
+                garbage,
+                "malformed batch response",
+            ),
+            ("cut inside a header", half_header, "ended inside a frame"),
+        ] {
+            let e = reader(body).next().await.expect_err(what);
+            assert!(e.contains(want), "{what}: {e}");
+        }
+    }
+}
