@@ -530,3 +530,81 @@ async fn a_stopped_round_starts_nothing_and_the_next_start_finishes_it() {
     }
     primary.handle.shutdown().await;
 }
+
+/// A model whose object moves to another key: the secondary syncs the new key and removes its
+/// copy under the old one (Geo's blobs never move; ours may).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_that_moves_to_another_key_leaves_no_copy_behind() {
+    for (pdb, sdb) in pairs().await {
+        let label = sdb.label().to_owned();
+        let primary = start_primary(pdb).await;
+        let root = tempfile::tempdir().expect("tempdir");
+        let secondary = start_secondary(&primary, &sdb, root.path(), "s1").await;
+        let local = LocalStore::new(root.path());
+        create(&primary, 1).await;
+        let old = ObjectKey::parse(&widget(1).file).expect("key");
+        let registry = Registry::new(&sdb, WidgetReplicator::DESCRIPTOR);
+        let synced_under = |key: String| {
+            let registry = registry.clone();
+            async move {
+                registry
+                    .find_by_model_id(1)
+                    .await
+                    .expect("find")
+                    .is_some_and(|r| {
+                        r.state == geo_runtime::SyncState::Synced
+                            && r.object_key.as_deref() == Some(&key)
+                    })
+            }
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !synced_under(old.as_str().to_owned()).await {
+            assert!(Instant::now() < deadline, "{label}: never synced");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(local.path(&old).exists(), "{label}");
+
+        // The application moves the object and publishes `updated`.
+        let moved = Widget {
+            id: 1,
+            file: "moved/1.bin".to_owned(),
+        };
+        let new = ObjectKey::parse(&moved.file).expect("key");
+        let data = bytes::Bytes::from(content(1, 5));
+        primary
+            .store
+            .write(
+                &new,
+                futures_util::stream::iter([Ok::<_, std::convert::Infallible>(data.clone())]),
+                None,
+                None,
+            )
+            .await
+            .expect("write");
+        exec(
+            &primary.db,
+            "UPDATE widgets SET file = 'moved/1.bin' WHERE id = 1",
+        )
+        .await;
+        let mut tx = primary.db.begin_write().await.expect("begin");
+        moved.publish_updated(tx.conn()).await.expect("publish");
+        tx.commit().await.expect("commit");
+
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while local.path(&old).exists() || !synced_under(new.as_str().to_owned()).await {
+            assert!(
+                Instant::now() < deadline,
+                "{label}: the old copy stayed ({}) or the new key never synced",
+                local.path(&old).exists()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            std::fs::read(local.path(&new)).expect("new copy"),
+            data.as_ref(),
+            "{label}"
+        );
+        secondary.shutdown().await;
+        primary.handle.shutdown().await;
+    }
+}

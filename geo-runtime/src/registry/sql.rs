@@ -31,6 +31,10 @@ pub struct RegistrySql {
     /// `$6` now: started → synced for those attempts (with the copy's verification), returning
     /// the ids.
     pub mark_synced_many: String,
+    /// The same parameters as `mark_synced_many`, then `$7` replicable name: schedules the
+    /// removal of the copies those syncs supersede under another key (run first, in the same
+    /// transaction).
+    pub schedule_superseded: String,
     /// `$1` id, `$2` attempt, `$3` retry_at, `$4` failure: started → failed for that attempt.
     pub mark_failed: String,
     /// `$1` started before, `$2` earliest retry, `$3` failure: started too long → failed.
@@ -108,6 +112,15 @@ impl RegistrySql {
                  FROM ({rows}) AS copies WHERE {t}.\"id\" = copies.\"id\" AND {t}.\"state\" + 0 = 1 AND {t}.\"sync_attempt\" = copies.\"attempt\" RETURNING {t}.\"id\"",
                 now = p(6),
                 no = false_literal(dialect),
+                rows = synced_rows(dialect)
+            ),
+            schedule_superseded: format!(
+                "INSERT INTO \"geo_blob_removals\" (\"replicable_name\", \"model_record_id\", \"object_key\", \"created_at\") \
+                 SELECT {name}, r.{fk}, r.\"object_key\", {now} FROM {t} r JOIN ({rows}) AS copies ON r.\"id\" = copies.\"id\" \
+                 WHERE r.\"state\" + 0 = 1 AND r.\"sync_attempt\" = copies.\"attempt\" \
+                 AND r.\"object_key\" IS NOT NULL AND copies.\"key\" IS NOT NULL AND r.\"object_key\" <> copies.\"key\"",
+                now = p(6),
+                name = p(7),
                 rows = synced_rows(dialect)
             ),
             mark_failed: format!(

@@ -220,7 +220,9 @@ impl Registry {
 
     /// Like [`Registry::mark_synced`], recording where each copy is stored and its checksum: a
     /// copy checked against the primary's checksum is verified (`succeeded`) at once; one the
-    /// primary had no checksum for is `disabled` until it has.
+    /// primary had no checksum for is `disabled` until it has. A copy stored under another key
+    /// than the row's previous one schedules the removal of the previous copy, in the same
+    /// transaction.
     pub async fn mark_synced_copies(&self, copies: &[SyncedCopy]) -> Result<Vec<i64>, DbError> {
         if copies.is_empty() {
             return Ok(Vec::new());
@@ -248,18 +250,33 @@ impl Registry {
                 })
                 .collect(),
         );
-        on_pool!(self.db, write, pool => {
+        let now = Ts(crate::db::dialect::now());
+        let superseded = AssertSqlSafe(self.sql.schedule_superseded.as_str());
+        let mut tx = self.db.begin_write().await?;
+        let marked = on_conn!(tx.conn(), c => {
+            sqlx::query(superseded)
+                .bind(ids.clone())
+                .bind(attempts.clone())
+                .bind(keys.clone())
+                .bind(sums.clone())
+                .bind(states.clone())
+                .bind(now)
+                .bind(self.descriptor.replicable_name)
+                .execute(&mut *c)
+                .await?;
             let done = sqlx::query(sql)
                 .bind(ids)
                 .bind(attempts)
                 .bind(keys)
                 .bind(sums)
                 .bind(states)
-                .bind(Ts(crate::db::dialect::now()))
-                .fetch_all(pool)
+                .bind(now)
+                .fetch_all(&mut *c)
                 .await?;
-            done.iter().map(|r| Ok(r.try_get::<i64, _>(0)?)).collect()
-        })
+            done.iter().map(|r| Ok(r.try_get::<i64, _>(0)?)).collect::<Result<Vec<i64>, DbError>>()?
+        });
+        tx.commit().await?;
+        Ok(marked)
     }
 
     /// started → failed for each failure whose attempt is still the running one, with Geo's

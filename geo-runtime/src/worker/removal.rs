@@ -1,6 +1,7 @@
 //! Removes the local copies of objects whose models are gone (recorded in `geo_blob_removals`
-//! by `deleted` events and by the consistency pass). A record that is tracked again in the
-//! meantime keeps its file: the sync writes it anyway.
+//! by `deleted` events and by the consistency pass) or that a sync superseded under another key
+//! (the model's object moved). A file is kept while its record uses it: tracked again and not
+//! yet synced (the sync writes it anyway), or synced under that very key.
 
 use sqlx::AssertSqlSafe;
 
@@ -16,7 +17,8 @@ use crate::storage::{BlobStore, ObjectKey};
 pub struct RemovalRound {
     /// Files deleted.
     pub deleted: usize,
-    /// Entries skipped because the record is tracked again.
+    /// Entries skipped because the record uses the file (tracked again, or synced under that
+    /// key).
     pub kept: usize,
     /// Entries whose file could not be located (no key, or an unsafe one).
     pub orphaned: usize,
@@ -40,14 +42,14 @@ pub async fn remove_objects<S: BlobStore>(
         param(tracking.dialect(), 1)
     );
     for (entry, name, model_id, key) in rows {
-        let tracked_again = match set.get(&name) {
+        let in_use = match set.get(&name) {
             Some(d) => Registry::new(tracking, d)
                 .find_by_model_id(model_id)
                 .await?
-                .is_some(),
+                .is_some_and(|row| row.object_key.is_none() || row.object_key == key),
             None => false,
         };
-        if tracked_again {
+        if in_use {
             round.kept += 1;
         } else {
             match key.as_deref().map(ObjectKey::parse) {
