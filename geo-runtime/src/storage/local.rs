@@ -146,24 +146,32 @@ fn commit_blocking(
     results
 }
 
-/// Reads `path` whole when it is at most `max` bytes.
-fn read_small_blocking(path: &Path, max: u64) -> Result<SmallObject, StorageError> {
-    use std::io::Read;
-    let mut file = match std::fs::File::open(path) {
+/// The object at `path`, opened, and its size; `None` when there is no such file.
+fn open_object(path: &Path) -> Result<Option<(std::fs::File, u64)>, StorageError> {
+    let file = match std::fs::File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(SmallObject::Missing),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io("open", path)(e)),
     };
     let meta = file.metadata().map_err(io("stat", path))?;
-    if !meta.is_file() {
-        return Ok(SmallObject::Missing);
-    }
-    if meta.len() > max {
-        return Ok(SmallObject::TooLarge(meta.len()));
-    }
-    let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    Ok(meta.is_file().then_some((file, meta.len())))
+}
+
+/// Reads an opened object of `len` bytes whole.
+fn read_whole(mut file: std::fs::File, len: u64, path: &Path) -> Result<Bytes, StorageError> {
+    use std::io::Read;
+    let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
     file.read_to_end(&mut data).map_err(io("read", path))?;
-    Ok(SmallObject::Whole(Bytes::from(data)))
+    Ok(Bytes::from(data))
+}
+
+/// Reads `path` whole when it is at most `max` bytes.
+fn read_small_blocking(path: &Path, max: u64) -> Result<SmallObject, StorageError> {
+    Ok(match open_object(path)? {
+        None => SmallObject::Missing,
+        Some((_, len)) if len > max => SmallObject::TooLarge(len),
+        Some((file, len)) => SmallObject::Whole(read_whole(file, len, path)?),
+    })
 }
 
 /// Stages one body; `made` remembers the directories this batch already created, so a batch
@@ -291,22 +299,13 @@ impl LocalStore {
     ) -> Result<Option<Opened>, StorageError> {
         let path = self.path(key);
         blocking(move || {
-            use std::io::Read;
-            let mut file = match std::fs::File::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(io("open", &path)(e)),
-            };
-            let meta = file.metadata().map_err(io("stat", &path))?;
-            if !meta.is_file() {
-                return Ok(None);
-            }
-            if meta.len() <= whole_below {
-                let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-                file.read_to_end(&mut data).map_err(io("read", &path))?;
-                return Ok(Some(Opened::Whole(Bytes::from(data))));
-            }
-            Ok(Some(Opened::Stream(read_stream(file, path), meta.len())))
+            Ok(match open_object(&path)? {
+                None => None,
+                Some((file, len)) if len <= whole_below => {
+                    Some(Opened::Whole(read_whole(file, len, &path)?))
+                }
+                Some((file, len)) => Some(Opened::Stream(read_stream(file, path), len)),
+            })
         })
         .await?
     }
@@ -515,16 +514,18 @@ where
     });
     let fed = feed(body, &tx, expected_size).await;
     drop(tx);
-    let written = writer.await.map_err(|e| StorageError::Source {
-        bytes: 0,
-        reason: e.to_string(),
+    let written = writer.await.unwrap_or_else(|e| {
+        Err(StorageError::Source {
+            bytes: 0,
+            reason: e.to_string(),
+        })
     });
     let (size, sha256) = match (fed, written) {
-        // The writer failed (a full disk…): its error is the cause, whatever the feeding saw.
-        (_, Ok(Err(e)) | Err(e)) if !matches!(e, StorageError::Source { .. }) => return Err(e),
-        (Err(e), _) => return Err(e),
-        (Ok(()), Err(e) | Ok(Err(e))) => return Err(e),
-        (Ok(()), Ok(Ok(written))) => written,
+        // The writer failed on its own (a full disk…): that is the cause, whatever the feeding
+        // saw; a `Source` error from it only echoes a feeding that stopped.
+        (_, Err(e)) if !matches!(e, StorageError::Source { .. }) => return Err(e),
+        (Err(e), _) | (Ok(()), Err(e)) => return Err(e),
+        (Ok(()), Ok(written)) => written,
     };
     if let Some(expected) = expected_size
         && size != expected

@@ -51,6 +51,19 @@ pub enum SmallObject {
     Missing,
 }
 
+impl From<Option<Opened>> for SmallObject {
+    fn from(opened: Option<Opened>) -> Self {
+        match opened {
+            None => SmallObject::Missing,
+            Some(Opened::Whole(bytes)) => SmallObject::Whole(bytes),
+            Some(Opened::Stream(_, size)) => SmallObject::TooLarge(size),
+        }
+    }
+}
+
+/// Reads of one batch response in flight at once, for stores with a round trip per read.
+const READS_AT_ONCE: usize = 16;
+
 /// Where a node keeps its objects: the local file system ([`LocalStore`]) or, with the
 /// `object-store` feature, any `object_store` backend ([`ObjectStoreBlobs`]: S3 with `s3`).
 /// The sync and the API use only this trait, never local paths.
@@ -113,24 +126,21 @@ pub trait BlobStore: Clone + Send + Sync + fmt::Debug + 'static {
     }
 
     /// Reads the objects of `keys` that are at most `max` bytes whole, for a batch response;
-    /// one result per key, in order. (A local store does it in one trip to the blocking pool.)
+    /// one result per key, in order. By default several reads at once, so that a batch does not
+    /// cost its objects' round trips one after the other; a local store does it in one trip to
+    /// the blocking pool.
     fn read_small_many(
         &self,
         keys: Vec<ObjectKey>,
         max: u64,
     ) -> impl Future<Output = Vec<Result<SmallObject, StorageError>>> + Send {
-        async move {
-            let mut out = Vec::with_capacity(keys.len());
-            for key in keys {
-                out.push(match self.read_or_open(&key, max).await {
-                    Ok(None) => Ok(SmallObject::Missing),
-                    Ok(Some(Opened::Whole(b))) => Ok(SmallObject::Whole(b)),
-                    Ok(Some(Opened::Stream(_, size))) => Ok(SmallObject::TooLarge(size)),
-                    Err(e) => Err(e),
-                });
-            }
-            out
-        }
+        use futures_util::StreamExt;
+        futures_util::stream::iter(keys)
+            .map(
+                move |key| async move { self.read_or_open(&key, max).await.map(SmallObject::from) },
+            )
+            .buffered(READS_AT_ONCE)
+            .collect()
     }
 
     /// Removes `key`; true when it existed.

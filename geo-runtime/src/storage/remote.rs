@@ -10,15 +10,10 @@ use object_store::WriteMultipart;
 use object_store::path::Path as StorePath;
 use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutPayload};
 
-use super::{
-    BlobStore, LocalStore, ObjectKey, Opened, SmallObject, StagedBlob, StorageError, WrittenBlob,
-};
+use super::{BlobStore, LocalStore, ObjectKey, Opened, StagedBlob, StorageError, WrittenBlob};
 
 /// Uploads of one commit in flight at once.
 const UPLOADS_AT_ONCE: usize = 8;
-
-/// Reads of one batch response in flight at once.
-const READS_AT_ONCE: usize = 16;
 
 /// Objects up to this size are uploaded in one request; larger ones in parts.
 const SINGLE_PUT: u64 = 8 * 1024 * 1024;
@@ -36,6 +31,16 @@ pub struct RemoteStaged {
     key: ObjectKey,
     local: StagedBlob,
     path: std::path::PathBuf,
+}
+
+impl RemoteStaged {
+    fn new(key: ObjectKey, local: StagedBlob) -> Self {
+        RemoteStaged {
+            path: local.temp_path().to_path_buf(),
+            key,
+            local,
+        }
+    }
 }
 
 fn store_error(op: &'static str, key: &ObjectKey, e: object_store::Error) -> StorageError {
@@ -113,11 +118,7 @@ impl BlobStore for ObjectStoreBlobs {
         expected_sha256: Option<[u8; 32]>,
     ) -> Result<RemoteStaged, StorageError> {
         let local = self.staging.stage_bytes(key, data, expected_sha256).await?;
-        Ok(RemoteStaged {
-            path: local.temp_path().to_path_buf(),
-            key: key.clone(),
-            local,
-        })
+        Ok(RemoteStaged::new(key.clone(), local))
     }
 
     async fn stage_stream<S, E>(
@@ -135,11 +136,7 @@ impl BlobStore for ObjectStoreBlobs {
             .staging
             .stage_stream_with(key, body, expected_size, expected_sha256, false)
             .await?;
-        Ok(RemoteStaged {
-            path: local.temp_path().to_path_buf(),
-            key: key.clone(),
-            local,
-        })
+        Ok(RemoteStaged::new(key.clone(), local))
     }
 
     async fn commit(&self, staged: Vec<RemoteStaged>) -> Vec<Result<WrittenBlob, StorageError>> {
@@ -162,34 +159,8 @@ impl BlobStore for ObjectStoreBlobs {
             .await
             .into_iter()
             .zip(keys)
-            .map(|(staged, key)| {
-                staged.map(|local| RemoteStaged {
-                    path: local.temp_path().to_path_buf(),
-                    key,
-                    local,
-                })
-            })
+            .map(|(staged, key)| staged.map(|local| RemoteStaged::new(key, local)))
             .collect()
-    }
-
-    async fn read_small_many(
-        &self,
-        keys: Vec<ObjectKey>,
-        max: u64,
-    ) -> Vec<Result<SmallObject, StorageError>> {
-        // One request each, several at once: a batch must not cost its objects' round trips
-        // one after the other.
-        futures_util::stream::iter(keys)
-            .map(|key| async move {
-                match self.read_or_open(&key, max).await? {
-                    None => Ok(SmallObject::Missing),
-                    Some(Opened::Whole(b)) => Ok(SmallObject::Whole(b)),
-                    Some(Opened::Stream(_, size)) => Ok(SmallObject::TooLarge(size)),
-                }
-            })
-            .buffered(READS_AT_ONCE)
-            .collect()
-            .await
     }
 
     async fn read_or_open(

@@ -26,7 +26,7 @@ use crate::node::server::{FrameStatus, MAX_BATCH};
 use crate::node::{FILE_NOT_FOUND, HEADER_OBJECT_KEY, HEADER_SHA256, PrimaryClient};
 use crate::registry::{ClaimedRow, Registry, SyncFailure, SyncedCopy};
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
-use crate::storage::{BlobStore, LocalStore, ObjectKey, parse_sha256};
+use crate::storage::{BlobStore, LocalStore, ObjectKey, StorageError, parse_sha256};
 use crate::telemetry::Metrics;
 
 /// Objects up to this size are read whole and written in one step; larger ones are streamed.
@@ -90,6 +90,76 @@ pub struct BlobSync<S = LocalStore> {
     /// Rows a round claimed but could not record (the tracking database failed after the
     /// claim): the next round fails them first, so they do not wait for the sweeper.
     unrecorded: std::sync::Arc<std::sync::Mutex<Vec<(usize, ClaimedRow)>>>,
+}
+
+/// Why an attempt failed: its metrics label (`reason`), the reason recorded on the row, and
+/// whether the object is missing on the primary (which gets the long backoff). The one-object
+/// and the batch downloads word their failures alike through it.
+#[derive(Debug)]
+struct Failed {
+    kind: &'static str,
+    reason: String,
+    missing: bool,
+}
+
+impl Failed {
+    fn new(kind: &'static str, reason: impl Into<String>) -> Self {
+        Failed {
+            kind,
+            reason: reason.into(),
+            missing: false,
+        }
+    }
+
+    /// The transfer broke (connection, stall, short or unusable body).
+    fn transport(e: impl std::fmt::Display) -> Self {
+        Failed::new("transport", format!("Error downloading file: {e}"))
+    }
+
+    /// The store could not take the object.
+    fn storage(e: &StorageError) -> Self {
+        Failed::new(e.kind(), format!("Error downloading file: {e}"))
+    }
+
+    fn http_status(code: u16) -> Self {
+        Failed::new(
+            "http_status",
+            format!("Non-success HTTP response status code {code}"),
+        )
+    }
+
+    fn file_missing() -> Self {
+        Failed {
+            missing: true,
+            ..Failed::new(
+                "missing_on_primary",
+                "The file is missing on the Geo primary site",
+            )
+        }
+    }
+
+    fn record_missing() -> Self {
+        Failed::new(
+            "record_missing_on_primary",
+            "The record is missing on the Geo primary site",
+        )
+    }
+}
+
+/// The object key and checksum the primary sent (a header or a frame), checked.
+fn object_meta(
+    key: Option<&str>,
+    sha256: Option<&str>,
+) -> Result<(ObjectKey, Option<[u8; 32]>), Failed> {
+    let key = key.ok_or_else(|| Failed::new("protocol", "the primary sent no object key"))?;
+    let key = ObjectKey::parse(key).map_err(|e| Failed::new("protocol", e.to_string()))?;
+    let sha256 = sha256
+        .map(|h| {
+            parse_sha256(h)
+                .ok_or_else(|| Failed::new("protocol", "the primary sent a malformed checksum"))
+        })
+        .transpose()?;
+    Ok((key, sha256))
 }
 
 /// The span of one row's sync: every line about it carries the replicable, id and attempt.
@@ -173,14 +243,11 @@ impl<S: BlobStore> BlobSync<S> {
             if claimed.is_empty() {
                 continue;
             }
-            let taken = std::sync::Mutex::new(claimed.clone());
+            let mut taken = claimed.clone();
             let outcome = self
-                .sync_claimed(d, registry, claimed, &taken, &mut round, stop)
+                .sync_claimed(d, registry, claimed, &mut taken, &mut round, stop)
                 .await;
             if let Err(e) = outcome {
-                let taken = taken
-                    .into_inner()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 self.unrecorded
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -244,7 +311,7 @@ impl<S: BlobStore> BlobSync<S> {
         d: &'static ReplicatorDescriptor,
         registry: &Registry,
         claimed: Vec<ClaimedRow>,
-        taken: &std::sync::Mutex<Vec<ClaimedRow>>,
+        taken: &mut Vec<ClaimedRow>,
         round: &mut SyncRound,
         stop: &CancellationToken,
     ) -> Result<(), DbError> {
@@ -265,10 +332,7 @@ impl<S: BlobStore> BlobSync<S> {
                 if rows.is_empty() {
                     break;
                 }
-                taken
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .extend(rows.iter().copied());
+                taken.extend(rows.iter().copied());
             }
             drop(tx);
             Ok::<_, DbError>(failed)
@@ -416,13 +480,7 @@ impl<S: BlobStore> BlobSync<S> {
                         checked_against_primary: checked,
                     });
                 }
-                Err(e) => failed.push(self.failure(
-                    d,
-                    &row,
-                    e.kind(),
-                    format!("Error downloading file: {e}"),
-                    false,
-                )),
+                Err(e) => failed.push(self.failure(d, &row, Failed::storage(&e))),
             }
         }
         bytes
@@ -477,22 +535,31 @@ impl<S: BlobStore> BlobSync<S> {
     }
 
     /// A failed attempt, logged in the row's span and counted by reason.
-    fn failure(
-        &self,
-        d: &ReplicatorDescriptor,
-        row: &ClaimedRow,
-        kind: &'static str,
-        reason: String,
-        missing: bool,
-    ) -> SyncFailure {
+    fn failure(&self, d: &ReplicatorDescriptor, row: &ClaimedRow, f: Failed) -> SyncFailure {
         let _entered = row_span(d, row).entered();
-        tracing::warn!(reason = %reason, missing_on_primary = missing, "blob download failed");
+        self.failed_here(d, row, f)
+    }
+
+    /// [`BlobSync::failure`], from inside the row's span already.
+    fn failed_here(&self, d: &ReplicatorDescriptor, row: &ClaimedRow, f: Failed) -> SyncFailure {
+        tracing::warn!(reason = %f.reason, missing_on_primary = f.missing, "blob download failed");
         self.metrics.add(
             "geo_sync_failures_total",
-            &[("replicable", d.replicable_name), ("reason", kind)],
+            &[("replicable", d.replicable_name), ("reason", f.kind)],
             1,
         );
-        row.failed(reason, missing)
+        row.failed(f.reason, f.missing)
+    }
+
+    /// Refuses an object over `max_object_size`.
+    fn check_size(&self, size: Option<u64>) -> Result<(), Failed> {
+        match (size, self.config.max_object_size) {
+            (Some(size), Some(max)) if size > max => Err(Failed::new(
+                "too_large",
+                format!("The object is too large to sync: {size} bytes, the limit is {max}"),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Downloads the objects of `rows` in one request and stages them. Returns the outcomes
@@ -507,23 +574,20 @@ impl<S: BlobStore> BlobSync<S> {
     ) {
         let started = std::time::Instant::now();
         let ids: Vec<i64> = rows.iter().map(|r| r.model_record_id).collect();
-        let fail_all = |kind, reason: String| {
+        let fail_all = |f: Failed| {
             let failed = rows
                 .iter()
-                .map(|row| Err(self.failure(d, row, kind, reason.clone(), false)))
+                .map(|row| Err(self.failure(d, row, Failed::new(f.kind, f.reason.clone()))))
                 .collect();
             (failed, Vec::new())
         };
         let response = match self.client.retrieve_many(d.replicable_name, &ids).await {
             Ok(r) => r,
-            Err(e) => return fail_all("transport", format!("Error downloading file: {e}")),
+            Err(e) => return fail_all(Failed::transport(e)),
         };
         let status = response.status();
         if !status.is_success() {
-            return fail_all(
-                "http_status",
-                format!("Non-success HTTP response status code {}", status.as_u16()),
-            );
+            return fail_all(Failed::http_status(status.as_u16()));
         }
         let mut waiting: HashMap<i64, ClaimedRow> =
             rows.iter().map(|r| (r.model_record_id, *r)).collect();
@@ -543,74 +607,29 @@ impl<S: BlobStore> BlobSync<S> {
                     frame.id
                 ));
             };
-            let too_large = frame
-                .size
-                .zip(self.config.max_object_size)
-                .filter(|(size, max)| size > max);
-            if let Some((size, max)) = too_large {
-                results.push(Err(self.failure(
-                    d,
-                    &row,
-                    "too_large",
-                    format!("The object is too large to sync: {size} bytes, the limit is {max}"),
-                    false,
-                )));
-                continue;
-            }
-            match frame.status {
-                FrameStatus::Ok => {
-                    let key = frame
-                        .key
-                        .as_deref()
-                        .ok_or_else(|| "the primary sent no object key".to_owned())
-                        .and_then(|k| ObjectKey::parse(k).map_err(|e| e.to_string()));
-                    let sha = match frame.sha256.as_deref() {
-                        None => Ok(None),
-                        Some(h) => parse_sha256(h)
-                            .map(Some)
-                            .ok_or_else(|| "the primary sent a malformed checksum".to_owned()),
-                    };
-                    match key.and_then(|k| sha.map(|s| (k, s))) {
-                        Ok((key, sha)) => to_stage.push((row, key, data, sha)),
-                        Err(reason) => {
-                            results.push(Err(self.failure(d, &row, "protocol", reason, false)));
-                        }
-                    }
-                }
-                FrameStatus::Separately => alone.push(row),
-                FrameStatus::FileMissing => results.push(Err(self.failure(
-                    d,
-                    &row,
-                    "missing_on_primary",
-                    "The file is missing on the Geo primary site".into(),
-                    true,
-                ))),
-                FrameStatus::RecordMissing => results.push(Err(self.failure(
-                    d,
-                    &row,
-                    "record_missing_on_primary",
-                    "The record is missing on the Geo primary site".into(),
-                    false,
-                ))),
-                FrameStatus::Error => results.push(Err(self.failure(
-                    d,
-                    &row,
-                    "http_status",
-                    "The primary could not read the object".into(),
-                    false,
-                ))),
+            let outcome = self
+                .check_size(frame.size)
+                .and_then(|()| match frame.status {
+                    FrameStatus::Ok => object_meta(frame.key.as_deref(), frame.sha256.as_deref())
+                        .map(|(key, sha)| Some((key, sha))),
+                    FrameStatus::Separately => Ok(None),
+                    FrameStatus::FileMissing => Err(Failed::file_missing()),
+                    FrameStatus::RecordMissing => Err(Failed::record_missing()),
+                    FrameStatus::Error => Err(Failed::new(
+                        "http_status",
+                        "The primary could not read the object",
+                    )),
+                });
+            match outcome {
+                Ok(Some((key, sha))) => to_stage.push((row, key, data, sha)),
+                Ok(None) => alone.push(row),
+                Err(f) => results.push(Err(self.failure(d, &row, f))),
             }
         };
         // Rows the response never answered: it broke, or ended early.
         let reason = broken.unwrap_or_else(|| "the primary's response ended early".into());
         for row in waiting.into_values() {
-            results.push(Err(self.failure(
-                d,
-                &row,
-                "transport",
-                format!("Error downloading file: {reason}"),
-                false,
-            )));
+            results.push(Err(self.failure(d, &row, Failed::transport(&reason))));
         }
         let (meta, items): (Vec<_>, Vec<_>) = to_stage
             .into_iter()
@@ -642,13 +661,7 @@ impl<S: BlobStore> BlobSync<S> {
                         checked,
                     })
                 }
-                Err(e) => Err(self.failure(
-                    d,
-                    &row,
-                    e.kind(),
-                    format!("Error downloading file: {e}"),
-                    false,
-                )),
+                Err(e) => Err(self.failure(d, &row, Failed::storage(&e))),
             });
         }
         (results, alone)
@@ -660,46 +673,35 @@ impl<S: BlobStore> BlobSync<S> {
         d: &ReplicatorDescriptor,
         row: ClaimedRow,
     ) -> Result<Downloaded<S::Staged>, SyncFailure> {
+        self.download_one(d, row)
+            .await
+            .map_err(|f| self.failed_here(d, &row, f))
+    }
+
+    async fn download_one(
+        &self,
+        d: &ReplicatorDescriptor,
+        row: ClaimedRow,
+    ) -> Result<Downloaded<S::Staged>, Failed> {
         let started = std::time::Instant::now();
-        let fail = |kind: &'static str, reason: String, missing: bool| {
-            tracing::warn!(reason = %reason, missing_on_primary = missing, "blob download failed");
-            self.metrics.add(
-                "geo_sync_failures_total",
-                &[("replicable", d.replicable_name), ("reason", kind)],
-                1,
-            );
-            row.failed(reason, missing)
-        };
         let response = self
             .client
             .retrieve(d.replicable_name, row.model_record_id)
             .await
-            .map_err(|e| fail("transport", format!("Error downloading file: {e}"), false))?;
+            .map_err(Failed::transport)?;
         let status = response.status();
         if status == StatusCode::NOT_FOUND {
             let body: serde_json::Value = response.json().await.unwrap_or_default();
             return Err(
                 if body.get("geo_code").and_then(|c| c.as_str()) == Some(FILE_NOT_FOUND) {
-                    fail(
-                        "missing_on_primary",
-                        "The file is missing on the Geo primary site".into(),
-                        true,
-                    )
+                    Failed::file_missing()
                 } else {
-                    fail(
-                        "record_missing_on_primary",
-                        "The record is missing on the Geo primary site".into(),
-                        false,
-                    )
+                    Failed::record_missing()
                 },
             );
         }
         if !status.is_success() {
-            return Err(fail(
-                "http_status",
-                format!("Non-success HTTP response status code {}", status.as_u16()),
-                false,
-            ));
+            return Err(Failed::http_status(status.as_u16()));
         }
         let header = |name: &str| {
             response
@@ -708,44 +710,21 @@ impl<S: BlobStore> BlobSync<S> {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
-        let key = header(HEADER_OBJECT_KEY)
-            .ok_or_else(|| fail("protocol", "the primary sent no object key".into(), false))?;
-        let key = ObjectKey::parse(&key).map_err(|e| fail("protocol", e.to_string(), false))?;
-        let expected_sha = match header(HEADER_SHA256) {
-            Some(h) => Some(parse_sha256(&h).ok_or_else(|| {
-                fail(
-                    "protocol",
-                    "the primary sent a malformed checksum".into(),
-                    false,
-                )
-            })?),
-            None => None,
-        };
+        let (key, expected_sha) = object_meta(
+            header(HEADER_OBJECT_KEY).as_deref(),
+            header(HEADER_SHA256).as_deref(),
+        )?;
         let expected_size = response.content_length();
-        if let (Some(size), Some(max)) = (expected_size, self.config.max_object_size)
-            && size > max
-        {
-            return Err(fail(
-                "too_large",
-                format!("The object is too large to sync: {size} bytes, the limit is {max}"),
-                false,
-            ));
-        }
+        self.check_size(expected_size)?;
         let staged = match expected_size {
             // Small objects: read whole, then written in one step.
             Some(size) if size <= SMALL_OBJECT => {
-                let data = response.bytes().await.map_err(|e| {
-                    fail("transport", format!("Error downloading file: {e}"), false)
-                })?;
+                let data = response.bytes().await.map_err(Failed::transport)?;
                 if data.len() as u64 != size {
-                    return Err(fail(
-                        "size_mismatch",
-                        format!(
-                            "Error downloading file: size mismatch: expected {size} bytes, got {}",
-                            data.len()
-                        ),
-                        false,
-                    ));
+                    return Err(Failed::storage(&StorageError::SizeMismatch {
+                        expected: size,
+                        actual: data.len() as u64,
+                    }));
                 }
                 self.store.stage_bytes(&key, data, expected_sha).await
             }
@@ -756,7 +735,7 @@ impl<S: BlobStore> BlobSync<S> {
                     .await
             }
         }
-        .map_err(|e| fail(e.kind(), format!("Error downloading file: {e}"), false))?;
+        .map_err(|e| Failed::storage(&e))?;
         self.metrics.observe(
             "geo_sync_download_duration_seconds",
             &[("replicable", d.replicable_name)],
