@@ -143,21 +143,22 @@ async fn migrations_apply_once_and_record_themselves() {
                     .expect("app tables");
             }
             let first = db::migrate(&db, role, &set()).await.expect("first run");
-            // Base schema + one migration per replicator.
-            assert_eq!(first.applied.len(), 3, "{}: {first:?}", db.label());
+            // Base schema + each replicator's migrations: one on a primary, two on a secondary
+            // (the registry, then its invariants).
+            let per_replicator = match role {
+                NodeRole::Primary => 1,
+                NodeRole::Secondary => 2,
+            };
+            let expected = 1 + 2 * per_replicator;
+            assert_eq!(first.applied.len(), expected, "{}: {first:?}", db.label());
             assert_eq!(first.already_applied, 0);
             let scopes: Vec<&str> = first.applied.iter().map(|a| a.scope.as_str()).collect();
             let r = role.as_str();
-            assert_eq!(
-                scopes,
-                [
-                    format!("geo_runtime/{r}"),
-                    format!("replicable:gadget/{r}"),
-                    format!("replicable:widget/{r}")
-                ],
-                "{}",
-                db.label()
-            );
+            let mut want = vec![format!("geo_runtime/{r}")];
+            for name in ["gadget", "widget"] {
+                want.extend((0..per_replicator).map(|_| format!("replicable:{name}/{r}")));
+            }
+            assert_eq!(scopes, want, "{}", db.label());
 
             let again = db::migrate(&db, role, &set()).await.expect("second run");
             assert!(
@@ -165,7 +166,7 @@ async fn migrations_apply_once_and_record_themselves() {
                 "{}: re-applied {again:?}",
                 db.label()
             );
-            assert_eq!(again.already_applied, 3);
+            assert_eq!(again.already_applied, expected);
 
             // Recorded in our own table, not the host application's `_sqlx_migrations`.
             let recorded: i64 = match db.dialect() {
@@ -180,7 +181,7 @@ async fn migrations_apply_once_and_record_themselves() {
                     .await
                     .expect("count"),
             };
-            assert_eq!(recorded, 3, "{}", db.label());
+            assert_eq!(recorded, expected as i64, "{}", db.label());
         }
     }
 }
@@ -325,8 +326,8 @@ async fn registry_rows_round_trip_through_the_generated_type() {
             let n = state.as_i16();
             exec(
                 &db,
-                &format!("UPDATE widget_registry SET state = {n}, retry_count = 3, last_sync_failure = 'boom' WHERE widget_id = 42"),
-                &format!("UPDATE widget_registry SET state = {n}, retry_count = 3, last_sync_failure = 'boom' WHERE widget_id = 42"),
+                &format!("UPDATE widget_registry SET state = {n}, retry_count = 3, last_sync_failure = 'boom', last_synced_at = now() WHERE widget_id = 42"),
+                &format!("UPDATE widget_registry SET state = {n}, retry_count = 3, last_sync_failure = 'boom', last_synced_at = 1 WHERE widget_id = 42"),
             )
             .await
             .expect("update");
@@ -613,7 +614,7 @@ async fn concurrent_runners_apply_each_migration_once() {
     applied.sort_unstable();
     assert_eq!(
         applied,
-        [0, 0, 0, 3],
+        [0, 0, 0, 5],
         "exactly one runner applies the migrations"
     );
 }

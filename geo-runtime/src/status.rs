@@ -416,9 +416,11 @@ async fn secondary_counts(
         sum("\"state\" = 1"),
         sum("\"state\" = 2"),
         sum("\"state\" = 3"),
-        sum("\"state\" = 2 AND \"verification_state\" <> 4"),
+        // A copy that fails verification goes straight back to the sync: counted as failed
+        // (and in the total) until it is synced again, whatever its sync state.
+        sum("(\"state\" = 2 AND \"verification_state\" <> 4) OR \"verification_state\" = 3"),
         sum("\"state\" = 2 AND \"verification_state\" = 2"),
-        sum("\"state\" = 2 AND \"verification_state\" = 3"),
+        sum("\"verification_state\" = 3"),
         sum("\"checksum_mismatch\""),
         quote(d.registry_table)
     );

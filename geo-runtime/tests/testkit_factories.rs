@@ -66,18 +66,17 @@ async fn factories_insert_rows_in_every_state() {
             mismatched.iter().map(|r| r.widget_id).collect::<Vec<_>>(),
             vec![42, 43, 44]
         );
-        assert!(
-            mismatched
-                .iter()
-                .all(|r| r.checksum_mismatch && r.verification_state == VerificationState::Failed)
-        );
+        // A failed verification sends the copy back to the sync, as the runtime does.
+        assert!(mismatched.iter().all(|r| r.checksum_mismatch
+            && r.verification_state == VerificationState::Failed
+            && r.state == SyncState::Failed));
 
         // The runtime's own queries agree.
         let registry = Registry::new(&db, common::WidgetReplicator::DESCRIPTOR);
         let counts = registry.count_by_state().await.expect("counts");
         assert_eq!(
             (counts.pending, counts.started, counts.synced, counts.failed),
-            (1, 1, 4, 1),
+            (1, 1, 1, 4),
             "{label}"
         );
         let claimed = registry.claim(10, now()).await.expect("claim");

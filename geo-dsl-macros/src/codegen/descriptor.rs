@@ -50,6 +50,11 @@ pub fn expand(def: &ReplicableDef, names: &Names) -> TokenStream {
     let secondary_pg = sql::registry_migration(def, Dialect::Postgres);
     let secondary_sqlite = sql::registry_migration(def, Dialect::Sqlite);
     let secondary_description = format!("registry table {registry_table}");
+    let invariants_pg = sql::registry_invariants_migration(def, Dialect::Postgres);
+    let invariants_sqlite = sql::registry_invariants_migration(def, Dialect::Sqlite);
+    let invariants_description = format!(
+        "registry {registry_table}: every row reachable by a scheduler (CHECK constraints)"
+    );
     quote! {
         #p::ReplicatorDescriptor {
             replicable_name: #name,
@@ -73,12 +78,20 @@ pub fn expand(def: &ReplicableDef, names: &Names) -> TokenStream {
                 postgres: #primary_pg,
                 sqlite: #primary_sqlite,
             }],
-            secondary_migrations: &[#p::MigrationDef {
-                version: 1,
-                description: #secondary_description,
-                postgres: #secondary_pg,
-                sqlite: #secondary_sqlite,
-            }],
+            secondary_migrations: &[
+                #p::MigrationDef {
+                    version: 1,
+                    description: #secondary_description,
+                    postgres: #secondary_pg,
+                    sqlite: #secondary_sqlite,
+                },
+                #p::MigrationDef {
+                    version: 2,
+                    description: #invariants_description,
+                    postgres: #invariants_pg,
+                    sqlite: #invariants_sqlite,
+                },
+            ],
         }
     }
 }

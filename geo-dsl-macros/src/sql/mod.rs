@@ -64,9 +64,8 @@ fn table_body(columns: &[(&str, String)]) -> String {
         .join(",\n")
 }
 
-/// Migration 1 of the secondary: the registry table and its indexes.
-pub fn registry_migration(def: &ReplicableDef, d: Dialect) -> String {
-    let t = &def.registry_table;
+/// The registry's columns and their definitions, in table order.
+fn registry_columns(def: &ReplicableDef, d: Dialect) -> Vec<(&str, String)> {
     let fk = &def.foreign_key;
     let mut columns = vec![
         ("id", d.identity_pk().to_owned()),
@@ -115,26 +114,122 @@ pub fn registry_migration(def: &ReplicableDef, d: Dialect) -> String {
         d.boolean_not_null_false("checksum_mismatch"),
     ));
     columns.push(("verification_failure", d.text_255("verification_failure")));
+    columns
+}
 
+/// The registry's indexes.
+fn registry_indexes(def: &ReplicableDef) -> String {
+    let t = &def.registry_table;
     let tq = q(t);
     format!(
-        "CREATE TABLE {tq} (\n{body}\n){strict};\n\
-         CREATE UNIQUE INDEX {i_fk} ON {tq} ({fkq});\n\
+        "CREATE UNIQUE INDEX {i_fk} ON {tq} ({fkq});\n\
          CREATE INDEX {i_retry} ON {tq} (\"retry_at\") WHERE \"retry_at\" IS NOT NULL;\n\
          CREATE INDEX {i_state} ON {tq} (\"state\");\n\
          CREATE INDEX {i_pending} ON {tq} (\"id\") WHERE \"state\" = 0;\n\
          CREATE INDEX {i_failed} ON {tq} (\"retry_at\") WHERE \"state\" = 3;\n\
          CREATE INDEX {i_verify} ON {tq} (\"verification_state\", \"verification_retry_at\") WHERE \"state\" = 2;\n",
-        body = table_body(&columns),
-        strict = d.table_suffix(),
-        fkq = q(fk),
-        i_fk = q(&index_name(t, fk)),
+        fkq = q(&def.foreign_key),
+        i_fk = q(&index_name(t, &def.foreign_key)),
         i_retry = q(&index_name(t, "retry_at")),
         i_state = q(&index_name(t, "state")),
         i_pending = q(&index_name(t, "pending")),
         i_failed = q(&index_name(t, "failed_retry_at")),
         i_verify = q(&index_name(t, "synced_verification")),
     )
+}
+
+/// Migration 1 of the secondary: the registry table and its indexes.
+pub fn registry_migration(def: &ReplicableDef, d: Dialect) -> String {
+    format!(
+        "CREATE TABLE {} (\n{}\n){};\n{}",
+        q(&def.registry_table),
+        table_body(&registry_columns(def, d)),
+        d.table_suffix(),
+        registry_indexes(def)
+    )
+}
+
+/// The registry's invariants, as CHECK constraints (name, condition). Each rules out a row
+/// that no scheduler would ever select: a sync or a verification `started` with no start time
+/// (the sweepers select by it), a verification `succeeded` with no time (re-verification selects
+/// by it), and a synced copy whose verification failed (a failed verification always sends the
+/// row back to the sync).
+pub const REGISTRY_INVARIANTS: [(&str, &str); 4] = [
+    (
+        "started_has_start_time",
+        "\"state\" <> 1 OR \"last_synced_at\" IS NOT NULL",
+    ),
+    (
+        "verification_started_has_start_time",
+        "\"verification_state\" <> 1 OR \"verification_started_at\" IS NOT NULL",
+    ),
+    (
+        "verified_has_time",
+        "\"verification_state\" <> 2 OR \"verified_at\" IS NOT NULL",
+    ),
+    (
+        "synced_not_verification_failed",
+        "\"state\" <> 2 OR \"verification_state\" <> 3",
+    ),
+];
+
+/// A constraint name of at most 63 bytes, shortened as [`index_name`] does.
+pub fn constraint_name(table: &str, what: &str) -> String {
+    index_name(table, what).replacen("index_", "check_", 1)
+}
+
+/// Migration 2 of the secondary: the registry's invariants ([`REGISTRY_INVARIANTS`]) as CHECK
+/// constraints, after repairing the rows that break them (a start time from the row's creation,
+/// verifications without their time back to pending, a synced copy that failed verification
+/// back to the sync). PostgreSQL adds the constraints; SQLite, which cannot add one to a table,
+/// rebuilds the table with them (its AUTOINCREMENT position kept, so no row id is reused).
+pub fn registry_invariants_migration(def: &ReplicableDef, d: Dialect) -> String {
+    let t = &def.registry_table;
+    let tq = q(t);
+    let repair = format!(
+        "UPDATE {tq} SET \"last_synced_at\" = \"created_at\" WHERE \"state\" = 1 AND \"last_synced_at\" IS NULL;\n\
+         UPDATE {tq} SET \"verification_state\" = 0 WHERE \"verification_state\" = 1 AND \"verification_started_at\" IS NULL;\n\
+         UPDATE {tq} SET \"verification_state\" = 0 WHERE \"verification_state\" = 2 AND \"verified_at\" IS NULL;\n\
+         UPDATE {tq} SET \"state\" = 0, \"retry_count\" = 0, \"retry_at\" = NULL, \"last_synced_at\" = NULL WHERE \"state\" = 2 AND \"verification_state\" = 3;\n"
+    );
+    match d {
+        Dialect::Postgres => format!(
+            "{repair}ALTER TABLE {tq}\n{};\n",
+            REGISTRY_INVARIANTS
+                .iter()
+                .map(|(name, check)| format!(
+                    "    ADD CONSTRAINT {} CHECK ({check})",
+                    q(&constraint_name(t, name))
+                ))
+                .collect::<Vec<_>>()
+                .join(",\n")
+        ),
+        Dialect::Sqlite => {
+            let new = q(&format!("{t}__geo_rebuild"));
+            let checks: String = REGISTRY_INVARIANTS
+                .iter()
+                .map(|(name, check)| {
+                    format!(
+                        ",\n    CONSTRAINT {} CHECK ({check})",
+                        q(&constraint_name(t, name))
+                    )
+                })
+                .collect();
+            let lit = format!("'{t}'");
+            let new_lit = format!("'{t}__geo_rebuild'");
+            format!(
+                "{repair}CREATE TABLE {new} (\n{body}{checks}\n){strict};\n\
+                 INSERT INTO {new} SELECT * FROM {tq};\n\
+                 DELETE FROM \"sqlite_sequence\" WHERE \"name\" = {new_lit};\n\
+                 INSERT INTO \"sqlite_sequence\" (\"name\", \"seq\") SELECT {new_lit}, \"seq\" FROM \"sqlite_sequence\" WHERE \"name\" = {lit};\n\
+                 DROP TABLE {tq};\n\
+                 ALTER TABLE {new} RENAME TO {tq};\n{indexes}",
+                body = table_body(&registry_columns(def, d)),
+                strict = d.table_suffix(),
+                indexes = registry_indexes(def),
+            )
+        }
+    }
 }
 
 /// Indexes the verification workers need on the table holding the verification columns.

@@ -101,6 +101,10 @@ fn sql_separate_table() {
             "-- {d:?}: secondary migration 1\n{}\n",
             sql::registry_migration(&def, d)
         );
+        out += &format!(
+            "-- {d:?}: secondary migration 2\n{}\n",
+            sql::registry_invariants_migration(&def, d)
+        );
     }
     insta::assert_snapshot!(out);
 }

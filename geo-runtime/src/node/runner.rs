@@ -134,6 +134,8 @@ impl SecondaryConfig {
 }
 
 /// What a node is.
+// Built once per node: a boxed variant would only burden every caller.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum NodeConfig {
     /// A primary.
@@ -473,6 +475,17 @@ impl Node {
         let token = cancel.clone();
         let worker = verification.clone();
         tracker.spawn(async move { worker.run(token).await });
+        let sweeper = verification.clone();
+        every(&tracker, &cancel, c.sweep_interval, move || {
+            let sweeper = sweeper.clone();
+            async move {
+                match sweeper.release_timed_out().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(rows = n, "released verifications that timed out"),
+                    Err(e) => tracing::warn!(error = %e, "the verification-timeout sweep failed"),
+                }
+            }
+        });
         let (vclient, recheck) = (client.clone(), c.verification.disabled_recheck);
         every(&tracker, &cancel, c.verification.idle_wait, move || {
             let (verification, vclient) = (verification.clone(), vclient.clone());

@@ -175,7 +175,9 @@ pub struct SecondaryVerificationSql {
     pub mark_failed: String,
     /// `$1` id, `$2` started at: nothing to compare with (no checksum) → disabled.
     pub mark_disabled: String,
-    /// `$1` started before: verifications interrupted (a crash) go back to pending.
+    /// `$1` started before: verifications of synced copies interrupted (a crash) or running too
+    /// long go back to pending. (A row back in the sync has its verification reset when it is
+    /// synced again.)
     pub release_stuck: String,
     /// `$1` limit, `$2` now, `$3` next check: synced copies `disabled` for want of a primary
     /// checksum, due for a look, returning `id`, `model_record_id`, `verification_checksum`.
@@ -230,7 +232,7 @@ impl SecondaryVerificationSql {
                 "UPDATE {t} SET \"verification_state\" = 4 WHERE {this_attempt}"
             ),
             release_stuck: format!(
-                "UPDATE {t} SET \"verification_state\" = 0 WHERE \"verification_state\" = 1 AND \"verification_started_at\" < {}",
+                "UPDATE {t} SET \"verification_state\" = 0 WHERE \"state\" = 2 AND \"verification_state\" = 1 AND \"verification_started_at\" < {}",
                 p(1)
             ),
             claim_disabled: format!(

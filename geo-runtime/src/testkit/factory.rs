@@ -193,13 +193,23 @@ impl<R: RegistryRow> RegistryFactory<R> {
         self
     }
 
-    /// The copy failed verification with `reason` (a checksum mismatch when `mismatch`).
+    /// The copy failed verification with `reason` (a checksum mismatch when `mismatch`). As in
+    /// the runtime, a copy that fails verification goes back to the sync: the row is failed too,
+    /// retrying in an hour (a synced row whose verification failed cannot exist: the registry's
+    /// CHECK constraints refuse it).
     pub fn verification_failed(mut self, reason: &str, mismatch: bool) -> Self {
         self.verification_state = VerificationState::Failed;
         self.verification_retry_count = self.verification_retry_count.max(1);
         self.verification_retry_at = Some(now() + TimeDelta::hours(1));
         self.verification_failure = Some(truncate_failure(reason));
         self.checksum_mismatch = mismatch;
+        self.state = SyncState::Failed;
+        self.last_synced_at = self.last_synced_at.or_else(|| Some(now()));
+        self.retry_count = self.verification_retry_count;
+        self.retry_at = self.verification_retry_at;
+        self.last_sync_failure = Some(truncate_failure(&format!(
+            "Verification failed with: {reason}"
+        )));
         self
     }
 

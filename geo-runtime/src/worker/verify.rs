@@ -425,6 +425,9 @@ pub struct SecondaryVerifyConfig {
     pub idle_wait: Duration,
     /// How often a copy disabled for want of a primary checksum is looked at again.
     pub disabled_recheck: Duration,
+    /// A verification running longer than this is released back to pending by the periodic
+    /// sweep (a process that died mid-check, or a hung read); Geo's 8 h.
+    pub timeout: Duration,
 }
 
 impl Default for SecondaryVerifyConfig {
@@ -434,6 +437,7 @@ impl Default for SecondaryVerifyConfig {
             reverify_interval: Duration::from_secs(7 * 24 * 3600),
             idle_wait: Duration::from_secs(60),
             disabled_recheck: Duration::from_secs(300),
+            timeout: Duration::from_secs(8 * 3600),
         }
     }
 }
@@ -583,8 +587,10 @@ impl<S: BlobStore> SecondaryVerification<S> {
         Ok(n == 1)
     }
 
-    /// Verifications started before `before` and never finished (the process died) go back to
-    /// pending, so no copy is left out of verification. Returns how many.
+    /// Verifications of synced copies started before `before` and never finished (the process
+    /// died, or the check hangs) go back to pending, so no copy is left out of verification.
+    /// Returns how many. A node runs it at start (for checks started an hour before) and with
+    /// the sync sweeper (for checks older than [`SecondaryVerifyConfig::timeout`]).
     pub async fn release_stuck(&self, before: DateTime<Utc>) -> Result<u64, DbError> {
         let mut total = 0;
         for (_, sql) in self.items.iter() {
@@ -601,9 +607,19 @@ impl<S: BlobStore> SecondaryVerification<S> {
         client: &crate::node::PrimaryClient,
         recheck: Duration,
     ) -> Result<VerifyRound, crate::events::SourceError> {
+        self.check_disabled_at(client, recheck, now()).await
+    }
+
+    /// [`SecondaryVerification::check_disabled`] as of `at`: the copies whose next look is due
+    /// by then.
+    pub async fn check_disabled_at(
+        &self,
+        client: &crate::node::PrimaryClient,
+        recheck: Duration,
+        at: DateTime<Utc>,
+    ) -> Result<VerifyRound, crate::events::SourceError> {
         let mut round = VerifyRound::default();
         for (d, sql) in self.items.iter() {
-            let at = now();
             let next = at + TimeDelta::from_std(recheck).unwrap_or(TimeDelta::MAX);
             let claimed: Vec<(i64, i64, Option<Vec<u8>>)> = on_pool!(self.tracking, write, pool => {
                 let rows = sqlx::query(AssertSqlSafe(sql.claim_disabled.as_str()))
@@ -672,6 +688,15 @@ impl<S: BlobStore> SecondaryVerification<S> {
             }
         }
         Ok(round)
+    }
+
+    /// The periodic sweep: releases verifications running longer than the configured timeout.
+    pub async fn release_timed_out(&self) -> Result<u64, DbError> {
+        let timeout = TimeDelta::from_std(self.config.timeout).unwrap_or(TimeDelta::MAX);
+        let before = now()
+            .checked_sub_signed(timeout)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        self.release_stuck(before).await
     }
 
     /// One round with the configured interval.
