@@ -236,6 +236,7 @@ async fn run(label: &str, tracking: TestDatabase, count: usize, size: usize, cap
             idle_wait: Duration::ZERO,
             max_object_size: None,
             batch_size: env("GEO_BENCH_BATCH", 32),
+            ..SyncConfig::default()
         },
     );
     let t = Instant::now();

@@ -5,6 +5,8 @@
 //! Without `GEO_TEST_DATABASE_URL`, PostgreSQL tests are skipped with a loud line on stderr; with
 //! `CI=true` they fail instead, so CI can never pass by skipping them.
 
+pub mod link;
+
 use std::ops::Deref;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};

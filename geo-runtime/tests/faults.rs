@@ -272,6 +272,7 @@ async fn setup() -> Setup {
         max_object_size: None,
         // These faults are about the one-object path; `batch_faults` below covers batches.
         batch_size: 1,
+        ..SyncConfig::default()
     };
     config.cursor = CursorConfig {
         idle_wait: Duration::from_millis(20),

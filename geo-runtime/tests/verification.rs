@@ -257,8 +257,11 @@ impl BlobStore for ChangingStore {
     {
         BlobStore::stage_stream(&self.inner, key, body, size, sha).await
     }
-    async fn commit(&self, staged: Vec<Self::Staged>) -> Vec<Result<WrittenBlob, StorageError>> {
-        BlobStore::commit(&self.inner, staged).await
+    async fn flush(&self, staged: Vec<Self::Staged>) -> Vec<Result<Self::Staged, StorageError>> {
+        BlobStore::flush(&self.inner, staged).await
+    }
+    async fn publish(&self, staged: Vec<Self::Staged>) -> Vec<Result<WrittenBlob, StorageError>> {
+        BlobStore::publish(&self.inner, staged).await
     }
     async fn read_or_open(
         &self,

@@ -260,6 +260,15 @@ pub fn skip_locked(dialect: super::Dialect) -> &'static str {
     }
 }
 
+/// ` FOR UPDATE` on PostgreSQL: the rows read stay locked until the transaction ends. Nothing on
+/// SQLite, whose write transaction already holds the single writer lock.
+pub fn for_update(dialect: super::Dialect) -> &'static str {
+    match dialect {
+        super::Dialect::Postgres => " FOR UPDATE",
+        super::Dialect::Sqlite => "",
+    }
+}
+
 /// The timestamp expression `base` plus a random delay below `max_secs` seconds, drawn per row.
 pub fn plus_random_secs(dialect: super::Dialect, base: &str, max_secs: u32) -> String {
     match dialect {

@@ -6,6 +6,7 @@
 
 pub mod dialect;
 pub mod lease;
+pub(crate) mod lock;
 mod migrate;
 mod schema;
 

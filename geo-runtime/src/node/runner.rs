@@ -548,6 +548,7 @@ impl Node {
             async move {
                 loop {
                     match remove_objects(&tdb, &tset, &tstore, 1000).await {
+                        // A full round of entries it could finish: there may be more.
                         Ok(r) if r.deleted + r.kept + r.orphaned == 1000 => continue,
                         Ok(_) => break,
                         Err(e) => {

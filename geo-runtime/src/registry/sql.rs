@@ -5,8 +5,8 @@
 use super::REGISTRY_COLUMNS;
 use crate::db::Dialect;
 use crate::db::dialect::{
-    false_literal, id_list_rows, in_id_list, param, plus_random_secs, quote, skip_locked,
-    synced_rows, true_literal,
+    false_literal, for_update, id_list_rows, in_id_list, param, plus_random_secs, quote,
+    skip_locked, synced_rows, true_literal,
 };
 use crate::replicator::ReplicatorDescriptor;
 
@@ -35,6 +35,14 @@ pub struct RegistrySql {
     /// removal of the copies those syncs supersede under another key (run first, in the same
     /// transaction).
     pub schedule_superseded: String,
+    /// `$1` ids: `id`, `state` and `sync_attempt` of those rows that exist, locked until the
+    /// transaction ends (PostgreSQL), so that an attempt found current stays current until its
+    /// copy is published and recorded.
+    pub lock_rows: String,
+    /// `$1` model ids: the model id and `object_key` of each of those tracked.
+    pub object_keys: String,
+    /// `$1` ids: `id` and `sync_attempt` of those rows that are `started`.
+    pub started_attempts: String,
     /// `$1` id, `$2` attempt, `$3` retry_at, `$4` failure: started → failed for that attempt.
     pub mark_failed: String,
     /// `$1` started before, `$2` earliest retry, `$3` failure: started too long → failed.
@@ -122,6 +130,19 @@ impl RegistrySql {
                 now = p(6),
                 name = p(7),
                 rows = synced_rows(dialect)
+            ),
+            lock_rows: format!(
+                "SELECT \"id\", \"state\", \"sync_attempt\" FROM {t} WHERE {} ORDER BY \"id\"{}",
+                in_id_list(dialect, "\"id\"", 1),
+                for_update(dialect)
+            ),
+            object_keys: format!(
+                "SELECT {fk}, \"object_key\" FROM {t} WHERE {}",
+                in_id_list(dialect, &fk, 1)
+            ),
+            started_attempts: format!(
+                "SELECT \"id\", \"sync_attempt\" FROM {t} WHERE {} AND \"state\" = 1",
+                in_id_list(dialect, "\"id\"", 1)
             ),
             mark_failed: format!(
                 "UPDATE {t} SET \"state\" = 3, \"retry_count\" = \"retry_count\" + 1, \"retry_at\" = {}, \"last_sync_failure\" = {} WHERE \"id\" = {} AND \"state\" = 1 AND \"sync_attempt\" = {}",

@@ -8,6 +8,7 @@
 //!   never be marked synced.
 //! - [`Registry::fail_timed_out`] is the sweeper for rows stuck in `started`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -227,6 +228,21 @@ impl Registry {
         if copies.is_empty() {
             return Ok(Vec::new());
         }
+        let mut tx = self.db.begin_write().await?;
+        let marked = self.mark_synced_in(tx.conn(), copies).await?;
+        tx.commit().await?;
+        Ok(marked)
+    }
+
+    /// [`Registry::mark_synced_copies`] inside the caller's transaction.
+    pub async fn mark_synced_in(
+        &self,
+        conn: Conn<'_>,
+        copies: &[SyncedCopy],
+    ) -> Result<Vec<i64>, DbError> {
+        if copies.is_empty() {
+            return Ok(Vec::new());
+        }
         let sql = AssertSqlSafe(self.sql.mark_synced_many.as_str());
         let ids = IdList(copies.iter().map(|c| c.row.id).collect());
         let attempts = IdList(copies.iter().map(|c| c.row.sync_attempt).collect());
@@ -252,8 +268,7 @@ impl Registry {
         );
         let now = Ts(crate::db::dialect::now());
         let superseded = AssertSqlSafe(self.sql.schedule_superseded.as_str());
-        let mut tx = self.db.begin_write().await?;
-        let marked = on_conn!(tx.conn(), c => {
+        let marked = on_conn!(conn, c => {
             sqlx::query(superseded)
                 .bind(ids.clone())
                 .bind(attempts.clone())
@@ -275,8 +290,65 @@ impl Registry {
                 .await?;
             done.iter().map(|r| Ok(r.try_get::<i64, _>(0)?)).collect::<Result<Vec<i64>, DbError>>()?
         });
-        tx.commit().await?;
         Ok(marked)
+    }
+
+    /// Inside the caller's write transaction: the current `(state, sync_attempt)` of each of
+    /// the rows `ids` that still exists, locked until the transaction ends (on PostgreSQL; a
+    /// SQLite write transaction excludes every other writer anyway). An attempt found current
+    /// here cannot be reset, re-claimed or deleted before the transaction commits.
+    pub async fn lock_rows(
+        &self,
+        conn: Conn<'_>,
+        ids: &[i64],
+    ) -> Result<HashMap<i64, (SyncState, i64)>, DbError> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let sql = AssertSqlSafe(self.sql.lock_rows.as_str());
+        let ids = IdList(ids.to_vec());
+        let rows: Vec<(i64, i16, i64)> =
+            on_conn!(conn, c => sqlx::query_as(sql).bind(ids).fetch_all(&mut *c).await?);
+        rows.into_iter()
+            .map(|(id, state, attempt)| {
+                let state = SyncState::from_i16(state).ok_or(DbError::InvalidValue {
+                    column: "state".into(),
+                    what: "sync state (0..=3)",
+                    value: state.to_string(),
+                })?;
+                Ok((id, (state, attempt)))
+            })
+            .collect()
+    }
+
+    /// Inside the caller's transaction: the object key of the copy each of `model_record_ids`
+    /// is recorded with (`None`: tracked, no copy recorded); untracked ids are left out.
+    pub async fn object_keys_in(
+        &self,
+        conn: Conn<'_>,
+        model_record_ids: &[i64],
+    ) -> Result<HashMap<i64, Option<String>>, DbError> {
+        if model_record_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let sql = AssertSqlSafe(self.sql.object_keys.as_str());
+        let ids = IdList(model_record_ids.to_vec());
+        let rows: Vec<(i64, Option<String>)> =
+            on_conn!(conn, c => sqlx::query_as(sql).bind(ids).fetch_all(&mut *c).await?);
+        Ok(rows.into_iter().collect())
+    }
+
+    /// The running attempt of each of the rows `ids` that is `started` (rows reset, deleted or
+    /// finished are left out).
+    pub async fn started_attempts(&self, ids: &[i64]) -> Result<HashMap<i64, i64>, DbError> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let sql = AssertSqlSafe(self.sql.started_attempts.as_str());
+        let ids = IdList(ids.to_vec());
+        let rows: Vec<(i64, i64)> =
+            on_pool!(self.db, read, pool => sqlx::query_as(sql).bind(ids).fetch_all(pool).await?);
+        Ok(rows.into_iter().collect())
     }
 
     /// started → failed for each failure whose attempt is still the running one, with Geo's

@@ -90,10 +90,11 @@ fn flush_paths(root: &Path, paths: &[&Path]) -> std::io::Result<()> {
     Ok(())
 }
 
-fn commit_blocking(
+/// Flushes the data of the staged objects not flushed yet (one `syncfs` for a large batch).
+fn flush_blocking(
     root: &Path,
     mut staged: Vec<StagedBlob>,
-) -> Vec<Result<WrittenBlob, StorageError>> {
+) -> Vec<Result<StagedBlob, StorageError>> {
     let unflushed: Vec<&Path> = staged
         .iter()
         .filter(|s| !s.durable)
@@ -112,8 +113,25 @@ fn commit_blocking(
             })
             .collect();
     }
+    for s in &mut staged {
+        s.durable = true;
+    }
+    staged.into_iter().map(Ok).collect()
+}
+
+/// Renames flushed staged objects into place, then flushes their directories.
+fn publish_blocking(
+    root: &Path,
+    mut staged: Vec<StagedBlob>,
+) -> Vec<Result<WrittenBlob, StorageError>> {
     let mut results: Vec<Result<WrittenBlob, StorageError>> = Vec::with_capacity(staged.len());
     for s in &mut staged {
+        if !s.durable {
+            results.push(Err(io("publish", &s.path)(std::io::Error::other(
+                "the staged data was not flushed",
+            ))));
+            continue;
+        }
         match std::fs::rename(&s.tmp, &s.path) {
             Ok(()) => {
                 s.tmp = PathBuf::new();
@@ -142,6 +160,60 @@ fn commit_blocking(
                 })
             })
             .collect();
+    }
+    results
+}
+
+/// [`flush_blocking`] then [`publish_blocking`], in one trip to the blocking pool.
+fn commit_blocking(root: &Path, staged: Vec<StagedBlob>) -> Vec<Result<WrittenBlob, StorageError>> {
+    let flushed = flush_blocking(root, staged);
+    let mut out: Vec<Option<Result<WrittenBlob, StorageError>>> = Vec::new();
+    let mut ready = Vec::new();
+    for f in flushed {
+        match f {
+            Ok(s) => {
+                ready.push(s);
+                out.push(None);
+            }
+            Err(e) => out.push(Some(Err(e))),
+        }
+    }
+    let mut published = publish_blocking(root, ready).into_iter();
+    out.into_iter()
+        .map(|r| {
+            r.or_else(|| published.next())
+                .unwrap_or_else(|| unreachable!("one result per object"))
+        })
+        .collect()
+}
+
+/// Removes the files at `paths`, then flushes their directories once.
+fn delete_many_blocking(root: &Path, paths: &[PathBuf]) -> Vec<Result<bool, StorageError>> {
+    let mut results: Vec<Result<bool, StorageError>> = paths
+        .iter()
+        .map(|p| match std::fs::remove_file(p) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io("remove", p)(e)),
+        })
+        .collect();
+    let dirs: std::collections::BTreeSet<&Path> = paths
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| matches!(r, Ok(true)))
+        .filter_map(|(p, _)| p.parent())
+        .collect();
+    if let Err(e) = flush_paths(root, &dirs.into_iter().collect::<Vec<_>>()) {
+        let reason = e.to_string();
+        for r in &mut results {
+            if matches!(r, Ok(true)) {
+                *r = Err(StorageError::Io {
+                    op: "flush directories",
+                    path: root.display().to_string(),
+                    source: std::io::Error::other(reason.clone()),
+                });
+            }
+        }
     }
     results
 }
@@ -403,18 +475,17 @@ impl LocalStore {
             .await
             .map_err(io("create directory", &dir))?;
         let tmp = dir.join(format!("{TEMP_PREFIX}{:016x}", fastrand::u64(..)));
-        match write_temp(&tmp, body, expected_size, expected_sha256, flush).await {
-            Ok(written) => Ok(StagedBlob {
-                tmp,
-                path,
-                written,
-                durable: flush,
-            }),
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                Err(e)
-            }
-        }
+        // Removes the temp file however this ends: an error, or the download dropped half-way
+        // (a cancelled transfer).
+        let guard = TempGuard::new(tmp.clone());
+        let written = write_temp(&tmp, body, expected_size, expected_sha256, flush, &guard).await?;
+        guard.disarm();
+        Ok(StagedBlob {
+            tmp,
+            path,
+            written,
+            durable: flush,
+        })
     }
 
     /// Makes a batch of staged objects durable and publishes them: flush their data, rename each
@@ -494,12 +565,47 @@ enum ToWriter {
     End,
 }
 
+/// The temp file of a streamed write, removed when the write is abandoned (unless disarmed).
+/// The writer thread may outlive the download that fed it, so both look at `abandoned`: the
+/// guard sets it before it removes the file, and the thread removes the file itself when it
+/// finds it set once done; whichever comes last, nothing is left behind.
+struct TempGuard {
+    tmp: PathBuf,
+    abandoned: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    armed: bool,
+}
+
+impl TempGuard {
+    fn new(tmp: PathBuf) -> Self {
+        TempGuard {
+            tmp,
+            abandoned: Default::default(),
+            armed: true,
+        }
+    }
+
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.abandoned
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
 async fn write_temp<S, E>(
     tmp: &Path,
     body: S,
     expected_size: Option<u64>,
     expected_sha256: Option<[u8; 32]>,
     flush: bool,
+    guard: &TempGuard,
 ) -> Result<WrittenBlob, StorageError>
 where
     S: Stream<Item = Result<Bytes, E>> + Send,
@@ -510,7 +616,14 @@ where
     let (tx, rx) = tokio::sync::mpsc::channel(WRITE_QUEUE);
     let writer = tokio::task::spawn_blocking({
         let tmp = tmp.to_path_buf();
-        move || write_temp_blocking(&tmp, rx, flush)
+        let abandoned = guard.abandoned.clone();
+        move || {
+            let written = write_temp_blocking(&tmp, rx, flush);
+            if written.is_err() || abandoned.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            written
+        }
     });
     let fed = feed(body, &tx, expected_size).await;
     drop(tx);
@@ -697,8 +810,42 @@ impl BlobStore for LocalStore {
         LocalStore::stage_stream(self, key, body, expected_size, expected_sha256).await
     }
 
+    async fn flush(&self, staged: Vec<StagedBlob>) -> Vec<Result<StagedBlob, StorageError>> {
+        if staged.iter().all(|s| s.durable) {
+            return staged.into_iter().map(Ok).collect();
+        }
+        let root = self.root.clone();
+        let n = staged.len();
+        blocking(move || flush_blocking(&root, staged))
+            .await
+            .unwrap_or_else(|e| all_failed(n, &e))
+    }
+
+    async fn publish(&self, staged: Vec<StagedBlob>) -> Vec<Result<WrittenBlob, StorageError>> {
+        if staged.is_empty() {
+            return Vec::new();
+        }
+        let root = self.root.clone();
+        let n = staged.len();
+        blocking(move || publish_blocking(&root, staged))
+            .await
+            .unwrap_or_else(|e| all_failed(n, &e))
+    }
+
     async fn commit(&self, staged: Vec<StagedBlob>) -> Vec<Result<WrittenBlob, StorageError>> {
         LocalStore::commit(self, staged).await
+    }
+
+    async fn delete_many(&self, keys: Vec<ObjectKey>) -> Vec<Result<bool, StorageError>> {
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        let root = self.root.clone();
+        let n = keys.len();
+        let paths: Vec<PathBuf> = keys.iter().map(|k| self.path(k)).collect();
+        blocking(move || delete_many_blocking(&root, &paths))
+            .await
+            .unwrap_or_else(|e| all_failed(n, &e))
     }
 
     async fn stage_many_bytes(

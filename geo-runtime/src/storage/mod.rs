@@ -97,11 +97,56 @@ pub trait BlobStore: Clone + Send + Sync + fmt::Debug + 'static {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: fmt::Display + Send;
 
-    /// Makes a batch durable and visible; one result per staged write, in order.
-    fn commit(
+    /// Makes staged writes durable where they are, still invisible at their keys (a local
+    /// store flushes their data; an object store has nothing to do before the upload). One
+    /// result per staged write, in order.
+    fn flush(
+        &self,
+        staged: Vec<Self::Staged>,
+    ) -> impl Future<Output = Vec<Result<Self::Staged, StorageError>>> + Send;
+
+    /// Puts flushed staged writes in place, durably: each becomes visible at its key only
+    /// complete, and none is reported written before it is (a local store renames them and
+    /// flushes their directories; an object store uploads them). One result per staged write,
+    /// in order. The sync publishes under the registry's lock, so that only the attempt still
+    /// current puts its bytes in place.
+    fn publish(
         &self,
         staged: Vec<Self::Staged>,
     ) -> impl Future<Output = Vec<Result<WrittenBlob, StorageError>>> + Send;
+
+    /// Makes a batch durable and visible ([`BlobStore::flush`], then [`BlobStore::publish`]);
+    /// one result per staged write, in order.
+    fn commit(
+        &self,
+        staged: Vec<Self::Staged>,
+    ) -> impl Future<Output = Vec<Result<WrittenBlob, StorageError>>> + Send {
+        async move {
+            let flushed = self.flush(staged).await;
+            let mut out: Vec<Option<Result<WrittenBlob, StorageError>>> = Vec::new();
+            let mut ready = Vec::new();
+            for f in flushed {
+                match f {
+                    Ok(s) => {
+                        ready.push(s);
+                        out.push(None);
+                    }
+                    Err(e) => out.push(Some(Err(e))),
+                }
+            }
+            let mut published = self.publish(ready).await.into_iter();
+            out.into_iter()
+                .map(|r| {
+                    r.or_else(|| published.next()).unwrap_or_else(|| {
+                        Err(StorageError::Source {
+                            bytes: 0,
+                            reason: "the store published fewer objects than it was given".into(),
+                        })
+                    })
+                })
+                .collect()
+        }
+    }
 
     /// Opens `key` for serving (whole when at most `whole_below` bytes); `None` when missing.
     fn read_or_open(
@@ -145,6 +190,22 @@ pub trait BlobStore: Clone + Send + Sync + fmt::Debug + 'static {
 
     /// Removes `key`; true when it existed.
     fn delete(&self, key: &ObjectKey) -> impl Future<Output = Result<bool, StorageError>> + Send;
+
+    /// Removes `keys`, durably; one result per key, in order (true when it existed). By
+    /// default one [`BlobStore::delete`] after the other; a local store flushes the directories
+    /// once for the batch.
+    fn delete_many(
+        &self,
+        keys: Vec<ObjectKey>,
+    ) -> impl Future<Output = Vec<Result<bool, StorageError>>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(keys.len());
+            for key in &keys {
+                out.push(self.delete(key).await);
+            }
+            out
+        }
+    }
 
     /// Removes what an interrupted write left behind; returns how many.
     fn remove_stale_temp_files(&self) -> impl Future<Output = Result<usize, StorageError>> + Send;

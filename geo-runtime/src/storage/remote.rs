@@ -139,7 +139,13 @@ impl BlobStore for ObjectStoreBlobs {
         Ok(RemoteStaged::new(key.clone(), local))
     }
 
-    async fn commit(&self, staged: Vec<RemoteStaged>) -> Vec<Result<WrittenBlob, StorageError>> {
+    /// Nothing to flush: the staging copy is uploaded from its temp file, and a crash before
+    /// the upload leaves only that temp file, removed at the next start.
+    async fn flush(&self, staged: Vec<RemoteStaged>) -> Vec<Result<RemoteStaged, StorageError>> {
+        staged.into_iter().map(Ok).collect()
+    }
+
+    async fn publish(&self, staged: Vec<RemoteStaged>) -> Vec<Result<WrittenBlob, StorageError>> {
         // A few uploads at once (each is a round trip or several); results in order. Dropping
         // each staged object removes its staging file whatever the outcome.
         futures_util::stream::iter(staged)

@@ -19,12 +19,13 @@ use tracing::Instrument;
 
 use crate::db::Database;
 use crate::db::dialect::now;
+use crate::db::lock::lock_object_keys;
 use crate::error::DbError;
 use crate::flags;
 use crate::node::client::FrameReader;
 use crate::node::server::{FrameStatus, MAX_BATCH};
 use crate::node::{FILE_NOT_FOUND, HEADER_OBJECT_KEY, HEADER_SHA256, PrimaryClient};
-use crate::registry::{ClaimedRow, Registry, SyncFailure, SyncedCopy};
+use crate::registry::{ClaimedRow, Registry, SyncFailure, SyncState, SyncedCopy};
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
 use crate::storage::{BlobStore, LocalStore, ObjectKey, StorageError, parse_sha256};
 use crate::telemetry::Metrics;
@@ -52,6 +53,9 @@ pub struct SyncConfig {
     /// marks larger ones, which are then fetched one to a request. 1 fetches every object on its
     /// own request.
     pub batch_size: usize,
+    /// How often the rows of the downloads under way are looked at: a transfer whose row was
+    /// deleted, reset (an update) or re-claimed meanwhile is cancelled.
+    pub supersede_check: Duration,
 }
 
 impl Default for SyncConfig {
@@ -61,6 +65,7 @@ impl Default for SyncConfig {
             idle_wait: Duration::from_secs(1),
             max_object_size: None,
             batch_size: 32,
+            supersede_check: Duration::from_secs(1),
         }
     }
 }
@@ -76,6 +81,9 @@ pub struct SyncRound {
     pub failed: usize,
     /// Bytes downloaded.
     pub bytes: u64,
+    /// Downloads dropped because their record was deleted or changed meanwhile: cancelled in
+    /// flight, or found stale when their copy was about to be published (nothing published).
+    pub superseded: usize,
 }
 
 /// The blob sync of one secondary.
@@ -177,12 +185,69 @@ fn row_span(d: &ReplicatorDescriptor, row: &ClaimedRow) -> tracing::Span {
 struct Recorded {
     synced: usize,
     bytes: u64,
+    /// Copies not published: their row had changed.
+    superseded: usize,
     /// Downloads that could not be made durable.
     failed: Vec<SyncFailure>,
 }
 
-/// A downloaded row, its key and whether its checksum was the primary's.
-type DownloadMeta = (ClaimedRow, String, bool);
+/// Why a download's copy is no longer wanted: the row as found under its lock.
+fn superseded_because(found: Option<(SyncState, i64)>) -> &'static str {
+    match found {
+        None => {
+            "the record was deleted on the primary while it was downloaded; the copy was discarded"
+        }
+        Some((SyncState::Started, _)) => {
+            "a newer attempt is syncing the record; this attempt's copy was discarded"
+        }
+        Some(_) => {
+            "the record changed while it was downloaded and is due to sync again; the copy was discarded"
+        }
+    }
+}
+
+/// Single-object transfers under way, by registry row id, with their attempt: the watcher of a
+/// round cancels those whose row was deleted, reset or re-claimed meanwhile.
+#[derive(Debug, Default)]
+struct InFlight(std::sync::Mutex<HashMap<i64, (i64, CancellationToken)>>);
+
+impl InFlight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, (i64, CancellationToken)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers `row`'s transfer; cancelled when it is superseded.
+    fn start(&self, row: &ClaimedRow) -> CancellationToken {
+        let token = CancellationToken::new();
+        self.lock()
+            .insert(row.id, (row.sync_attempt, token.clone()));
+        token
+    }
+
+    fn finish(&self, row: &ClaimedRow) {
+        self.lock().remove(&row.id);
+    }
+
+    fn snapshot(&self) -> Vec<(i64, i64)> {
+        self.lock().iter().map(|(id, (a, _))| (*id, *a)).collect()
+    }
+
+    fn cancel(&self, id: i64) {
+        if let Some((_, token)) = self.lock().get(&id) {
+            token.cancel();
+        }
+    }
+}
+
+/// How a download ended.
+enum Outcome<T> {
+    Downloaded(Downloaded<T>),
+    Failed(SyncFailure),
+    /// Cancelled in flight: its row was deleted, reset or re-claimed.
+    Superseded,
+}
 
 struct Downloaded<T> {
     row: ClaimedRow,
@@ -299,9 +364,10 @@ impl<S: BlobStore> BlobSync<S> {
     }
 
     /// Downloads `claimed`, makes the copies durable and records the outcome. Downloading and
-    /// recording run side by side: whatever has arrived is made durable and marked synced in
-    /// one group while the next objects download (a group commit), so the flushes and the
-    /// registry transaction cost little per object and never stall the transfers.
+    /// recording run side by side: whatever has arrived is flushed while the next objects
+    /// download, then published and marked synced in one transaction (a group commit), so the
+    /// flushes and the registry transaction cost little per object and never stall the
+    /// transfers. A watcher cancels the transfers whose row is deleted or changed meanwhile.
     ///
     /// While the claims come back full, the round claims again (up to [`CLAIMS_PER_ROUND`]
     /// times) as soon as the previous claim's downloads are done, so the last group of one claim
@@ -317,13 +383,21 @@ impl<S: BlobStore> BlobSync<S> {
     ) -> Result<(), DbError> {
         let (capacity, claim_size) = (self.capacity(), self.claim_size());
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let in_flight = InFlight::default();
+        let downloads_done = CancellationToken::new();
         let downloads = async {
+            let _done = downloads_done.clone().drop_guard();
             let mut failed = Vec::new();
+            let mut superseded = 0;
             let mut rows = claimed;
             for claim in 1.. {
                 let full = rows.len() >= claim_size;
                 round.claimed += rows.len();
-                failed.extend(self.download_all(d, &rows, capacity, &tx, stop).await);
+                let (f, s) = self
+                    .download_all(d, &rows, capacity, &tx, stop, &in_flight)
+                    .await;
+                failed.extend(f);
+                superseded += s;
                 // A closed channel: recording failed, the round is over.
                 if !full || claim >= CLAIMS_PER_ROUND || tx.is_closed() || stop.is_cancelled() {
                     break;
@@ -335,18 +409,27 @@ impl<S: BlobStore> BlobSync<S> {
                 taken.extend(rows.iter().copied());
             }
             drop(tx);
-            Ok::<_, DbError>(failed)
+            Ok::<_, DbError>((failed, superseded))
         };
-        let (failed, recorded) = tokio::join!(downloads, self.record_downloads(d, registry, rx));
+        let (downloaded, recorded, ()) = tokio::join!(
+            downloads,
+            self.record_downloads(d, registry, rx),
+            self.watch_in_flight(registry, &in_flight, &downloads_done)
+        );
         let recorded = recorded?;
-        let mut failed = failed?;
+        let (mut failed, cancelled) = downloaded?;
         failed.extend(recorded.failed);
         let failed =
             usize::try_from(registry.mark_failed(&failed, now()).await?).unwrap_or(usize::MAX);
+        let superseded = cancelled + recorded.superseded;
         let replicable = [("replicable", d.replicable_name)];
         self.metrics
             .add("geo_sync_bytes_total", &replicable, recorded.bytes);
-        for (outcome, n) in [("synced", recorded.synced), ("failed", failed)] {
+        for (outcome, n) in [
+            ("synced", recorded.synced),
+            ("failed", failed),
+            ("superseded", superseded),
+        ] {
             self.metrics.add(
                 "geo_sync_transfers_total",
                 &[("replicable", d.replicable_name), ("outcome", outcome)],
@@ -356,11 +439,49 @@ impl<S: BlobStore> BlobSync<S> {
         round.synced += recorded.synced;
         round.failed += failed;
         round.bytes += recorded.bytes;
+        round.superseded += superseded;
         Ok(())
     }
 
+    /// Until `done`, every [`SyncConfig::supersede_check`]: cancels the transfers in
+    /// `in_flight` whose row is no longer `started` by their attempt (deleted by a `deleted`
+    /// event or the consistency pass, reset by an `updated` event, released by another process).
+    /// It reads the registry, so it sees the changes of every process sharing it.
+    async fn watch_in_flight(
+        &self,
+        registry: &Registry,
+        in_flight: &InFlight,
+        done: &CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                () = done.cancelled() => return,
+                () = tokio::time::sleep(self.config.supersede_check) => {}
+            }
+            let running = in_flight.snapshot();
+            if running.is_empty() {
+                continue;
+            }
+            let ids: Vec<i64> = running.iter().map(|(id, _)| *id).collect();
+            match registry.started_attempts(&ids).await {
+                Ok(current) => {
+                    for (id, attempt) in running {
+                        if current.get(&id) != Some(&attempt) {
+                            in_flight.cancel(id);
+                        }
+                    }
+                }
+                // The next look retries; the publish checks the row under its lock anyway.
+                Err(e) => {
+                    tracing::debug!(error = %e, "could not look at the rows being downloaded")
+                }
+            }
+        }
+    }
+
     /// Downloads the objects of `claimed`, `capacity` requests at once, passing each staged
-    /// object to `done` as it arrives; returns the failed attempts.
+    /// object to `done` as it arrives; returns the failed attempts and how many transfers were
+    /// cancelled because their row was superseded.
     async fn download_all(
         &self,
         d: &'static ReplicatorDescriptor,
@@ -368,13 +489,16 @@ impl<S: BlobStore> BlobSync<S> {
         capacity: usize,
         done: &tokio::sync::mpsc::UnboundedSender<Downloaded<S::Staged>>,
         stop: &CancellationToken,
-    ) -> Vec<SyncFailure> {
+        in_flight: &InFlight,
+    ) -> (Vec<SyncFailure>, usize) {
         let mut failed = Vec::new();
+        let mut superseded = 0;
         // A send fails only when recording stopped on an error: the staged object is dropped
         // (its temp file removed) and the row waits for the next round.
-        let mut settle = |r: Result<Downloaded<S::Staged>, SyncFailure>| match r {
-            Ok(downloaded) => drop(done.send(downloaded)),
-            Err(f) => failed.push(f),
+        let mut settle = |r: Outcome<S::Staged>| match r {
+            Outcome::Downloaded(downloaded) => drop(done.send(downloaded)),
+            Outcome::Failed(f) => failed.push(f),
+            Outcome::Superseded => superseded += 1,
         };
         let mut alone = Vec::new();
         if self.batch_size() > 1 {
@@ -387,7 +511,12 @@ impl<S: BlobStore> BlobSync<S> {
                 .map(|rows| self.download_many(d, rows))
                 .buffer_unordered(capacity);
             while let Some((results, too_large)) = batches.next().await {
-                results.into_iter().for_each(&mut settle);
+                for r in results {
+                    settle(match r {
+                        Ok(downloaded) => Outcome::Downloaded(downloaded),
+                        Err(f) => Outcome::Failed(f),
+                    });
+                }
                 alone.extend(too_large);
             }
         } else {
@@ -395,129 +524,177 @@ impl<S: BlobStore> BlobSync<S> {
         }
         let mut singles = futures_util::stream::iter(alone)
             .take_while(|_| futures_util::future::ready(!stop.is_cancelled()))
-            .map(|row| self.download(d, row).instrument(row_span(d, &row)))
+            .map(|row| {
+                let cancelled = in_flight.start(&row);
+                let span = row_span(d, &row);
+                async move {
+                    let outcome = tokio::select! {
+                        r = self.download(d, row) => match r {
+                            Ok(downloaded) => Outcome::Downloaded(downloaded),
+                            Err(f) => Outcome::Failed(f),
+                        },
+                        () = cancelled.cancelled() => {
+                            tracing::info!("transfer cancelled: the record was deleted or changed on the primary meanwhile");
+                            Outcome::Superseded
+                        }
+                    };
+                    in_flight.finish(&row);
+                    outcome
+                }
+                .instrument(span)
+            })
             .buffer_unordered(capacity);
-        while let Some(result) = singles.next().await {
-            settle(result);
+        while let Some(outcome) = singles.next().await {
+            settle(outcome);
         }
-        failed
+        (failed, superseded)
     }
 
-    /// Makes the staged objects arriving on `arrived` durable and marks them synced, until the
-    /// downloads are done. Two stages run side by side: one makes whatever has arrived durable
-    /// and puts it in place (a group commit), the other marks whatever has been made durable
-    /// synced, in one transaction; so the file system and the database work at the same time.
+    /// Makes the staged objects arriving on `arrived` durable and publishes them, until the
+    /// downloads are done. Two stages run side by side: one flushes whatever has arrived (the
+    /// data, still at temp paths), the other publishes whatever has been flushed and marks it
+    /// synced in one transaction; so the file system and the database work at the same time.
     async fn record_downloads(
         &self,
         d: &'static ReplicatorDescriptor,
         registry: &Registry,
         mut arrived: tokio::sync::mpsc::UnboundedReceiver<Downloaded<S::Staged>>,
     ) -> Result<Recorded, DbError> {
-        let (durable_tx, mut durable) = tokio::sync::mpsc::unbounded_channel::<SyncedCopy>();
-        let commit = async {
+        let (flushed_tx, mut flushed) =
+            tokio::sync::mpsc::unbounded_channel::<Downloaded<S::Staged>>();
+        let flush = async {
             let mut failed = Vec::new();
-            let mut bytes = 0;
             while let Some(first) = arrived.recv().await {
-                // A closed channel: marking failed, the round is over; what is left is
+                // A closed channel: publishing failed, the round is over; what is left is
                 // dropped (its temp files removed) and synced again.
-                if durable_tx.is_closed() {
+                if flushed_tx.is_closed() {
                     break;
                 }
                 let mut group = vec![first];
                 while let Ok(more) = arrived.try_recv() {
                     group.push(more);
                 }
-                bytes += self.commit_group(d, group, &durable_tx, &mut failed).await;
+                self.flush_group(d, group, &flushed_tx, &mut failed).await;
             }
-            drop(durable_tx);
-            (failed, bytes)
+            drop(flushed_tx);
+            failed
         };
-        let mark = async {
-            let mut synced = 0;
-            while let Some(first) = durable.recv().await {
-                let mut copies = vec![first];
-                while let Ok(more) = durable.try_recv() {
-                    copies.push(more);
+        let publish = async {
+            let mut recorded = Recorded::default();
+            while let Some(first) = flushed.recv().await {
+                let mut group = vec![first];
+                while let Ok(more) = flushed.try_recv() {
+                    group.push(more);
                 }
-                synced += self.mark_group(d, registry, &copies).await?;
+                self.publish_group(d, registry, group, &mut recorded)
+                    .await?;
             }
-            Ok::<_, DbError>(synced)
+            Ok::<_, DbError>(recorded)
         };
-        let ((failed, bytes), synced) = tokio::join!(commit, mark);
-        Ok(Recorded {
-            synced: synced?,
-            bytes,
-            failed,
-        })
+        let (failed, recorded) = tokio::join!(flush, publish);
+        let mut recorded = recorded?;
+        recorded.failed.extend(failed);
+        Ok(recorded)
     }
 
-    /// Durable and in place, the whole group: each copy that made it is passed to `durable`,
-    /// each that did not to `failed`. Returns the bytes made durable.
-    async fn commit_group(
+    /// Flushes the data of a group: each object that made it is passed to `flushed`, each that
+    /// did not to `failed`.
+    async fn flush_group(
         &self,
         d: &'static ReplicatorDescriptor,
         group: Vec<Downloaded<S::Staged>>,
-        durable: &tokio::sync::mpsc::UnboundedSender<SyncedCopy>,
+        flushed: &tokio::sync::mpsc::UnboundedSender<Downloaded<S::Staged>>,
         failed: &mut Vec<SyncFailure>,
-    ) -> u64 {
-        let (meta, staged): (Vec<DownloadMeta>, Vec<S::Staged>) = group
+    ) {
+        let (meta, staged): (Vec<_>, Vec<S::Staged>) = group
             .into_iter()
-            .map(|d| ((d.row, d.key, d.checked), d.staged))
+            .map(|g| ((g.row, g.key, g.checked), g.staged))
             .unzip();
-        let mut bytes = 0;
-        for ((row, key, checked), committed) in
-            meta.into_iter().zip(self.store.commit(staged).await)
+        for ((row, key, checked), result) in meta.into_iter().zip(self.store.flush(staged).await) {
+            match result {
+                // Only fails when publishing stopped: the row stays started and is failed at
+                // the next round.
+                Ok(staged) => drop(flushed.send(Downloaded {
+                    row,
+                    key,
+                    staged,
+                    checked,
+                })),
+                Err(e) => failed.push(self.failure(d, &row, Failed::storage(&e))),
+            }
+        }
+    }
+
+    /// Publishes a flushed group and marks it synced, in one transaction that holds the rows'
+    /// and the keys' locks: only the copies whose attempt is still the running one are put in
+    /// place; the others (their record was deleted, updated or re-claimed meanwhile) are
+    /// discarded, their temp files removed, so no copy outlives its record.
+    async fn publish_group(
+        &self,
+        d: &'static ReplicatorDescriptor,
+        registry: &Registry,
+        group: Vec<Downloaded<S::Staged>>,
+        recorded: &mut Recorded,
+    ) -> Result<(), DbError> {
+        let mut tx = self.tracking.begin_write().await?;
+        let ids: Vec<i64> = group.iter().map(|g| g.row.id).collect();
+        let found = registry.lock_rows(tx.conn(), &ids).await?;
+        let mut live = Vec::with_capacity(group.len());
+        for g in group {
+            let now_found = found.get(&g.row.id).copied();
+            if now_found == Some((SyncState::Started, g.row.sync_attempt)) {
+                live.push(g);
+            } else {
+                let _entered = row_span(d, &g.row).entered();
+                tracing::info!("download superseded: {}", superseded_because(now_found));
+                recorded.superseded += 1;
+            }
+        }
+        let keys: Vec<&str> = live.iter().map(|g| g.key.as_str()).collect();
+        lock_object_keys(tx.conn(), keys).await?;
+        let (meta, staged): (Vec<_>, Vec<S::Staged>) = live
+            .into_iter()
+            .map(|g| ((g.row, g.key, g.checked), g.staged))
+            .unzip();
+        let mut copies = Vec::with_capacity(meta.len());
+        for ((row, key, checked), published) in
+            meta.into_iter().zip(self.store.publish(staged).await)
         {
-            match committed {
+            match published {
                 Ok(written) => {
-                    bytes += written.size;
-                    // Only fails when marking stopped: the row stays started and is failed
-                    // at the next round.
-                    let _ = durable.send(SyncedCopy {
+                    recorded.bytes += written.size;
+                    copies.push(SyncedCopy {
                         row,
                         object_key: Some(key),
                         sha256: Some(written.sha256),
                         checked_against_primary: checked,
                     });
                 }
-                Err(e) => failed.push(self.failure(d, &row, Failed::storage(&e))),
+                Err(e) => recorded
+                    .failed
+                    .push(self.failure(d, &row, Failed::storage(&e))),
             }
         }
-        bytes
-    }
-
-    /// Marks durable copies synced, in one transaction; returns how many rows it marked.
-    async fn mark_group(
-        &self,
-        d: &'static ReplicatorDescriptor,
-        registry: &Registry,
-        copies: &[SyncedCopy],
-    ) -> Result<usize, DbError> {
-        // The crash suite stops the process here: bytes durable, registry not yet told.
-        #[cfg(feature = "failpoints")]
-        fail::fail_point!("sync::before_registry_commit", |_| std::process::abort());
         let marked: std::collections::HashSet<i64> = registry
-            .mark_synced_copies(copies)
+            .mark_synced_in(tx.conn(), &copies)
             .await?
             .into_iter()
             .collect();
+        // The crash suite stops the process here: copies in place, registry not yet told.
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("sync::before_registry_commit", |_| std::process::abort());
+        tx.commit().await?;
+        recorded.synced += marked.len();
         // One line per transition, in the row's own span, as the download's lines are.
-        for copy in copies {
-            let row = &copy.row;
-            let _entered = row_span(d, row).entered();
-            if marked.contains(&row.id) {
-                tracing::debug!(
-                    object_key = copy.object_key.as_deref(),
-                    verified = copy.checked_against_primary,
-                    "registry row synced"
-                );
-            } else {
-                tracing::info!(
-                    "download superseded: the row changed while it was downloaded; the newer attempt wins"
-                );
-            }
+        for copy in &copies {
+            let _entered = row_span(d, &copy.row).entered();
+            tracing::debug!(
+                object_key = copy.object_key.as_deref(),
+                verified = copy.checked_against_primary,
+                "registry row synced"
+            );
         }
-        Ok(marked.len())
+        Ok(())
     }
 
     fn batch_size(&self) -> usize {

@@ -2,6 +2,8 @@
 //! on each dialect, and small helpers.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use geo_runtime::db::{self, Dialect};
 use geo_runtime::testing::{self, TestDatabase};
 use geo_runtime::{Database, NodeRole, ReplicatorSet};

@@ -1,0 +1,414 @@
+//! Races between the primary's changes and the transfers in flight, through running nodes and
+//! a throttled link (SQLite and PostgreSQL tracking databases): no copy outlives its record,
+//! and a removal is never dropped.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::cluster::{self, Primary};
+use common::{WidgetReplicator, eventually, scalar_i64};
+use geo_runtime::Database;
+use geo_runtime::registry::Registry;
+use geo_runtime::testing::TestDatabase;
+use geo_runtime::testing::link::{Connection, LinkProxy};
+use geo_runtime::{Replicator, SyncState};
+
+/// Large enough to travel alone (over 64 KiB) and to take seconds at [`SLOW`].
+const BIG: usize = 4 << 20;
+/// Bytes per second on a throttled link: [`BIG`] takes 16 s.
+const SLOW: u64 = 256 * 1024;
+
+fn data(seed: u64, size: usize) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..size).map(|_| rng.u8(..)).collect()
+}
+
+async fn pairs() -> Vec<(TestDatabase, TestDatabase)> {
+    common::empty_pairs().await
+}
+
+/// The connection carrying a transfer of more than `over` bytes, once there is one.
+async fn transfer(link: &LinkProxy, over: u64) -> Arc<Connection> {
+    let mut found = None;
+    eventually("a transfer under way", Duration::from_secs(30), || {
+        found = link
+            .connections()
+            .into_iter()
+            .find(|c| c.bytes_down() > over && !c.is_closed());
+        std::future::ready(found.as_ref().map(|_| ()).ok_or_else(|| "none".to_owned()))
+    })
+    .await;
+    found.expect("found")
+}
+
+/// The secondary's store holds exactly the primary's objects (paths and SHA-256), its registry
+/// has a synced row for each live widget and nothing else, and no removal is pending.
+async fn same_as_primary(primary: &Primary, sdb: &Database, root: &Path) -> Result<(), String> {
+    let want = cluster::tree(primary.store.root());
+    let got = cluster::tree(root);
+    if got != want {
+        let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).collect();
+        let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
+        let differ: Vec<_> = want
+            .iter()
+            .filter(|(k, v)| got.get(*k).is_some_and(|g| g != *v))
+            .map(|(k, _)| k)
+            .collect();
+        return Err(format!(
+            "trees differ: extra on the secondary {extra:?}, missing {missing:?}, different {differ:?}"
+        ));
+    }
+    let counts = Registry::new(sdb, WidgetReplicator::DESCRIPTOR)
+        .count_by_state()
+        .await
+        .map_err(|e| e.to_string())?;
+    let live = scalar_i64(&primary.db, "SELECT count(*) FROM widgets").await;
+    if counts.synced != live || counts.total() != live {
+        return Err(format!("registry {counts:?}, {live} live widgets"));
+    }
+    let removals = scalar_i64(sdb, "SELECT count(*) FROM geo_blob_removals").await;
+    if removals != 0 {
+        return Err(format!("{removals} removals pending"));
+    }
+    Ok(())
+}
+
+async fn converge(primary: &Primary, sdb: &Database, root: &Path, label: &str) {
+    eventually(
+        &format!("{label}: the secondary matches the primary"),
+        Duration::from_secs(60),
+        || same_as_primary(primary, sdb, root),
+    )
+    .await;
+}
+
+/// A record deleted while its object is downloaded over a slow link: the transfer is cut (not
+/// run to its end) and nothing of it reaches the secondary's store, not even for a moment after
+/// the fact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_seen_mid_transfer_cancels_it_and_leaves_nothing() {
+    for (pdb, sdb) in pairs().await {
+        let label = sdb.label().to_owned();
+        let primary = cluster::start_primary(pdb).await;
+        primary.create(1, "big/1.bin", &data(1, BIG)).await;
+        let link = LinkProxy::start(primary.addr).await.expect("link");
+        link.set_rate(SLOW);
+        let root = tempfile::tempdir().expect("tempdir");
+        let secondary =
+            cluster::start_secondary(&primary, &link.url(), &sdb, root.path(), "s", |_| {}).await;
+        let carrying = transfer(&link, 256 * 1024).await;
+
+        primary.delete(1).await;
+        eventually(
+            &format!("{label}: the transfer is cut"),
+            Duration::from_secs(10),
+            || {
+                std::future::ready(if carrying.is_closed() {
+                    Ok(())
+                } else {
+                    Err(format!("open after {} bytes", carrying.bytes_down()))
+                })
+            },
+        )
+        .await;
+        assert!(
+            carrying.bytes_down() < BIG as u64,
+            "{label}: the transfer ran to its end"
+        );
+        converge(&primary, &sdb, root.path(), &label).await;
+        assert!(cluster::tree(root.path()).is_empty(), "{label}");
+        secondary.shutdown().await;
+        primary.handle.shutdown().await;
+    }
+}
+
+/// A record moved to another key while its old object is downloaded: the old transfer is cut,
+/// the new key is synced, and no copy under the old key ever stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_move_seen_mid_transfer_publishes_only_the_new_key() {
+    for (pdb, sdb) in pairs().await {
+        let label = sdb.label().to_owned();
+        let primary = cluster::start_primary(pdb).await;
+        primary.create(1, "big/1.bin", &data(1, BIG)).await;
+        let link = LinkProxy::start(primary.addr).await.expect("link");
+        link.set_rate(SLOW);
+        let root = tempfile::tempdir().expect("tempdir");
+        let secondary =
+            cluster::start_secondary(&primary, &link.url(), &sdb, root.path(), "s", |_| {}).await;
+        let carrying = transfer(&link, 256 * 1024).await;
+
+        primary
+            .update(1, "moved/1.bin", &data(2, 100_000), true)
+            .await;
+        eventually(
+            &format!("{label}: the old transfer is cut"),
+            Duration::from_secs(10),
+            || {
+                std::future::ready(if carrying.is_closed() {
+                    Ok(())
+                } else {
+                    Err(format!("open after {} bytes", carrying.bytes_down()))
+                })
+            },
+        )
+        .await;
+        assert!(carrying.bytes_down() < BIG as u64, "{label}");
+        converge(&primary, &sdb, root.path(), &label).await;
+        assert_eq!(
+            cluster::tree(root.path()).keys().collect::<Vec<_>>(),
+            ["moved/1.bin"],
+            "{label}"
+        );
+        secondary.shutdown().await;
+        primary.handle.shutdown().await;
+    }
+}
+
+/// A synced record deleted and then created again with the same id under another key, while
+/// the new object is still on its way: the copy under the old key is removed, not kept for the
+/// row that came back (which will never use it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_is_not_dropped_when_the_record_comes_back_under_another_key() {
+    for (pdb, sdb) in pairs().await {
+        let label = sdb.label().to_owned();
+        let primary = cluster::start_primary(pdb).await;
+        primary.create(1, "old/1.bin", &data(1, 8192)).await;
+        let link = LinkProxy::start(primary.addr).await.expect("link");
+        let root = tempfile::tempdir().expect("tempdir");
+        let secondary =
+            cluster::start_secondary(&primary, &link.url(), &sdb, root.path(), "s", |_| {}).await;
+        converge(&primary, &sdb, root.path(), &label).await;
+        let old = root.path().join("old/1.bin");
+        assert!(old.exists(), "{label}");
+
+        link.set_rate(SLOW);
+        let registry = Registry::new(&sdb, WidgetReplicator::DESCRIPTOR);
+        primary.delete(1).await;
+        // Its row goes first (so the new record arrives in a later batch, as a new row).
+        eventually(
+            &format!("{label}: row removed"),
+            Duration::from_secs(30),
+            || {
+                let registry = registry.clone();
+                async move {
+                    match registry.find_by_model_id(1).await {
+                        Ok(None) => Ok(()),
+                        other => Err(format!("{other:?}")),
+                    }
+                }
+            },
+        )
+        .await;
+        primary.create(1, "new/1.bin", &data(2, BIG)).await;
+        let carrying = transfer(&link, 64 * 1024).await;
+        eventually(
+            &format!("{label}: the old copy is removed while the new one travels"),
+            Duration::from_secs(10),
+            || {
+                std::future::ready(if old.exists() {
+                    Err("the old copy is there".to_owned())
+                } else {
+                    Ok(())
+                })
+            },
+        )
+        .await;
+        assert!(
+            !carrying.is_closed(),
+            "{label}: the new transfer is still going"
+        );
+        let row = registry
+            .find_by_model_id(1)
+            .await
+            .expect("find")
+            .expect("row");
+        assert_eq!(row.state, SyncState::Started, "{label}");
+
+        link.set_rate(0);
+        converge(&primary, &sdb, root.path(), &label).await;
+        let files: BTreeMap<String, [u8; 32]> = cluster::tree(root.path());
+        assert_eq!(files.keys().collect::<Vec<_>>(), ["new/1.bin"], "{label}");
+        secondary.shutdown().await;
+        primary.handle.shutdown().await;
+    }
+}
+
+/// The database half of the same race, without a link: a copy whose row is deleted while it
+/// waits to be published is never put in place (the publish finds the row gone under its lock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_whose_row_went_away_before_its_publish_is_discarded() {
+    use geo_runtime::node::PrimaryClient;
+    use geo_runtime::node::nodes::add_secondary;
+    use geo_runtime::storage::LocalStore;
+    use geo_runtime::worker::sync::{BlobSync, SyncConfig};
+
+    for (pdb, sdb) in pairs().await {
+        let label = sdb.label().to_owned();
+        let primary = cluster::start_primary(pdb).await;
+        for id in 1..=3 {
+            primary
+                .create(id, &format!("w/{id}.bin"), &data(id as u64, 1000))
+                .await;
+        }
+        common::secondary(&sdb).await;
+        let creds = add_secondary(&primary.db, "s", "http://s.invalid")
+            .await
+            .expect("register");
+        let client = PrimaryClient::new(
+            &primary.url,
+            &creds.access_key,
+            creds.secret,
+            Duration::from_secs(10),
+        )
+        .expect("client");
+        let registry = Registry::new(&sdb, WidgetReplicator::DESCRIPTOR);
+        registry
+            .insert_pending(&[1, 2, 3], geo_runtime::db::dialect::now())
+            .await
+            .expect("pending");
+        let root = tempfile::tempdir().expect("tempdir");
+        let (store, gate) = gated::GatedStore::new(LocalStore::new(root.path()));
+        // One request for the three: they arrive, and wait, together.
+        let config = SyncConfig {
+            files_max_capacity: 1,
+            ..SyncConfig::default()
+        };
+        let sync = BlobSync::new(&sdb, &common::set(), client, store, config);
+        let round = tokio::spawn(async move { sync.step().await });
+        // The downloads are in and wait to be flushed; record 2 is deleted meanwhile.
+        gate.arrived.notified().await;
+        common::exec(&sdb, "DELETE FROM widget_registry WHERE widget_id = 2").await;
+        gate.release();
+        let round = round.await.expect("join").expect("round");
+        assert_eq!(
+            (round.synced, round.superseded),
+            (2, 1),
+            "{label}: {round:?}"
+        );
+        let files = cluster::tree(root.path());
+        assert_eq!(
+            files.keys().collect::<Vec<_>>(),
+            ["w/1.bin", "w/3.bin"],
+            "{label}: the deleted record's copy was published"
+        );
+        primary.handle.shutdown().await;
+    }
+}
+
+mod gated {
+    //! A local store whose flush waits for the test.
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use bytes::Bytes;
+    use geo_runtime::storage::{
+        BlobStore, LocalStore, ObjectKey, Opened, StorageError, WrittenBlob,
+    };
+    use tokio::sync::Notify;
+
+    /// Holds every flush until released.
+    #[derive(Debug)]
+    pub struct Gate {
+        pub arrived: Notify,
+        open: Notify,
+        opened: AtomicBool,
+    }
+
+    impl Gate {
+        pub fn release(&self) {
+            self.opened.store(true, Ordering::SeqCst);
+            self.open.notify_waiters();
+        }
+
+        async fn pass(&self) {
+            let open = self.open.notified();
+            tokio::pin!(open);
+            open.as_mut().enable();
+            if !self.opened.load(Ordering::SeqCst) {
+                self.arrived.notify_one();
+                open.await;
+            }
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    pub struct GatedStore {
+        inner: LocalStore,
+        gate: Arc<Gate>,
+    }
+
+    impl GatedStore {
+        pub fn new(inner: LocalStore) -> (Self, Arc<Gate>) {
+            let gate = Arc::new(Gate {
+                arrived: Notify::new(),
+                open: Notify::new(),
+                opened: AtomicBool::new(false),
+            });
+            (
+                GatedStore {
+                    inner,
+                    gate: gate.clone(),
+                },
+                gate,
+            )
+        }
+    }
+
+    impl BlobStore for GatedStore {
+        type Staged = <LocalStore as BlobStore>::Staged;
+        fn staged_size(staged: &Self::Staged) -> u64 {
+            <LocalStore as BlobStore>::staged_size(staged)
+        }
+        async fn stage_bytes(
+            &self,
+            key: &ObjectKey,
+            data: Bytes,
+            sha: Option<[u8; 32]>,
+        ) -> Result<Self::Staged, StorageError> {
+            BlobStore::stage_bytes(&self.inner, key, data, sha).await
+        }
+        async fn stage_stream<St, E>(
+            &self,
+            key: &ObjectKey,
+            body: St,
+            size: Option<u64>,
+            sha: Option<[u8; 32]>,
+        ) -> Result<Self::Staged, StorageError>
+        where
+            St: futures_util::Stream<Item = Result<Bytes, E>> + Send,
+            E: std::fmt::Display + Send,
+        {
+            BlobStore::stage_stream(&self.inner, key, body, size, sha).await
+        }
+        async fn flush(
+            &self,
+            staged: Vec<Self::Staged>,
+        ) -> Vec<Result<Self::Staged, StorageError>> {
+            self.gate.pass().await;
+            BlobStore::flush(&self.inner, staged).await
+        }
+        async fn publish(
+            &self,
+            staged: Vec<Self::Staged>,
+        ) -> Vec<Result<WrittenBlob, StorageError>> {
+            BlobStore::publish(&self.inner, staged).await
+        }
+        async fn read_or_open(
+            &self,
+            key: &ObjectKey,
+            whole_below: u64,
+        ) -> Result<Option<Opened>, StorageError> {
+            BlobStore::read_or_open(&self.inner, key, whole_below).await
+        }
+        async fn delete(&self, key: &ObjectKey) -> Result<bool, StorageError> {
+            BlobStore::delete(&self.inner, key).await
+        }
+        async fn remove_stale_temp_files(&self) -> Result<usize, StorageError> {
+            BlobStore::remove_stale_temp_files(&self.inner).await
+        }
+    }
+}
