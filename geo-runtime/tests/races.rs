@@ -5,13 +5,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::cluster::{self, Primary};
-use common::{WidgetReplicator, eventually, scalar_i64};
-use geo_runtime::Database;
+use common::cluster::{self, converge};
+use common::{WidgetReplicator, eventually};
 use geo_runtime::registry::Registry;
 use geo_runtime::testing::TestDatabase;
 use geo_runtime::testing::link::{Connection, LinkProxy};
@@ -43,47 +41,6 @@ async fn transfer(link: &LinkProxy, over: u64) -> Arc<Connection> {
     })
     .await;
     found.expect("found")
-}
-
-/// The secondary's store holds exactly the primary's objects (paths and SHA-256), its registry
-/// has a synced row for each live widget and nothing else, and no removal is pending.
-async fn same_as_primary(primary: &Primary, sdb: &Database, root: &Path) -> Result<(), String> {
-    let want = cluster::tree(primary.store.root());
-    let got = cluster::tree(root);
-    if got != want {
-        let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).collect();
-        let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
-        let differ: Vec<_> = want
-            .iter()
-            .filter(|(k, v)| got.get(*k).is_some_and(|g| g != *v))
-            .map(|(k, _)| k)
-            .collect();
-        return Err(format!(
-            "trees differ: extra on the secondary {extra:?}, missing {missing:?}, different {differ:?}"
-        ));
-    }
-    let counts = Registry::new(sdb, WidgetReplicator::DESCRIPTOR)
-        .count_by_state()
-        .await
-        .map_err(|e| e.to_string())?;
-    let live = scalar_i64(&primary.db, "SELECT count(*) FROM widgets").await;
-    if counts.synced != live || counts.total() != live {
-        return Err(format!("registry {counts:?}, {live} live widgets"));
-    }
-    let removals = scalar_i64(sdb, "SELECT count(*) FROM geo_blob_removals").await;
-    if removals != 0 {
-        return Err(format!("{removals} removals pending"));
-    }
-    Ok(())
-}
-
-async fn converge(primary: &Primary, sdb: &Database, root: &Path, label: &str) {
-    eventually(
-        &format!("{label}: the secondary matches the primary"),
-        Duration::from_secs(60),
-        || same_as_primary(primary, sdb, root),
-    )
-    .await;
 }
 
 /// A record deleted while its object is downloaded over a slow link: the transfer is cut (not

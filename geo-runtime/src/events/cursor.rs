@@ -10,7 +10,8 @@
 //!   back) are stored and looked up again on every step; a gap that fills is applied then. A gap
 //!   still empty after [`CursorConfig::gap_timeout`] is given up with a warning and the metric
 //!   `geo_event_gaps_abandoned_total`: never silently. The consistency pass repairs whatever such
-//!   an event would have done.
+//!   an event would have done: it backfills a created record, removes a deleted one, and resyncs
+//!   an updated one once the primary has verified its new checksum (or at once for a new key).
 //! - Exactly one active cursor per tracking database: a lease (`geo_leases`), renewed inside the
 //!   same transaction that moves the position, so a cursor that lost its lease cannot commit.
 

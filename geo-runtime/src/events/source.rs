@@ -22,6 +22,9 @@ pub enum SourceError {
     /// The transport to the primary failed.
     #[error("event source: {0}")]
     Transport(String),
+    /// The primary's answer could not be understood.
+    #[error("the primary's answer: {0}")]
+    Protocol(String),
     /// An event could not be understood.
     #[error("event {id}: {reason}")]
     Malformed {

@@ -9,11 +9,13 @@ use reqwest::{StatusCode, Url};
 
 use super::auth::{RequestScope, Secret, authorization};
 use super::server::{
-    BATCH_INLINE_MAX, ChecksumsPage, CursorReport, EventsPage, FrameStatus, IdsPage, ObjectFrame,
+    BATCH_INLINE_MAX, ChecksumsPage, CursorReport, EventsPage, FrameStatus, IdsPage, MAX_PAGE,
+    ObjectFrame,
 };
 use crate::events::{Event, EventSource, SourceError};
-use crate::replicator::ReplicatorDescriptor;
-use crate::worker::consistency::ModelIdSource;
+use crate::replicator::{RecordVersion, ReplicatorDescriptor};
+use crate::storage::parse_sha256;
+use crate::worker::consistency::{ListedVersions, Listing, ModelIdSource};
 
 /// The client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -348,6 +350,85 @@ impl ModelIdSource for PrimaryClient {
         };
         let page: IdsPage = self.get_json(url, &scope).await?;
         Ok(page.ids)
+    }
+
+    async fn listing(
+        &self,
+        descriptor: &'static ReplicatorDescriptor,
+        after: i64,
+        limit: usize,
+    ) -> Result<Listing, SourceError> {
+        let mut url = self.url(&format!(
+            "/geo/v1/replicables/{}",
+            descriptor.replicable_name
+        ))?;
+        url.query_pairs_mut()
+            .append_pair("after_id", &after.to_string())
+            .append_pair("limit", &limit.to_string())
+            .append_pair("digest", "true");
+        let scope = RequestScope::Replicables {
+            replicable_name: descriptor.replicable_name.to_owned(),
+        };
+        let page: IdsPage = self.get_json(url, &scope).await?;
+        // A primary from before digests answers ids only: the pass then compares ids only.
+        let versions = match page.digest.as_deref() {
+            None => None,
+            Some(hex) => Some(ListedVersions {
+                digest: parse_sha256(hex).ok_or_else(|| {
+                    SourceError::Protocol("the primary sent a malformed listing digest".into())
+                })?,
+                unverified: page.unverified,
+            }),
+        };
+        Ok(Listing {
+            ids: page.ids,
+            versions,
+        })
+    }
+
+    async fn versions_between(
+        &self,
+        descriptor: &'static ReplicatorDescriptor,
+        after: i64,
+        until: i64,
+    ) -> Result<Vec<RecordVersion>, SourceError> {
+        let mut out = Vec::new();
+        let mut after = after;
+        loop {
+            let mut url = self.url(&format!(
+                "/geo/v1/replicables/{}",
+                descriptor.replicable_name
+            ))?;
+            url.query_pairs_mut()
+                .append_pair("after_id", &after.to_string())
+                .append_pair("until_id", &until.to_string())
+                .append_pair("versions", "true");
+            let scope = RequestScope::Replicables {
+                replicable_name: descriptor.replicable_name.to_owned(),
+            };
+            let page: IdsPage = self.get_json(url, &scope).await?;
+            let versions = page.versions.unwrap_or_default();
+            if versions.len() != page.ids.len() {
+                return Err(SourceError::Protocol(
+                    "the primary sent versions that do not match its ids".into(),
+                ));
+            }
+            let full = page.ids.len() >= MAX_PAGE;
+            for (id, (key, sha)) in page.ids.into_iter().zip(versions) {
+                let sha256 = sha
+                    .map(|h| {
+                        parse_sha256(&h).ok_or_else(|| {
+                            SourceError::Protocol("the primary sent a malformed checksum".into())
+                        })
+                    })
+                    .transpose()?;
+                after = id;
+                out.push(RecordVersion { id, key, sha256 });
+            }
+            if !full {
+                return Ok(out);
+            }
+        }
     }
 }
 

@@ -30,9 +30,10 @@ use crate::db::Database;
 use crate::events::{DbEventSource, Event, EventSource, record_secondary_cursor};
 use crate::replicator::{
     ReplicatorDescriptor, ReplicatorSet, model_checksums, model_object, model_objects,
+    model_versions,
 };
 use crate::storage::{BlobStore, LocalStore, ObjectKey, Opened, SmallObject, hex};
-use crate::worker::consistency::{DbModelIdSource, ModelIdSource};
+use crate::worker::consistency::{DbModelIdSource, ListedVersions, ModelIdSource};
 
 /// Objects up to this size are read whole before they are sent; larger ones are streamed.
 pub const WHOLE_READ_BELOW: u64 = 256 * 1024;
@@ -336,14 +337,32 @@ async fn events<S: BlobStore>(
 struct IdsQuery {
     #[serde(default)]
     after_id: i64,
+    /// The highest id wanted (with `versions`).
+    until_id: Option<i64>,
     limit: Option<usize>,
+    /// Add the page's digest and unverified ids.
+    #[serde(default)]
+    digest: bool,
+    /// Add each record's key and verified checksum.
+    #[serde(default)]
+    versions: bool,
 }
 
 /// A page of model ids.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct IdsPage {
     /// Ascending ids.
     pub ids: Vec<i64>,
+    /// With `digest=true`: the hex of the page's
+    /// [`versions_digest`](crate::replicator::versions_digest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// With `digest=true`: the ids of the page whose checksum is not verified yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unverified: Vec<i64>,
+    /// With `versions=true`: each id's `[key, hex SHA-256]` (null when unknown), in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versions: Option<Vec<(Option<String>, Option<String>)>>,
 }
 
 async fn replicables<S: BlobStore>(
@@ -361,18 +380,42 @@ async fn replicables<S: BlobStore>(
     )
     .await?;
     let d = descriptor(&api, &name)?;
-    let ids = DbModelIdSource::new(&api.db)
-        .model_ids_after(
-            d,
-            q.after_id,
-            q.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE),
-        )
+    let limit = q.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
+    let failed = |e: &dyn std::fmt::Display| {
+        tracing::error!(error = %e, "listing model ids");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    };
+    if !q.digest && !q.versions {
+        let ids = DbModelIdSource::new(&api.db)
+            .model_ids_after(d, q.after_id, limit)
+            .await
+            .map_err(|e| failed(&e))?;
+        return Ok(Json(IdsPage {
+            ids,
+            ..IdsPage::default()
+        }));
+    }
+    let versions = model_versions(&api.db, d, q.after_id, q.until_id, limit)
         .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "listing model ids");
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-        })?;
-    Ok(Json(IdsPage { ids }))
+        .map_err(|e| failed(&e))?;
+    let mut page = IdsPage {
+        ids: versions.iter().map(|v| v.id).collect(),
+        ..IdsPage::default()
+    };
+    if q.digest {
+        let listed = ListedVersions::of(&versions);
+        page.digest = Some(hex(&listed.digest));
+        page.unverified = listed.unverified;
+    }
+    if q.versions {
+        page.versions = Some(
+            versions
+                .into_iter()
+                .map(|v| (v.key, v.sha256.map(|s| hex(&s))))
+                .collect(),
+        );
+    }
+    Ok(Json(page))
 }
 
 async fn retrieve<S: BlobStore>(

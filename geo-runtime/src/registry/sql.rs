@@ -50,6 +50,12 @@ pub struct RegistrySql {
     /// `$1` started before, `$2` now, `$3` message: syncs a stopped process left in `started`
     /// become failed and due at once (run when a node starts).
     pub release_interrupted: String,
+    /// `$1` after, `$2` high: the model id, `object_key`, `verification_checksum` and
+    /// `sync_attempt` of the synced rows in `(after, high]`, ascending.
+    pub synced_copies_between: String,
+    /// `$1` model id, `$2` attempt: a synced row back to pending, only while it is still synced
+    /// by that attempt (the consistency pass found its primary object changed).
+    pub resync_synced_attempt: String,
     /// `$1` low, `$2` high: tracked model ids in the range, ascending.
     pub model_ids_between: String,
     /// `$1` above, `$2` limit, `$3` created before: tracked model ids above, ascending.
@@ -161,6 +167,16 @@ impl RegistrySql {
                 p(2),
                 p(3),
                 p(1)
+            ),
+            synced_copies_between: format!(
+                "SELECT {fk}, \"object_key\", \"verification_checksum\", \"sync_attempt\" FROM {t} WHERE {fk} > {} AND {fk} <= {} AND \"state\" = 2 ORDER BY {fk}",
+                p(1),
+                p(2)
+            ),
+            resync_synced_attempt: format!(
+                "UPDATE {t} SET {to_pending} WHERE {fk} = {} AND \"state\" = 2 AND \"sync_attempt\" = {}",
+                p(1),
+                p(2)
             ),
             model_ids_between: format!(
                 "SELECT {fk} FROM {t} WHERE {fk} BETWEEN {} AND {} AND \"created_at\" < {} ORDER BY {fk}",

@@ -7,7 +7,10 @@
 mod model;
 mod registration;
 
-pub use model::{model_checksums, model_object, model_object_keys, model_objects};
+pub use model::{
+    RecordVersion, model_checksums, model_object, model_object_keys, model_objects, model_versions,
+    versions_digest,
+};
 
 pub use registration::{RegisteredReplicator, ReplicatorSet};
 

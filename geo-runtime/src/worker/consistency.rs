@@ -5,6 +5,7 @@
 //! never holds a transaction for a whole table. Registry rows above the primary's highest id are
 //! visited too.
 
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
@@ -18,12 +19,49 @@ use crate::registry::sql::RegistrySql;
 use crate::registry::store::{
     delete_many, insert_pending_many, model_ids_above, model_ids_between,
 };
-use crate::replicator::ReplicatorDescriptor;
+use crate::replicator::{RecordVersion, ReplicatorDescriptor, model_versions, versions_digest};
 
 /// Ids per range (Geo's `BATCH_SIZE`).
 pub const BATCH_SIZE: usize = 10_000;
 
-/// The model ids the primary has for a replicable.
+/// A page of the primary's ids, with the digest of their versions when the source has it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// Ascending ids.
+    pub ids: Vec<i64>,
+    /// The digest of the page's versions ([`versions_digest`]), and the ids among them whose
+    /// checksum the primary has not verified yet (hashed without one).
+    pub versions: Option<ListedVersions>,
+}
+
+/// See [`Listing::versions`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListedVersions {
+    /// [`versions_digest`] of the page.
+    pub digest: [u8; 32],
+    /// Ids of the page without a verified checksum, ascending.
+    pub unverified: Vec<i64>,
+}
+
+impl ListedVersions {
+    /// The digest and unverified ids of `versions`.
+    pub fn of(versions: &[RecordVersion]) -> Self {
+        ListedVersions {
+            digest: versions_digest(
+                versions
+                    .iter()
+                    .map(|v| (v.id, v.key.as_deref(), v.sha256.as_ref())),
+            ),
+            unverified: versions
+                .iter()
+                .filter(|v| v.sha256.is_none())
+                .map(|v| v.id)
+                .collect(),
+        }
+    }
+}
+
+/// The model ids the primary has for a replicable, and what each record holds now.
 pub trait ModelIdSource: Send + Sync {
     /// Up to `limit` ids above `after`, ascending.
     fn model_ids_after(
@@ -32,6 +70,34 @@ pub trait ModelIdSource: Send + Sync {
         after: i64,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<i64>, SourceError>> + Send;
+
+    /// Up to `limit` ids above `after` with the digest of their versions. The default has no
+    /// digest: the pass then compares ids only.
+    fn listing(
+        &self,
+        descriptor: &'static ReplicatorDescriptor,
+        after: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Listing, SourceError>> + Send {
+        async move {
+            Ok(Listing {
+                ids: self.model_ids_after(descriptor, after, limit).await?,
+                versions: None,
+            })
+        }
+    }
+
+    /// The versions of the records with ids in `(after, until]`, ascending (asked for only when
+    /// a page's digest differs from the secondary's).
+    fn versions_between(
+        &self,
+        descriptor: &'static ReplicatorDescriptor,
+        after: i64,
+        until: i64,
+    ) -> impl Future<Output = Result<Vec<RecordVersion>, SourceError>> + Send {
+        let _ = (descriptor, after, until);
+        async { Ok(Vec::new()) }
+    }
 }
 
 /// Reads model ids from the primary's database (an in-process primary; the node API serves the
@@ -74,6 +140,28 @@ impl ModelIdSource for DbModelIdSource {
             .map_err(DbError::from)?);
         Ok(ids)
     }
+
+    async fn listing(
+        &self,
+        descriptor: &'static ReplicatorDescriptor,
+        after: i64,
+        limit: usize,
+    ) -> Result<Listing, SourceError> {
+        let versions = model_versions(&self.primary, descriptor, after, None, limit).await?;
+        Ok(Listing {
+            ids: versions.iter().map(|v| v.id).collect(),
+            versions: Some(ListedVersions::of(&versions)),
+        })
+    }
+
+    async fn versions_between(
+        &self,
+        descriptor: &'static ReplicatorDescriptor,
+        after: i64,
+        until: i64,
+    ) -> Result<Vec<RecordVersion>, SourceError> {
+        Ok(model_versions(&self.primary, descriptor, after, Some(until), usize::MAX).await?)
+    }
 }
 
 /// What a consistency step or pass did.
@@ -85,6 +173,9 @@ pub struct ConsistencyReport {
     pub created: u64,
     /// Orphan rows removed (their objects scheduled for removal).
     pub removed: u64,
+    /// Synced copies found to differ from what the primary holds now (another key, or another
+    /// verified checksum: an update whose event was lost), put back to pending.
+    pub changed: u64,
     /// Whether the pass reached the end and will start over from the first id.
     pub completed: bool,
 }
@@ -126,8 +217,9 @@ impl<S: ModelIdSource> Consistency<S> {
         Ok(p.unwrap_or(0))
     }
 
-    /// One range from the stored position: creates missing rows, removes orphans, stores the
-    /// new position, all in one short transaction.
+    /// One range from the stored position: creates missing rows, removes orphans, puts back to
+    /// pending the copies whose primary object changed, stores the new position, all in one
+    /// short transaction.
     pub async fn step(
         &self,
         descriptor: &'static ReplicatorDescriptor,
@@ -135,11 +227,11 @@ impl<S: ModelIdSource> Consistency<S> {
         let sql = RegistrySql::new(descriptor, self.tracking.dialect());
         let after = self.position(descriptor).await?;
         let listed_at = now();
-        let ids = self
+        let listing = self
             .source
-            .model_ids_after(descriptor, after, self.batch_size)
+            .listing(descriptor, after, self.batch_size)
             .await?;
-        self.apply_range(descriptor, &sql, after, &ids, listed_at)
+        self.apply_range(descriptor, &sql, after, &listing, listed_at)
             .await
     }
 
@@ -153,23 +245,23 @@ impl<S: ModelIdSource> Consistency<S> {
         let mut total = ConsistencyReport::default();
         let mut after = self.position(descriptor).await?;
         let mut listed_at = now();
-        let mut ids = self
+        let mut listing = self
             .source
-            .model_ids_after(descriptor, after, self.batch_size)
+            .listing(descriptor, after, self.batch_size)
             .await?;
         loop {
-            let next_after = ids.last().copied();
+            let next_after = listing.ids.last().copied();
             let next_listed_at = now();
             let (applied, next) = match next_after {
                 Some(hi) => {
                     let (applied, next) = tokio::join!(
-                        self.apply_range(descriptor, &sql, after, &ids, listed_at),
-                        self.source.model_ids_after(descriptor, hi, self.batch_size)
+                        self.apply_range(descriptor, &sql, after, &listing, listed_at),
+                        self.source.listing(descriptor, hi, self.batch_size)
                     );
                     (applied?, Some(next?))
                 }
                 None => (
-                    self.apply_range(descriptor, &sql, after, &ids, listed_at)
+                    self.apply_range(descriptor, &sql, after, &listing, listed_at)
                         .await?,
                     None,
                 ),
@@ -178,32 +270,42 @@ impl<S: ModelIdSource> Consistency<S> {
             total.ranges += applied.ranges;
             total.created += applied.created;
             total.removed += applied.removed;
+            total.changed += applied.changed;
             if applied.completed {
                 total.completed = true;
                 return Ok(total);
             }
             if let (Some(hi), Some(next)) = (next_after, next) {
                 after = hi;
-                ids = next;
+                listing = next;
             } else {
                 // More orphans above `after` than one range: the next range starts there again.
-                ids = Vec::new();
+                listing = Listing::default();
             }
         }
     }
 
-    /// Reconciles the range `(after, last of ids]` (or, with no ids, the orphans above `after`)
-    /// in one transaction, storing the new position with it. `ids` is the primary's listing as
-    /// of `listed_at`: rows created after it (by the event cursor, for records newer than the
+    /// Reconciles the range `(after, last listed id]` (or, with no ids, the orphans above
+    /// `after`) in one transaction, storing the new position with it. `listing` is the primary's
+    /// as of `listed_at`: rows created after it (by the event cursor, for records newer than the
     /// listing) are never taken for orphans.
     async fn apply_range(
         &self,
         descriptor: &'static ReplicatorDescriptor,
         sql: &RegistrySql,
         after: i64,
-        ids: &[i64],
+        listing: &Listing,
         listed_at: DateTime<Utc>,
     ) -> Result<ConsistencyReport, SourceError> {
+        let ids = listing.ids.as_slice();
+        // Read before the write transaction: it may ask the primary for the range's versions.
+        let changed = match (ids.last(), &listing.versions) {
+            (Some(&hi), Some(listed)) => {
+                self.changed_copies(descriptor, sql, after, hi, ids, listed)
+                    .await?
+            }
+            _ => Vec::new(),
+        };
         let at = now();
         let mut report = ConsistencyReport {
             ranges: 1,
@@ -216,6 +318,7 @@ impl<S: ModelIdSource> Consistency<S> {
                 let (missing, orphans) = diff_sorted(ids, &tracked);
                 report.created = insert_pending_many(tx.conn(), sql, &missing, at).await?;
                 report.removed = remove_orphans(tx.conn(), sql, descriptor, &orphans, at).await?;
+                report.changed = resync_changed(tx.conn(), sql, &changed).await?;
                 store_position(tx.conn(), descriptor, hi, at).await?;
             }
             None => {
@@ -230,6 +333,15 @@ impl<S: ModelIdSource> Consistency<S> {
             }
         }
         tx.commit().await?;
+        if report.changed > 0 {
+            tracing::warn!(
+                replicable = descriptor.replicable_name,
+                after,
+                changed = report.changed,
+                ids = ?changed.iter().map(|c| c.model_id).collect::<Vec<_>>(),
+                "copies differ from what the primary holds now (an update without its event); syncing them again"
+            );
+        }
         if report.created > 0 || report.removed > 0 {
             tracing::info!(
                 replicable = descriptor.replicable_name,
@@ -241,6 +353,109 @@ impl<S: ModelIdSource> Consistency<S> {
         }
         Ok(report)
     }
+
+    /// The synced copies in `(after, hi]` that differ from what the primary holds now. The
+    /// registry's rows are hashed the way the primary hashed its page: when the digests agree,
+    /// nothing differs; otherwise the range's versions are fetched and compared row by row. A
+    /// copy differs when its key is not the record's, or when both checksums are known and not
+    /// equal (a checksum the primary has not verified yet is compared once it is).
+    async fn changed_copies(
+        &self,
+        descriptor: &'static ReplicatorDescriptor,
+        sql: &RegistrySql,
+        after: i64,
+        hi: i64,
+        ids: &[i64],
+        listed: &ListedVersions,
+    ) -> Result<Vec<Copy>, SourceError> {
+        let copies: HashMap<i64, Copy> = synced_copies(&self.tracking, sql, after, hi)
+            .await?
+            .into_iter()
+            .map(|c| (c.model_id, c))
+            .collect();
+        let unverified: HashSet<i64> = listed.unverified.iter().copied().collect();
+        // Our side of the digest; a listed record without a synced copy (or with no checksum
+        // where the primary has one) cannot match.
+        let mut ours = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(copy) = copies.get(id) else { break };
+            let sum = if unverified.contains(id) {
+                None
+            } else if let Some(sum) = &copy.sha256 {
+                Some(sum)
+            } else {
+                break;
+            };
+            ours.push((*id, copy.key.as_deref(), sum));
+        }
+        if ours.len() == ids.len() && versions_digest(ours) == listed.digest {
+            return Ok(Vec::new());
+        }
+        let versions = self.source.versions_between(descriptor, after, hi).await?;
+        Ok(versions
+            .into_iter()
+            .filter_map(|v| {
+                let copy = copies.get(&v.id)?;
+                let moved = v.key != copy.key;
+                let rewritten = matches!((&v.sha256, &copy.sha256), (Some(p), Some(c)) if p != c);
+                (moved || rewritten).then(|| copy.clone())
+            })
+            .collect())
+    }
+}
+
+/// A synced copy as the registry records it.
+#[derive(Debug, Clone)]
+struct Copy {
+    model_id: i64,
+    key: Option<String>,
+    sha256: Option<[u8; 32]>,
+    attempt: i64,
+}
+
+/// The synced copies of `(after, hi]`, ascending.
+async fn synced_copies(
+    tracking: &Database,
+    sql: &RegistrySql,
+    after: i64,
+    hi: i64,
+) -> Result<Vec<Copy>, DbError> {
+    let q = AssertSqlSafe(sql.synced_copies_between.as_str());
+    type CopyRow = (i64, Option<String>, Option<Vec<u8>>, i64);
+    let rows: Vec<CopyRow> = on_pool!(tracking, read, pool => sqlx::query_as(q)
+        .bind(after)
+        .bind(hi)
+        .fetch_all(pool)
+        .await?);
+    Ok(rows
+        .into_iter()
+        .map(|(model_id, key, sum, attempt)| Copy {
+            model_id,
+            key,
+            sha256: sum.and_then(|s| <[u8; 32]>::try_from(s.as_slice()).ok()),
+            attempt,
+        })
+        .collect())
+}
+
+/// Puts the `changed` copies back to pending, each only while it is still the copy that was
+/// compared (synced by the same attempt): one synced again meanwhile is left alone.
+async fn resync_changed(
+    mut conn: Conn<'_>,
+    sql: &RegistrySql,
+    changed: &[Copy],
+) -> Result<u64, DbError> {
+    let mut n = 0;
+    for c in changed {
+        let q = AssertSqlSafe(sql.resync_synced_attempt.as_str());
+        n += on_conn!(conn.reborrow(), conn => sqlx::query(q)
+            .bind(c.model_id)
+            .bind(c.attempt)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected());
+    }
+    Ok(n)
 }
 
 /// (in `source` but not `tracked`, in `tracked` but not `source`); both sorted ascending.
