@@ -294,6 +294,57 @@ fn operators_run_nodes_and_check_them_with_the_cli() {
         clean.contains("NOTICE: widget: 40 records on the primary, 40 matching"),
         "{clean}"
     );
+    // Files no row accounts for: a leftover copy and a file put there by hand.
+    let objects = d.join("secondary-objects");
+    std::fs::create_dir_all(objects.join("leftover")).expect("mkdir");
+    std::fs::write(objects.join("leftover/9.bin"), b"gone on the primary").expect("write");
+    std::fs::write(objects.join("notes copy.txt"), b"by hand").expect("write");
+    let o = geo(&secondary, &["check"], &env);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("ERROR : + leftover/9.bin: extra on the secondary (no registry row)\n")
+            && text.contains("ERROR : + notes copy.txt: extra on the secondary")
+            && text.contains("NOTICE: store: 62 files, 2 extra, 0 waiting for removal\n")
+            && text.ends_with("2 differences found\n"),
+        "{text}"
+    );
+    eventually("the status shows the extra files", || {
+        let s = status_json(&secondary, &env);
+        if s["extra_files_count"] == 2 {
+            Ok(())
+        } else {
+            Err(s.to_string())
+        }
+    });
+    let table = ok(&secondary, &["status"], &env);
+    assert!(
+        table.contains("store: 2 files no row accounts for at the last check"),
+        "{table}"
+    );
+    // A dry run first: shown, not deleted.
+    let o = geo(&secondary, &["check", "--delete-extra"], &env);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("NOTICE: would delete leftover/9.bin\n")
+            && stdout(&o).contains("add --confirm to delete them"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(objects.join("leftover/9.bin").exists());
+    let o = geo(&secondary, &["check", "--delete-extra", "--confirm"], &env);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("NOTICE: deleted leftover/9.bin\n")
+            && stdout(&o).contains("ERROR : kept notes copy.txt: unsafe object key"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(!objects.join("leftover/9.bin").exists());
+    std::fs::remove_file(objects.join("notes copy.txt")).expect("by hand");
+    let clean = ok(&secondary, &["check"], &env);
+    assert!(clean.ends_with("0 differences found\n"), "{clean}");
+
     let copy = d
         .join("secondary-objects")
         .join(geo_examples::app::key(geo_examples::app::Kind::Widget, 3));

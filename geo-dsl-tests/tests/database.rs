@@ -143,18 +143,19 @@ async fn migrations_apply_once_and_record_themselves() {
                     .expect("app tables");
             }
             let first = db::migrate(&db, role, &set()).await.expect("first run");
-            // Base schema + each replicator's migrations: one on a primary, two on a secondary
-            // (the registry, then its invariants).
-            let per_replicator = match role {
-                NodeRole::Primary => 1,
-                NodeRole::Secondary => 2,
+            // The base schema's migrations (one on a primary, two on a secondary), then each
+            // replicator's (one on a primary, two on a secondary: the registry, then its
+            // invariants).
+            let (base, per_replicator) = match role {
+                NodeRole::Primary => (1, 1),
+                NodeRole::Secondary => (2, 2),
             };
-            let expected = 1 + 2 * per_replicator;
+            let expected = base + 2 * per_replicator;
             assert_eq!(first.applied.len(), expected, "{}: {first:?}", db.label());
             assert_eq!(first.already_applied, 0);
             let scopes: Vec<&str> = first.applied.iter().map(|a| a.scope.as_str()).collect();
             let r = role.as_str();
-            let mut want = vec![format!("geo_runtime/{r}")];
+            let mut want: Vec<String> = (0..base).map(|_| format!("geo_runtime/{r}")).collect();
             for name in ["gadget", "widget"] {
                 want.extend((0..per_replicator).map(|_| format!("replicable:{name}/{r}")));
             }
@@ -614,7 +615,7 @@ async fn concurrent_runners_apply_each_migration_once() {
     applied.sort_unstable();
     assert_eq!(
         applied,
-        [0, 0, 0, 5],
+        [0, 0, 0, 6],
         "exactly one runner applies the migrations"
     );
 }

@@ -7,19 +7,20 @@
 //! hashes the local copies itself (it never trusts the registry's recorded checksum), and changes
 //! nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use futures_util::StreamExt;
 use sqlx::AssertSqlSafe;
 
-use crate::db::dialect::{param, quote};
-use crate::db::{Database, on_pool};
+use crate::db::dialect::{TextList, Ts, in_id_list, now, param, quote};
+use crate::db::lock::lock_object_keys;
+use crate::db::{Database, on_conn, on_pool};
 use crate::error::DbError;
 use crate::events::SourceError;
 use crate::node::PrimaryClient;
 use crate::registry::SyncState;
-use crate::replicator::ReplicatorDescriptor;
-use crate::storage::{BlobStore, ObjectKey, hex};
+use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
+use crate::storage::{BlobStore, ObjectKey, StorageError, hex};
 use crate::worker::consistency::ModelIdSource;
 
 /// Primary ids read per page.
@@ -38,6 +39,9 @@ pub enum CheckError {
     /// The primary could not be asked.
     #[error("asking the primary failed: {0}")]
     Primary(#[from] SourceError),
+    /// The local store could not be listed.
+    #[error("listing the local store failed: {0}")]
+    Store(StorageError),
 }
 
 /// One object that is not as it should be.
@@ -226,4 +230,166 @@ pub async fn check_replicable<S: BlobStore>(
         }
         after = upto;
     }
+}
+
+/// What the store holds that no registry row accounts for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreReport {
+    /// Files in the store (temp files of writes under way left out).
+    pub files: u64,
+    /// Files no registry row is recorded with, and none waits for removal: a copy that
+    /// outlived its record (`+ path: extra on the secondary`), sorted.
+    pub extra: Vec<String>,
+    /// Files waiting in `geo_blob_removals` (the removal worker deletes them within a second
+    /// or so on a running secondary).
+    pub pending_removal: u64,
+}
+
+/// Keys out of `keys` that some registry row of `set` is recorded with, or that wait for
+/// removal, read on `conn` (a caller's transaction, to decide under its locks).
+async fn accounted_for(
+    mut conn: crate::db::Conn<'_>,
+    set: &ReplicatorSet,
+    keys: &[String],
+) -> Result<(HashSet<String>, HashSet<String>), DbError> {
+    let d = conn.dialect();
+    let list = TextList(keys.iter().cloned().map(Some).collect());
+    let mut recorded = HashSet::new();
+    for desc in set.descriptors() {
+        let sql = format!(
+            "SELECT \"object_key\" FROM {} WHERE {}",
+            quote(desc.registry_table),
+            in_id_list(d, "\"object_key\"", 1)
+        );
+        let found: Vec<String> = on_conn!(conn.reborrow(), c => sqlx::query_scalar(AssertSqlSafe(sql)).bind(list.clone()).fetch_all(&mut *c).await?);
+        recorded.extend(found);
+    }
+    let sql = format!(
+        "SELECT \"object_key\" FROM \"geo_blob_removals\" WHERE {}",
+        in_id_list(d, "\"object_key\"", 1)
+    );
+    let waiting: Vec<String> = on_conn!(conn, c => sqlx::query_scalar(AssertSqlSafe(sql)).bind(list).fetch_all(&mut *c).await?);
+    Ok((recorded, waiting.into_iter().collect()))
+}
+
+/// Keys looked up in one statement.
+const KEYS_PER_LOOKUP: usize = 1000;
+
+/// Lists `store` and reports the files no registry row of `set` accounts for, as `rclone check`
+/// reports files only on the destination. Records the result in `geo_store_checks`, which the
+/// secondary's status shows. The store is listed first and the registries read after, so a
+/// copy published meanwhile is found with its row; memory grows with the number of files.
+pub async fn extra_files<S: BlobStore>(
+    tracking: &Database,
+    set: &ReplicatorSet,
+    store: &S,
+) -> Result<StoreReport, CheckError> {
+    let keys = store.list_keys().await.map_err(CheckError::Store)?;
+    let mut report = StoreReport {
+        files: keys.len() as u64,
+        ..StoreReport::default()
+    };
+    for chunk in keys.chunks(KEYS_PER_LOOKUP) {
+        let (recorded, waiting) = on_pool!(tracking, read, pool => {
+            let mut c = pool.acquire().await.map_err(DbError::from)?;
+            accounted_for(crate::db::Conn::from(&mut *c), set, chunk).await?
+        });
+        for key in chunk {
+            if waiting.contains(key) {
+                report.pending_removal += 1;
+            } else if !recorded.contains(key) {
+                report.extra.push(key.clone());
+            }
+        }
+    }
+    record_store_check(tracking, report.files, report.extra.len() as u64).await?;
+    Ok(report)
+}
+
+/// What deleting one extra file did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExtraRemoval {
+    /// Deleted.
+    Deleted,
+    /// Kept: a row is recorded with it now, or it waits for removal (it was published or
+    /// scheduled after the listing).
+    InUse,
+    /// Kept: not a safe object key (a file put there by hand); remove it yourself.
+    UnsafeKey(String),
+    /// The store could not delete it.
+    Failed(String),
+}
+
+/// Deletes the `extra` files (from [`extra_files`]), each only while still unaccounted for:
+/// decided under the keys' locks, the ones the sync holds while it publishes and records a copy,
+/// so a copy published since the listing is never deleted. Records what is left.
+pub async fn delete_extra<S: BlobStore>(
+    tracking: &Database,
+    set: &ReplicatorSet,
+    store: &S,
+    extra: &[String],
+) -> Result<Vec<(String, ExtraRemoval)>, CheckError> {
+    let mut out = Vec::with_capacity(extra.len());
+    for chunk in extra.chunks(KEYS_PER_LOOKUP) {
+        let mut tx = tracking.begin_write().await?;
+        lock_object_keys(
+            tx.conn(),
+            chunk.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+        .await?;
+        let (recorded, waiting) = accounted_for(tx.conn(), set, chunk).await?;
+        let mut to_delete = Vec::new();
+        for key in chunk {
+            if recorded.contains(key) || waiting.contains(key) {
+                out.push((key.clone(), ExtraRemoval::InUse));
+                continue;
+            }
+            match ObjectKey::parse(key) {
+                Ok(k) => to_delete.push((key.clone(), k)),
+                Err(e) => out.push((key.clone(), ExtraRemoval::UnsafeKey(e.to_string()))),
+            }
+        }
+        let deleted = store
+            .delete_many(to_delete.iter().map(|(_, k)| k.clone()).collect())
+            .await;
+        for ((key, _), result) in to_delete.into_iter().zip(deleted) {
+            out.push((
+                key,
+                match result {
+                    Ok(_) => ExtraRemoval::Deleted,
+                    Err(e) => ExtraRemoval::Failed(e.to_string()),
+                },
+            ));
+        }
+        tx.commit().await?;
+    }
+    let left = out
+        .iter()
+        .filter(|(_, r)| !matches!(r, ExtraRemoval::Deleted | ExtraRemoval::InUse))
+        .count() as u64;
+    let files = store.list_keys().await.map_err(CheckError::Store)?.len() as u64;
+    record_store_check(tracking, files, left).await?;
+    Ok(out)
+}
+
+/// Stores the outcome of a store check for the status (`extra_files_count`).
+async fn record_store_check(tracking: &Database, files: u64, extra: u64) -> Result<(), DbError> {
+    let d = tracking.dialect();
+    let sql = format!(
+        "INSERT INTO \"geo_store_checks\" (\"id\", \"checked_at\", \"files\", \"extra_files\") VALUES (1, {}, {}, {}) \
+         ON CONFLICT (\"id\") DO UPDATE SET \"checked_at\" = excluded.\"checked_at\", \"files\" = excluded.\"files\", \"extra_files\" = excluded.\"extra_files\"",
+        param(d, 1),
+        param(d, 2),
+        param(d, 3)
+    );
+    let files = i64::try_from(files).unwrap_or(i64::MAX);
+    let extra = i64::try_from(extra).unwrap_or(i64::MAX);
+    on_pool!(tracking, write, pool => sqlx::query(AssertSqlSafe(sql))
+        .bind(Ts(now()))
+        .bind(files)
+        .bind(extra)
+        .execute(pool)
+        .await?
+        .rows_affected());
+    Ok(())
 }

@@ -136,12 +136,24 @@ pub struct NodeStatus {
     pub last_event_id: Option<i64>,
     /// When the newest event was written (primary).
     pub last_event_date: Option<DateTime<Utc>>,
-    /// Secondary: every event up to this id has been applied.
+    /// Secondary: the last event the cursor has read and applied (ids below it that are still
+    /// missing are [`NodeStatus::cursor_gaps_count`]).
     pub cursor_last_event_id: Option<i64>,
     /// Secondary: when the cursor last moved.
     pub cursor_updated_at: Option<DateTime<Utc>>,
-    /// Secondary: events the primary has that are not applied here yet.
+    /// Secondary: events the primary has after the cursor's position, not read here yet. Gaps
+    /// are not lag: they are counted apart.
     pub cursor_events_behind: Option<i64>,
+    /// Secondary: event ids below the cursor's position still missing (a transaction on the
+    /// primary that commits late, or rolled back), waited for up to the gap timeout (1 h).
+    pub cursor_gaps_count: Option<i64>,
+    /// Secondary: when the oldest of those gaps was found.
+    pub cursor_oldest_gap_at: Option<DateTime<Utc>>,
+    /// Secondary: files in the store no registry row accounts for, as of the last `geo check`
+    /// (`None`: never checked).
+    pub extra_files: Option<i64>,
+    /// Secondary: when the store was last checked.
+    pub store_checked_at: Option<DateTime<Utc>>,
     /// Primary: its secondaries' reported positions.
     pub secondaries: Vec<SecondaryCursor>,
     /// Secondary: local copies of deleted records still waiting to be removed.
@@ -204,6 +216,16 @@ impl NodeStatus {
             m.insert(
                 "removals_pending_count".into(),
                 self.removals_pending.into(),
+            );
+            m.insert("cursor_gaps_count".into(), self.cursor_gaps_count.into());
+            m.insert(
+                "cursor_oldest_gap_at".into(),
+                self.cursor_oldest_gap_at.map(|t| t.to_rfc3339()).into(),
+            );
+            m.insert("extra_files_count".into(), self.extra_files.into());
+            m.insert(
+                "store_checked_at".into(),
+                self.store_checked_at.map(|t| t.to_rfc3339()).into(),
             );
         }
         m.insert(
@@ -293,6 +315,10 @@ impl StatusCollector {
             cursor_last_event_id: None,
             cursor_updated_at: None,
             cursor_events_behind: None,
+            cursor_gaps_count: None,
+            cursor_oldest_gap_at: None,
+            extra_files: None,
+            store_checked_at: None,
             secondaries: Vec::new(),
             removals_pending: None,
             status_message: String::new(),
@@ -320,18 +346,27 @@ impl StatusCollector {
             }
             NodeRole::Secondary => {
                 let cursor = on_pool!(self.db, read, pool => {
-                    let row = sqlx::query("SELECT \"last_event_id\", \"updated_at\", (SELECT MIN(\"event_id\") FROM \"geo_event_gaps\") AS \"first_gap\" FROM \"geo_event_cursor\" WHERE \"id\" = 1").fetch_optional(pool).await?;
-                    row.map(|r| {
-                        let gap: Option<i64> = sqlx::Row::try_get(&r, "first_gap")?;
-                        Ok::<_, DbError>((r.i64("last_event_id")?, r.timestamp("updated_at")?, gap))
-                    }).transpose()?
+                    let row = sqlx::query("SELECT \"last_event_id\", \"updated_at\" FROM \"geo_event_cursor\" WHERE \"id\" = 1").fetch_optional(pool).await?;
+                    row.map(|r| Ok::<_, DbError>((r.i64("last_event_id")?, r.timestamp("updated_at")?))).transpose()?
                 });
+                let (gaps, oldest_gap) = on_pool!(self.db, read, pool => {
+                    let r = sqlx::query("SELECT COUNT(*) AS \"n\", MIN(\"detected_at\") AS \"oldest\" FROM \"geo_event_gaps\"").fetch_one(pool).await?;
+                    (r.i64("n")?, r.opt_timestamp("oldest")?)
+                });
+                status.cursor_gaps_count = Some(gaps);
+                status.cursor_oldest_gap_at = oldest_gap;
                 let removals: i64 = on_pool!(self.db, read, pool => sqlx::query_scalar("SELECT COUNT(*) FROM \"geo_blob_removals\"").fetch_one(pool).await?);
                 status.removals_pending = Some(removals);
-                if let Some((position, at, gap)) = cursor {
-                    // Like Geo: min(oldest gap - 1, last processed).
-                    let safe = gap.map_or(position, |g| position.min(g - 1));
-                    status.cursor_last_event_id = Some(safe);
+                let store_check = on_pool!(self.db, read, pool => {
+                    let row = sqlx::query("SELECT \"checked_at\", \"extra_files\" FROM \"geo_store_checks\" WHERE \"id\" = 1").fetch_optional(pool).await?;
+                    row.map(|r| Ok::<_, DbError>((r.timestamp("checked_at")?, r.i64("extra_files")?))).transpose()?
+                });
+                if let Some((at, extra)) = store_check {
+                    status.store_checked_at = Some(at);
+                    status.extra_files = Some(extra);
+                }
+                if let Some((position, at)) = cursor {
+                    status.cursor_last_event_id = Some(position);
                     status.cursor_updated_at = Some(at);
                 }
                 if let Some(client) = &self.primary {
@@ -494,6 +529,23 @@ pub fn render_gauges(status: &NodeStatus, out: &mut String) {
         f(status.removals_pending),
     );
     gauge(
+        "geo_cursor_gaps".into(),
+        "Event ids below the cursor still missing (waited for up to the gap timeout).",
+        f(status.cursor_gaps_count),
+    );
+    gauge(
+        "geo_cursor_oldest_gap_age_seconds".into(),
+        "How long the oldest missing event id has been waited for.",
+        status
+            .cursor_oldest_gap_at
+            .map(|t| (status.collected_at - t).num_milliseconds() as f64 / 1e3),
+    );
+    gauge(
+        "geo_store_extra_files".into(),
+        "Files in the store no registry row accounts for, at the last geo check.",
+        f(status.extra_files),
+    );
+    gauge(
         "geo_last_successful_status_check_timestamp".into(),
         "When this status was collected.",
         ts(Some(status.collected_at)),
@@ -587,16 +639,47 @@ impl NodeStatus {
                             .map_or_else(|| "-".to_owned(), |p| format!("{p:.1}"))
                     );
                 }
+                let gaps = match (self.cursor_gaps_count, self.cursor_oldest_gap_at) {
+                    (Some(g), Some(oldest)) if g > 0 => format!(
+                        "{g} (oldest waited for {})",
+                        age(self.collected_at - oldest)
+                    ),
+                    (g, _) => n(g),
+                };
                 let _ = writeln!(
                     out,
-                    "cursor: event {} of {} ({} behind) · removals pending: {}",
+                    "cursor: event {} of {} ({} behind) · gaps: {gaps} · removals pending: {}",
                     n(self.cursor_last_event_id),
                     n(self.last_event_id),
                     n(self.cursor_events_behind),
                     n(self.removals_pending)
                 );
+                let _ = match (self.extra_files, self.store_checked_at) {
+                    (Some(extra), Some(at)) => writeln!(
+                        out,
+                        "store: {extra} files no row accounts for at the last check ({}){}",
+                        at.format("%Y-%m-%d %H:%M:%S UTC"),
+                        if extra > 0 {
+                            "; `geo check --delete-extra` lists them"
+                        } else {
+                            ""
+                        }
+                    ),
+                    _ => writeln!(out, "store: not checked yet for extra files (`geo check`)"),
+                };
             }
         }
         out
+    }
+}
+
+/// `3 s`, `12 min`, `5 h`, `2 d`.
+fn age(d: chrono::TimeDelta) -> String {
+    let s = d.num_seconds().max(0);
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        3600..86_400 => format!("{} h", s / 3600),
+        _ => format!("{} d", s / 86_400),
     }
 }

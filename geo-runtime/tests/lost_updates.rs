@@ -43,7 +43,29 @@ async fn an_update_without_its_event_is_repaired_by_the_consistency_pass() {
         primary
             .update(4, "moved/4.bin", &data(104, 6000), false)
             .await;
+        // A later event: the cursor sees the two missing ids as gaps.
+        primary.create(21, "w/21.bin", &data(21, 5000)).await;
         converge(&primary, &sdb, root.path(), &label).await;
+
+        // Gaps are shown as gaps, not as lag: nothing is left to read.
+        let mut status = secondary.status().refresh().await.expect("status");
+        for _ in 0..100 {
+            if status.cursor_events_behind == Some(0) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            status = secondary.status().refresh().await.expect("status");
+        }
+        assert_eq!(status.cursor_events_behind, Some(0), "{label}: {status:?}");
+        assert_eq!(status.cursor_gaps_count, Some(2), "{label}: {status:?}");
+        assert!(status.cursor_oldest_gap_at.is_some(), "{label}");
+        let table = status.render_table();
+        assert!(
+            table.contains("(0 behind) · gaps: 2 (oldest waited for "),
+            "{table}"
+        );
+        let json = status.to_json();
+        assert_eq!(json["cursor_gaps_count"], 2, "{json}");
         let registry = Registry::new(&sdb, WidgetReplicator::DESCRIPTOR);
         let row = registry
             .find_by_model_id(3)

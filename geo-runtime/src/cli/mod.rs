@@ -20,7 +20,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::check::{CheckError, check_replicable};
+use crate::check::{
+    CheckError, ExtraRemoval, check_replicable, delete_extra as delete_extra_files, extra_files,
+};
 use crate::db::{Database, Dialect, NodeRole, migration_script};
 use crate::error::{DbError, MigrateError, RegistrationError};
 use crate::node::nodes::{self, NodeError};
@@ -70,6 +72,13 @@ pub enum Command {
     Check {
         /// Only this replicable (default: all).
         replicable: Option<String>,
+        /// Also list the files no registry row accounts for (`+ path`) for removal: shown, not
+        /// deleted, unless `--confirm` is given too.
+        #[arg(long)]
+        delete_extra: bool,
+        /// With `--delete-extra`: delete them (each only while still unaccounted for).
+        #[arg(long, requires = "delete_extra")]
+        confirm: bool,
     },
     /// Download records again (secondary).
     Resync(Target),
@@ -460,7 +469,11 @@ pub async fn run(cli: Cli, set: ReplicatorSet) -> Result<ExitCode, CliError> {
             ));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { replicable: only } => {
+        Command::Check {
+            replicable: only,
+            delete_extra,
+            confirm,
+        } => {
             settings.set("role", "secondary");
             let descriptors = match &only {
                 Some(name) => vec![replicable(&set, name)?],
@@ -487,6 +500,52 @@ pub async fn run(cli: Cli, set: ReplicatorSet) -> Result<ExitCode, CliError> {
                     report.differences.len()
                 ));
             }
+            // The store as a whole: files no row accounts for (copies that outlived their record).
+            let store_report = extra_files(&db, &set, &store).await?;
+            for key in &store_report.extra {
+                out(&format!(
+                    "ERROR : + {key}: extra on the secondary (no registry row)\n"
+                ));
+            }
+            out(&format!(
+                "NOTICE: store: {} files, {} extra, {} waiting for removal\n",
+                store_report.files,
+                store_report.extra.len(),
+                store_report.pending_removal
+            ));
+            let mut extra = store_report.extra.len();
+            if delete_extra && !store_report.extra.is_empty() {
+                if confirm {
+                    for (key, outcome) in
+                        delete_extra_files(&db, &set, &store, &store_report.extra).await?
+                    {
+                        match outcome {
+                            ExtraRemoval::Deleted => {
+                                extra -= 1;
+                                out(&format!("NOTICE: deleted {key}\n"));
+                            }
+                            ExtraRemoval::InUse => {
+                                extra -= 1;
+                                out(&format!(
+                                    "NOTICE: kept {key}: a row is recorded with it now\n"
+                                ));
+                            }
+                            ExtraRemoval::UnsafeKey(why) => {
+                                out(&format!("ERROR : kept {key}: {why}; remove it by hand\n"))
+                            }
+                            ExtraRemoval::Failed(why) => {
+                                out(&format!("ERROR : could not delete {key}: {why}\n"))
+                            }
+                        }
+                    }
+                } else {
+                    for key in &store_report.extra {
+                        out(&format!("NOTICE: would delete {key}\n"));
+                    }
+                    out("NOTICE: a dry run: add --confirm to delete them\n");
+                }
+            }
+            total += extra;
             if total > 0 {
                 out(&format!("{total} differences found\n"));
                 Ok(ExitCode::FAILURE)

@@ -73,11 +73,12 @@ CREATE TABLE "geo_nodes" (
 
 /// Base schema of a secondary's tracking database: the event cursor and its gaps, leases (one
 /// active event cursor), the objects waiting for removal, the backfill positions and the feature
-/// flags.
-pub const BASE_SECONDARY_MIGRATIONS: &[MigrationDef] = &[MigrationDef {
-    version: 1,
-    description: "event cursor, gaps, leases, blob removals, backfill cursors, feature flags",
-    postgres: r#"CREATE TABLE "geo_event_cursor" (
+/// flags; then the record of the last store check.
+pub const BASE_SECONDARY_MIGRATIONS: &[MigrationDef] = &[
+    MigrationDef {
+        version: 1,
+        description: "event cursor, gaps, leases, blob removals, backfill cursors, feature flags",
+        postgres: r#"CREATE TABLE "geo_event_cursor" (
     "id" SMALLINT PRIMARY KEY CHECK ("id" = 1),
     "last_event_id" BIGINT NOT NULL,
     "updated_at" TIMESTAMPTZ NOT NULL DEFAULT now()
@@ -110,7 +111,7 @@ CREATE TABLE "geo_feature_flags" (
     "updated_at" TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 "#,
-    sqlite: r#"CREATE TABLE "geo_event_cursor" (
+        sqlite: r#"CREATE TABLE "geo_event_cursor" (
     "id" INTEGER PRIMARY KEY CHECK ("id" = 1),
     "last_event_id" INTEGER NOT NULL,
     "updated_at" INTEGER NOT NULL
@@ -143,4 +144,23 @@ CREATE TABLE "geo_feature_flags" (
     "updated_at" INTEGER NOT NULL
 ) STRICT;
 "#,
-}];
+    },
+    MigrationDef {
+        version: 2,
+        description: "the last check of the store for files no row accounts for",
+        postgres: r#"CREATE TABLE "geo_store_checks" (
+    "id" SMALLINT PRIMARY KEY CHECK ("id" = 1),
+    "checked_at" TIMESTAMPTZ NOT NULL,
+    "files" BIGINT NOT NULL,
+    "extra_files" BIGINT NOT NULL
+);
+"#,
+        sqlite: r#"CREATE TABLE "geo_store_checks" (
+    "id" INTEGER PRIMARY KEY CHECK ("id" = 1),
+    "checked_at" INTEGER NOT NULL,
+    "files" INTEGER NOT NULL,
+    "extra_files" INTEGER NOT NULL
+) STRICT;
+"#,
+    },
+];

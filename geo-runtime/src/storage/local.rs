@@ -897,6 +897,35 @@ impl BlobStore for LocalStore {
         LocalStore::remove_stale_temp_files(self).await
     }
 
+    async fn list_keys(&self) -> Result<Vec<String>, StorageError> {
+        let root = self.root.clone();
+        blocking(move || {
+            let mut keys = Vec::new();
+            let mut dirs = vec![(root.clone(), String::new())];
+            while let Some((dir, prefix)) = dirs.pop() {
+                let entries = match std::fs::read_dir(&dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io("read directory", &dir)(e)),
+                };
+                for entry in entries {
+                    let entry = entry.map_err(io("read directory", &dir))?;
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    let kind = entry.file_type().map_err(io("stat", &dir))?;
+                    let key = format!("{prefix}{name}");
+                    if kind.is_dir() {
+                        dirs.push((entry.path(), format!("{key}/")));
+                    } else if !name.starts_with(TEMP_PREFIX) {
+                        keys.push(key);
+                    }
+                }
+            }
+            keys.sort_unstable();
+            Ok(keys)
+        })
+        .await?
+    }
+
     /// Hashed on the blocking pool, 1 MiB at a time: never on the async threads.
     async fn sha256(&self, key: &ObjectKey) -> Result<Option<(u64, [u8; 32])>, StorageError> {
         let path = self.path(key);

@@ -210,6 +210,19 @@ pub trait BlobStore: Clone + Send + Sync + fmt::Debug + 'static {
     /// Removes what an interrupted write left behind; returns how many.
     fn remove_stale_temp_files(&self) -> impl Future<Output = Result<usize, StorageError>> + Send;
 
+    /// Every object's key, sorted (temp files left out): what `geo check` compares with the
+    /// registries to find files no row accounts for. A key that is not a safe [`ObjectKey`]
+    /// (a file someone put there by hand) is listed as found. The default cannot list.
+    fn list_keys(&self) -> impl Future<Output = Result<Vec<String>, StorageError>> + Send {
+        async {
+            Err(StorageError::Io {
+                op: "list",
+                path: String::new(),
+                source: std::io::Error::other("this store cannot list its objects"),
+            })
+        }
+    }
+
     /// Size and SHA-256 of `key`, streamed in constant memory; `None` when missing.
     fn sha256(
         &self,

@@ -197,6 +197,22 @@ impl BlobStore for ObjectStoreBlobs {
         Ok(Some(Opened::Stream(Box::pin(stream), size)))
     }
 
+    async fn list_keys(&self) -> Result<Vec<String>, StorageError> {
+        let mut keys: Vec<String> = self
+            .store
+            .list(None)
+            .map_ok(|meta| meta.location.to_string())
+            .try_collect()
+            .await
+            .map_err(|e| StorageError::Io {
+                op: "list",
+                path: String::new(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        keys.sort_unstable();
+        Ok(keys)
+    }
+
     async fn delete(&self, key: &ObjectKey) -> Result<bool, StorageError> {
         let location = Self::location(key);
         let head = GetOptions {
