@@ -591,3 +591,80 @@ async fn a_row_applied_while_a_stale_listing_is_in_flight_is_not_an_orphan() {
         );
     }
 }
+
+/// The keys whose removal is scheduled for model id `id`, sorted.
+async fn removals_of(secondary: &Database, id: i64) -> Vec<String> {
+    let sql = format!(
+        "SELECT object_key FROM geo_blob_removals WHERE model_record_id = {id} ORDER BY object_key"
+    );
+    match secondary.dialect() {
+        Dialect::Postgres => sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_all(secondary.as_postgres().expect("pg"))
+            .await
+            .expect("removals"),
+        Dialect::Sqlite => sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_all(secondary.as_sqlite_readers().expect("sqlite"))
+            .await
+            .expect("removals"),
+    }
+}
+
+/// Every copy a batch of events retires is scheduled for removal: each key a `deleted` event
+/// names, even when the record is created again under another key in the same batch, and the
+/// key the registry recorded when the record moved without its event reaching us.
+#[tokio::test]
+async fn every_retired_copy_is_scheduled_for_removal() {
+    for (primary, secondary) in pairs().await {
+        let label = primary.label().to_owned();
+        let c = cursor(&secondary, &primary, "a");
+        let at = |id: i64, key: &str| Widget {
+            id,
+            file: key.to_owned(),
+        };
+        // One batch: deleted under a, created under b, deleted under b, created under c.
+        publish(&primary, &at(1, "k/a"), EventName::Deleted).await;
+        publish(&primary, &at(1, "k/b"), EventName::Created).await;
+        publish(&primary, &at(1, "k/b"), EventName::Deleted).await;
+        publish(&primary, &at(1, "k/c"), EventName::Created).await;
+        // Deleted under a and created again under a: nothing to remove.
+        publish(&primary, &at(2, "k/a2"), EventName::Deleted).await;
+        publish(&primary, &at(2, "k/a2"), EventName::Created).await;
+        c.step().await.expect("step");
+        assert_eq!(removals_of(&secondary, 1).await, ["k/a", "k/b"], "{label}");
+        assert_eq!(
+            state(&secondary, 1).await,
+            Some(SyncState::Pending),
+            "{label}"
+        );
+        assert!(removals_of(&secondary, 2).await.is_empty(), "{label}");
+
+        // Record 3 synced here under k/old, then moved to k/new without an event, then deleted:
+        // both copies are retired.
+        publish(&primary, &at(3, "k/old"), EventName::Created).await;
+        c.step().await.expect("step");
+        let registry = Registry::new(&secondary, WidgetReplicator::DESCRIPTOR);
+        let row = registry
+            .claim(10, geo_runtime::db::dialect::now())
+            .await
+            .expect("claim")
+            .into_iter()
+            .find(|r| r.model_record_id == 3)
+            .expect("row 3");
+        registry
+            .mark_synced_copies(&[geo_runtime::registry::SyncedCopy {
+                row,
+                object_key: Some("k/old".into()),
+                sha256: None,
+                checked_against_primary: false,
+            }])
+            .await
+            .expect("synced");
+        publish(&primary, &at(3, "k/new"), EventName::Deleted).await;
+        c.step().await.expect("step");
+        assert_eq!(
+            removals_of(&secondary, 3).await,
+            ["k/new", "k/old"],
+            "{label}"
+        );
+    }
+}

@@ -3,9 +3,10 @@
 //! with the new position, so a crash never applies a batch twice or skips one.
 //!
 //! - Idempotent: a `created` for a tracked id changes nothing; `updated` puts the row back to
-//!   pending (creating it when missing); `deleted` removes the row and schedules the local
-//!   object's removal (`geo_blob_removals`). Within a batch the events of one record are folded
-//!   in order, so `created, deleted` leaves nothing and `deleted, created` a fresh pending row.
+//!   pending (creating it when missing); `deleted` removes the row and schedules the removal of
+//!   the local copies (`geo_blob_removals`): the event's key and the registry's recorded one.
+//!   Within a batch the events of one record are folded in order, so `created, deleted` leaves
+//!   nothing and `deleted, created` a fresh pending row.
 //! - Gaps: ids skipped by the batch (a transaction on the primary that commits late, or rolled
 //!   back) are stored and looked up again on every step; a gap that fills is applied then. A gap
 //!   still empty after [`CursorConfig::gap_timeout`] is given up with a warning and the metric
@@ -419,8 +420,8 @@ impl<S: EventSource> EventCursor<S> {
     ) -> Result<(usize, usize), CursorError> {
         let mut applied = 0;
         let mut skipped = 0;
-        // replicable -> model id -> (action, object key to remove)
-        let mut plan: BTreeMap<&str, BTreeMap<i64, (Action, Option<String>)>> = BTreeMap::new();
+        // replicable -> model id -> (action, object keys to remove)
+        let mut plan: BTreeMap<&str, BTreeMap<i64, (Action, Vec<String>)>> = BTreeMap::new();
         let mut enabled: HashMap<&str, bool> = HashMap::new();
         for e in events {
             let Some((d, _)) = self.replicators.get(e.replicable_name.as_str()) else {
@@ -445,29 +446,36 @@ impl<S: EventSource> EventCursor<S> {
             let key = e.payload.object_key.clone();
             match (entry.get_mut(&e.model_record_id), e.event_name) {
                 (None, EventName::Created) => {
-                    entry.insert(e.model_record_id, (Action::Track, None));
+                    entry.insert(e.model_record_id, (Action::Track, Vec::new()));
                 }
                 (None, EventName::Updated) => {
-                    entry.insert(e.model_record_id, (Action::Reset, None));
+                    entry.insert(e.model_record_id, (Action::Reset, Vec::new()));
                 }
                 (None, EventName::Deleted) => {
-                    entry.insert(e.model_record_id, (Action::Remove, key));
+                    entry.insert(
+                        e.model_record_id,
+                        (Action::Remove, key.into_iter().collect()),
+                    );
                 }
                 (Some(slot), EventName::Created | EventName::Updated) => {
-                    // After a delete in the same batch the object is new: sync it again, and
-                    // remove the old copy only when it lived under another key.
-                    let removed = match &slot.0 {
-                        Action::Remove => slot.1.take().filter(|old| Some(old) != key.as_ref()),
-                        _ => slot.1.take(),
-                    };
-                    let action = match (&slot.0, e.event_name) {
+                    // After a delete in the same batch the object is new: sync it again. Every
+                    // copy removed on the way stays removed, but for the key the record uses
+                    // now (the sync writes it anyway).
+                    if let Some(k) = &key {
+                        slot.1.retain(|old| old != k);
+                    }
+                    slot.0 = match (&slot.0, e.event_name) {
                         (Action::Track, EventName::Created) => Action::Track,
                         _ => Action::Reset,
                     };
-                    *slot = (action, removed);
                 }
                 (Some(slot), EventName::Deleted) => {
-                    *slot = (Action::Remove, key.or_else(|| slot.1.take()));
+                    slot.0 = Action::Remove;
+                    if let Some(k) = key
+                        && !slot.1.contains(&k)
+                    {
+                        slot.1.push(k);
+                    }
                 }
             }
         }
@@ -478,8 +486,8 @@ impl<S: EventSource> EventCursor<S> {
             let mut track = Vec::new();
             let mut reset = Vec::new();
             let mut remove = Vec::new();
-            let mut removals: Vec<(i64, Option<String>)> = Vec::new();
-            for (id, (action, key)) in records {
+            let mut removals: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+            for (id, (action, keys)) in records {
                 tracing::debug!(
                     replicable = d.replicable_name,
                     id,
@@ -495,18 +503,33 @@ impl<S: EventSource> EventCursor<S> {
                     Action::Reset => reset.push(id),
                     Action::Remove => remove.push(id),
                 }
-                if action == Action::Remove || key.is_some() {
-                    removals.push((id, key));
+                if action == Action::Remove || !keys.is_empty() {
+                    removals.insert(id, keys);
                 }
             }
             insert_pending_many(conn.reborrow(), sql, &track, now).await?;
             reset_pending_many(conn.reborrow(), sql, &reset, now).await?;
-            // Where the event carries no key, the registry knows where the copy is.
+            // The copy the registry recorded goes too, whatever key the event names: the
+            // record may have moved without an event reaching us.
             for (id, stored_key) in delete_many(conn.reborrow(), sql, &remove).await? {
-                if let Some(slot) = removals.iter_mut().find(|(r, k)| *r == id && k.is_none()) {
-                    slot.1 = stored_key;
+                if let Some(k) = stored_key {
+                    let keys = removals.entry(id).or_default();
+                    if !keys.contains(&k) {
+                        keys.push(k);
+                    }
                 }
             }
+            let removals: Vec<(i64, Option<String>)> = removals
+                .into_iter()
+                .flat_map(|(id, keys)| {
+                    if keys.is_empty() {
+                        // No key known anywhere: the removal worker says so.
+                        vec![(id, None)]
+                    } else {
+                        keys.into_iter().map(|k| (id, Some(k))).collect()
+                    }
+                })
+                .collect();
             schedule_removals(conn.reborrow(), d.replicable_name, &removals, now).await?;
         }
         Ok((applied, skipped))
