@@ -4,15 +4,15 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::cluster::{self, Primary, fast, start_primary};
 use common::{Widget, WidgetReplicator, exec, scalar_i64};
 use geo_runtime::db::Dialect;
-use geo_runtime::events::{CursorConfig, StartPosition};
+
 use geo_runtime::node::nodes::add_secondary;
-use geo_runtime::node::{Node, NodeConfig, NodeHandle, PrimaryConfig, SecondaryConfig};
+use geo_runtime::node::{Node, NodeConfig, NodeHandle, SecondaryConfig};
 use geo_runtime::registry::Registry;
 use geo_runtime::storage::{LocalStore, ObjectKey};
 use geo_runtime::testing::{self, TestDatabase};
@@ -20,58 +20,8 @@ use geo_runtime::worker::sync::SyncConfig;
 use geo_runtime::{Database, ReplicableModel, Replicator};
 use sha2::{Digest, Sha256};
 
-struct Primary {
-    db: TestDatabase,
-    store: LocalStore,
-    _dir: tempfile::TempDir,
-    handle: NodeHandle,
-    url: String,
-}
-
-async fn start_primary(db: TestDatabase) -> Primary {
-    exec(&db, "CREATE TABLE widgets (id BIGINT PRIMARY KEY, file TEXT NOT NULL); CREATE TABLE gizmos (id BIGINT PRIMARY KEY, file TEXT NOT NULL)").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = PrimaryConfig::new("127.0.0.1:0".parse().expect("addr"), dir.path());
-    let handle = Node::start(NodeConfig::Primary(config), &db, &common::set())
-        .await
-        .expect("primary");
-    let addr: SocketAddr = handle.local_addr().expect("addr");
-    Primary {
-        store: LocalStore::new(dir.path()),
-        url: format!("http://{addr}"),
-        db,
-        _dir: dir,
-        handle,
-    }
-}
-
-fn fast(config: &mut SecondaryConfig) {
-    config.sync = SyncConfig {
-        files_max_capacity: 10,
-        idle_wait: Duration::from_millis(20),
-        max_object_size: None,
-        ..SyncConfig::default()
-    };
-    config.cursor = CursorConfig {
-        idle_wait: Duration::from_millis(20),
-        start: StartPosition::Latest,
-        ..CursorConfig::default()
-    };
-    config.consistency_interval = Duration::from_millis(300);
-    config.report_interval = Duration::from_millis(200);
-    config.idle_timeout = Duration::from_secs(5);
-}
-
 async fn start_secondary(primary: &Primary, db: &Database, root: &Path, name: &str) -> NodeHandle {
-    let creds = add_secondary(&primary.db, name, "http://secondary.invalid")
-        .await
-        .expect("register");
-    let mut config =
-        SecondaryConfig::new(name, &primary.url, &creds.access_key, creds.secret, root);
-    fast(&mut config);
-    Node::start(NodeConfig::Secondary(config), db, &common::set())
-        .await
-        .expect("secondary")
+    cluster::start_secondary(primary, &primary.url, db, root, name, |_| {}).await
 }
 
 /// Deterministic content for widget `id`, version `v`.
@@ -85,21 +35,6 @@ fn content(id: i64, v: u32) -> Vec<u8> {
     (0..size).map(|_| rng.u8(..)).collect()
 }
 
-async fn put(primary: &Primary, id: i64, v: u32) {
-    let key = ObjectKey::parse(&format!("widgets/{}/{id}.bin", id % 10)).expect("key");
-    let data = bytes::Bytes::from(content(id, v));
-    primary
-        .store
-        .write(
-            &key,
-            futures_util::stream::iter([Ok::<_, std::convert::Infallible>(data)]),
-            None,
-            None,
-        )
-        .await
-        .expect("write on the primary");
-}
-
 fn widget(id: i64) -> Widget {
     Widget {
         id,
@@ -107,71 +42,19 @@ fn widget(id: i64) -> Widget {
     }
 }
 
-/// Creates the model row and its event in one transaction.
+/// Creates the object, then the model row and its event in one transaction.
 async fn create(primary: &Primary, id: i64) {
-    put(primary, id, 0).await;
-    let w = widget(id);
-    let mut tx = primary.db.begin_write().await.expect("begin");
-    match tx.conn() {
-        geo_runtime::db::Conn::Postgres(c) => {
-            sqlx::query("INSERT INTO widgets VALUES ($1, $2)")
-                .bind(w.id)
-                .bind(&w.file)
-                .execute(&mut *c)
-                .await
-                .expect("insert");
-        }
-        geo_runtime::db::Conn::Sqlite(c) => {
-            sqlx::query("INSERT INTO widgets VALUES (?1, ?2)")
-                .bind(w.id)
-                .bind(&w.file)
-                .execute(&mut *c)
-                .await
-                .expect("insert");
-        }
-    }
-    w.publish_created(tx.conn()).await.expect("publish");
-    tx.commit().await.expect("commit");
+    primary.create(id, &widget(id).file, &content(id, 0)).await;
 }
 
 async fn update(primary: &Primary, id: i64) {
-    put(primary, id, 1).await;
-    let mut tx = primary.db.begin_write().await.expect("begin");
-    widget(id)
-        .publish_updated(tx.conn())
-        .await
-        .expect("publish");
-    tx.commit().await.expect("commit");
+    primary
+        .update(id, &widget(id).file, &content(id, 1), true)
+        .await;
 }
 
 async fn delete(primary: &Primary, id: i64) {
-    let mut tx = primary.db.begin_write().await.expect("begin");
-    widget(id)
-        .publish_deleted(tx.conn())
-        .await
-        .expect("publish");
-    match tx.conn() {
-        geo_runtime::db::Conn::Postgres(c) => {
-            sqlx::query("DELETE FROM widgets WHERE id = $1")
-                .bind(id)
-                .execute(&mut *c)
-                .await
-                .expect("delete");
-        }
-        geo_runtime::db::Conn::Sqlite(c) => {
-            sqlx::query("DELETE FROM widgets WHERE id = ?1")
-                .bind(id)
-                .execute(&mut *c)
-                .await
-                .expect("delete");
-        }
-    }
-    tx.commit().await.expect("commit");
-    primary
-        .store
-        .delete(&ObjectKey::parse(&widget(id).file).expect("key"))
-        .await
-        .expect("delete file");
+    primary.delete(id).await;
 }
 
 fn sha_of(path: &Path) -> Option<[u8; 32]> {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::cluster::{self, converge};
+use common::cluster::{self, Primary, converge};
 use common::{WidgetReplicator, eventually};
 use geo_runtime::registry::Registry;
 use geo_runtime::testing::TestDatabase;
@@ -43,6 +43,48 @@ async fn transfer(link: &LinkProxy, over: u64) -> Arc<Connection> {
     found.expect("found")
 }
 
+/// Waits until `carrying` is cut, before it could have run to its end, and checks it did not.
+async fn cut(carrying: &Connection, label: &str) {
+    eventually(
+        &format!("{label}: the transfer is cut"),
+        Duration::from_secs(10),
+        || {
+            std::future::ready(if carrying.is_closed() {
+                Ok(())
+            } else {
+                Err(format!("open after {} bytes", carrying.bytes_down()))
+            })
+        },
+    )
+    .await;
+    assert!(
+        carrying.bytes_down() < BIG as u64,
+        "{label}: the transfer ran to its end"
+    );
+}
+
+/// A primary with one large object, and a secondary downloading it through a slow link.
+async fn one_big_object_crawling(
+    pdb: TestDatabase,
+    sdb: &TestDatabase,
+) -> (
+    Primary,
+    LinkProxy,
+    tempfile::TempDir,
+    geo_runtime::node::NodeHandle,
+    Arc<Connection>,
+) {
+    let primary = cluster::start_primary(pdb).await;
+    primary.create(1, "big/1.bin", &data(1, BIG)).await;
+    let link = LinkProxy::start(primary.addr).await.expect("link");
+    link.set_rate(SLOW);
+    let root = tempfile::tempdir().expect("tempdir");
+    let secondary =
+        cluster::start_secondary(&primary, &link.url(), sdb, root.path(), "s", |_| {}).await;
+    let carrying = transfer(&link, 256 * 1024).await;
+    (primary, link, root, secondary, carrying)
+}
+
 /// A record deleted while its object is downloaded over a slow link: the transfer is cut (not
 /// run to its end) and nothing of it reaches the secondary's store, not even for a moment after
 /// the fact.
@@ -50,32 +92,11 @@ async fn transfer(link: &LinkProxy, over: u64) -> Arc<Connection> {
 async fn a_delete_seen_mid_transfer_cancels_it_and_leaves_nothing() {
     for (pdb, sdb) in pairs().await {
         let label = sdb.label().to_owned();
-        let primary = cluster::start_primary(pdb).await;
-        primary.create(1, "big/1.bin", &data(1, BIG)).await;
-        let link = LinkProxy::start(primary.addr).await.expect("link");
-        link.set_rate(SLOW);
-        let root = tempfile::tempdir().expect("tempdir");
-        let secondary =
-            cluster::start_secondary(&primary, &link.url(), &sdb, root.path(), "s", |_| {}).await;
-        let carrying = transfer(&link, 256 * 1024).await;
+        // The link lives until the end of the test.
+        let (primary, _link, root, secondary, carrying) = one_big_object_crawling(pdb, &sdb).await;
 
         primary.delete(1).await;
-        eventually(
-            &format!("{label}: the transfer is cut"),
-            Duration::from_secs(10),
-            || {
-                std::future::ready(if carrying.is_closed() {
-                    Ok(())
-                } else {
-                    Err(format!("open after {} bytes", carrying.bytes_down()))
-                })
-            },
-        )
-        .await;
-        assert!(
-            carrying.bytes_down() < BIG as u64,
-            "{label}: the transfer ran to its end"
-        );
+        cut(&carrying, &label).await;
         converge(&primary, &sdb, root.path(), &label).await;
         assert!(cluster::tree(root.path()).is_empty(), "{label}");
         secondary.shutdown().await;
@@ -89,31 +110,13 @@ async fn a_delete_seen_mid_transfer_cancels_it_and_leaves_nothing() {
 async fn a_key_move_seen_mid_transfer_publishes_only_the_new_key() {
     for (pdb, sdb) in pairs().await {
         let label = sdb.label().to_owned();
-        let primary = cluster::start_primary(pdb).await;
-        primary.create(1, "big/1.bin", &data(1, BIG)).await;
-        let link = LinkProxy::start(primary.addr).await.expect("link");
-        link.set_rate(SLOW);
-        let root = tempfile::tempdir().expect("tempdir");
-        let secondary =
-            cluster::start_secondary(&primary, &link.url(), &sdb, root.path(), "s", |_| {}).await;
-        let carrying = transfer(&link, 256 * 1024).await;
+        // The link lives until the end of the test.
+        let (primary, _link, root, secondary, carrying) = one_big_object_crawling(pdb, &sdb).await;
 
         primary
             .update(1, "moved/1.bin", &data(2, 100_000), true)
             .await;
-        eventually(
-            &format!("{label}: the old transfer is cut"),
-            Duration::from_secs(10),
-            || {
-                std::future::ready(if carrying.is_closed() {
-                    Ok(())
-                } else {
-                    Err(format!("open after {} bytes", carrying.bytes_down()))
-                })
-            },
-        )
-        .await;
-        assert!(carrying.bytes_down() < BIG as u64, "{label}");
+        cut(&carrying, &label).await;
         converge(&primary, &sdb, root.path(), &label).await;
         assert_eq!(
             cluster::tree(root.path()).keys().collect::<Vec<_>>(),
@@ -228,7 +231,15 @@ async fn a_copy_whose_row_went_away_before_its_publish_is_discarded() {
             .await
             .expect("pending");
         let root = tempfile::tempdir().expect("tempdir");
-        let (store, gate) = gated::GatedStore::new(LocalStore::new(root.path()));
+        let gate = Arc::new(Gate {
+            arrived: tokio::sync::Notify::new(),
+            open: tokio::sync::Notify::new(),
+            opened: std::sync::atomic::AtomicBool::new(false),
+        });
+        let store = common::hooked::Hooked {
+            inner: LocalStore::new(root.path()),
+            hooks: gate.clone(),
+        };
         // One request for the three: they arrive, and wait, together.
         let config = SyncConfig {
             files_max_capacity: 1,
@@ -256,116 +267,29 @@ async fn a_copy_whose_row_went_away_before_its_publish_is_discarded() {
     }
 }
 
-mod gated {
-    //! A local store whose flush waits for the test.
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+/// Holds every flush until released.
+#[derive(Debug)]
+struct Gate {
+    arrived: tokio::sync::Notify,
+    open: tokio::sync::Notify,
+    opened: std::sync::atomic::AtomicBool,
+}
 
-    use bytes::Bytes;
-    use geo_runtime::storage::{
-        BlobStore, LocalStore, ObjectKey, Opened, StorageError, WrittenBlob,
-    };
-    use tokio::sync::Notify;
-
-    /// Holds every flush until released.
-    #[derive(Debug)]
-    pub struct Gate {
-        pub arrived: Notify,
-        open: Notify,
-        opened: AtomicBool,
+impl Gate {
+    fn release(&self) {
+        self.opened.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.open.notify_waiters();
     }
+}
 
-    impl Gate {
-        pub fn release(&self) {
-            self.opened.store(true, Ordering::SeqCst);
-            self.open.notify_waiters();
-        }
-
-        async fn pass(&self) {
-            let open = self.open.notified();
-            tokio::pin!(open);
-            open.as_mut().enable();
-            if !self.opened.load(Ordering::SeqCst) {
-                self.arrived.notify_one();
-                open.await;
-            }
-        }
-    }
-
-    #[derive(Debug, Clone)]
-    pub struct GatedStore {
-        inner: LocalStore,
-        gate: Arc<Gate>,
-    }
-
-    impl GatedStore {
-        pub fn new(inner: LocalStore) -> (Self, Arc<Gate>) {
-            let gate = Arc::new(Gate {
-                arrived: Notify::new(),
-                open: Notify::new(),
-                opened: AtomicBool::new(false),
-            });
-            (
-                GatedStore {
-                    inner,
-                    gate: gate.clone(),
-                },
-                gate,
-            )
-        }
-    }
-
-    impl BlobStore for GatedStore {
-        type Staged = <LocalStore as BlobStore>::Staged;
-        fn staged_size(staged: &Self::Staged) -> u64 {
-            <LocalStore as BlobStore>::staged_size(staged)
-        }
-        async fn stage_bytes(
-            &self,
-            key: &ObjectKey,
-            data: Bytes,
-            sha: Option<[u8; 32]>,
-        ) -> Result<Self::Staged, StorageError> {
-            BlobStore::stage_bytes(&self.inner, key, data, sha).await
-        }
-        async fn stage_stream<St, E>(
-            &self,
-            key: &ObjectKey,
-            body: St,
-            size: Option<u64>,
-            sha: Option<[u8; 32]>,
-        ) -> Result<Self::Staged, StorageError>
-        where
-            St: futures_util::Stream<Item = Result<Bytes, E>> + Send,
-            E: std::fmt::Display + Send,
-        {
-            BlobStore::stage_stream(&self.inner, key, body, size, sha).await
-        }
-        async fn flush(
-            &self,
-            staged: Vec<Self::Staged>,
-        ) -> Vec<Result<Self::Staged, StorageError>> {
-            self.gate.pass().await;
-            BlobStore::flush(&self.inner, staged).await
-        }
-        async fn publish(
-            &self,
-            staged: Vec<Self::Staged>,
-        ) -> Vec<Result<WrittenBlob, StorageError>> {
-            BlobStore::publish(&self.inner, staged).await
-        }
-        async fn read_or_open(
-            &self,
-            key: &ObjectKey,
-            whole_below: u64,
-        ) -> Result<Option<Opened>, StorageError> {
-            BlobStore::read_or_open(&self.inner, key, whole_below).await
-        }
-        async fn delete(&self, key: &ObjectKey) -> Result<bool, StorageError> {
-            BlobStore::delete(&self.inner, key).await
-        }
-        async fn remove_stale_temp_files(&self) -> Result<usize, StorageError> {
-            BlobStore::remove_stale_temp_files(&self.inner).await
+impl common::hooked::Hooks for Arc<Gate> {
+    async fn before_flush(&self) {
+        let open = self.open.notified();
+        tokio::pin!(open);
+        open.as_mut().enable();
+        if !self.opened.load(std::sync::atomic::Ordering::SeqCst) {
+            self.arrived.notify_one();
+            open.await;
         }
     }
 }

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use common::{Widget, WidgetReplicator, exec};
 use geo_runtime::db::dialect::now;
 use geo_runtime::events::EventName;
-use geo_runtime::storage::{BlobStore, LocalStore, ObjectKey, Opened, StorageError, WrittenBlob};
+use geo_runtime::storage::{BlobStore, LocalStore, ObjectKey};
 use geo_runtime::testing::{self, TestDatabase};
 use geo_runtime::worker::verify::{PrimaryVerification, VerifyConfig};
 use geo_runtime::{Database, ReplicableModel, Replicator, ReplicatorSet, VerificationState};
@@ -224,67 +224,20 @@ async fn every_record_gets_its_checksum_or_a_reason() {
     }
 }
 
-/// A store during whose hashing the record changes (its verification goes back to pending).
+/// During the hashing, the record changes (its verification goes back to pending).
 #[derive(Debug, Clone)]
-struct ChangingStore {
-    inner: LocalStore,
+struct ChangesTheRecord {
     db: Database,
 }
 
-impl BlobStore for ChangingStore {
-    type Staged = <LocalStore as BlobStore>::Staged;
-    fn staged_size(staged: &Self::Staged) -> u64 {
-        <LocalStore as BlobStore>::staged_size(staged)
-    }
-    async fn stage_bytes(
-        &self,
-        key: &ObjectKey,
-        data: Bytes,
-        sha: Option<[u8; 32]>,
-    ) -> Result<Self::Staged, StorageError> {
-        BlobStore::stage_bytes(&self.inner, key, data, sha).await
-    }
-    async fn stage_stream<St, E>(
-        &self,
-        key: &ObjectKey,
-        body: St,
-        size: Option<u64>,
-        sha: Option<[u8; 32]>,
-    ) -> Result<Self::Staged, StorageError>
-    where
-        St: futures_util::Stream<Item = Result<Bytes, E>> + Send,
-        E: std::fmt::Display + Send,
-    {
-        BlobStore::stage_stream(&self.inner, key, body, size, sha).await
-    }
-    async fn flush(&self, staged: Vec<Self::Staged>) -> Vec<Result<Self::Staged, StorageError>> {
-        BlobStore::flush(&self.inner, staged).await
-    }
-    async fn publish(&self, staged: Vec<Self::Staged>) -> Vec<Result<WrittenBlob, StorageError>> {
-        BlobStore::publish(&self.inner, staged).await
-    }
-    async fn read_or_open(
-        &self,
-        key: &ObjectKey,
-        whole_below: u64,
-    ) -> Result<Option<Opened>, StorageError> {
-        BlobStore::read_or_open(&self.inner, key, whole_below).await
-    }
-    async fn delete(&self, key: &ObjectKey) -> Result<bool, StorageError> {
-        BlobStore::delete(&self.inner, key).await
-    }
-    async fn remove_stale_temp_files(&self) -> Result<usize, StorageError> {
-        BlobStore::remove_stale_temp_files(&self.inner).await
-    }
-    async fn sha256(&self, key: &ObjectKey) -> Result<Option<(u64, [u8; 32])>, StorageError> {
-        let result = BlobStore::sha256(&self.inner, key).await;
+impl common::hooked::Hooks for ChangesTheRecord {
+    async fn after_sha256(&self) {
         // What an `updated` event does to the record's verification, meanwhile.
         exec(
             &self.db,
             "UPDATE widget_states SET verification_state = 0 WHERE widget_id = 1",
         )
         .await;
-        result
     }
 }
 
@@ -304,9 +257,11 @@ async fn a_record_changed_while_it_is_hashed_goes_back_to_pending() {
             EventName::Created,
         )
         .await;
-        let changing = ChangingStore {
+        let changing = common::hooked::Hooked {
             inner: store,
-            db: db.database().clone(),
+            hooks: ChangesTheRecord {
+                db: db.database().clone(),
+            },
         };
         let v = PrimaryVerification::new(
             &db,

@@ -331,6 +331,31 @@ impl EventSource for PrimaryClient {
     }
 }
 
+impl PrimaryClient {
+    /// A page of `GET /geo/v1/replicables/<name>` with `query`.
+    async fn ids_page(
+        &self,
+        descriptor: &'static ReplicatorDescriptor,
+        query: &[(&str, String)],
+    ) -> Result<IdsPage, SourceError> {
+        let mut url = self.url(&format!(
+            "/geo/v1/replicables/{}",
+            descriptor.replicable_name
+        ))?;
+        url.query_pairs_mut().extend_pairs(query);
+        let scope = RequestScope::Replicables {
+            replicable_name: descriptor.replicable_name.to_owned(),
+        };
+        self.get_json(url, &scope).await
+    }
+}
+
+/// A hex SHA-256 from the primary, checked.
+fn primary_sha256(hex: &str, what: &str) -> Result<[u8; 32], SourceError> {
+    parse_sha256(hex)
+        .ok_or_else(|| SourceError::Protocol(format!("the primary sent a malformed {what}")))
+}
+
 impl ModelIdSource for PrimaryClient {
     async fn model_ids_after(
         &self,
@@ -338,18 +363,11 @@ impl ModelIdSource for PrimaryClient {
         after: i64,
         limit: usize,
     ) -> Result<Vec<i64>, SourceError> {
-        let mut url = self.url(&format!(
-            "/geo/v1/replicables/{}",
-            descriptor.replicable_name
-        ))?;
-        url.query_pairs_mut()
-            .append_pair("after_id", &after.to_string())
-            .append_pair("limit", &limit.to_string());
-        let scope = RequestScope::Replicables {
-            replicable_name: descriptor.replicable_name.to_owned(),
-        };
-        let page: IdsPage = self.get_json(url, &scope).await?;
-        Ok(page.ids)
+        let query = [
+            ("after_id", after.to_string()),
+            ("limit", limit.to_string()),
+        ];
+        Ok(self.ids_page(descriptor, &query).await?.ids)
     }
 
     async fn listing(
@@ -358,25 +376,17 @@ impl ModelIdSource for PrimaryClient {
         after: i64,
         limit: usize,
     ) -> Result<Listing, SourceError> {
-        let mut url = self.url(&format!(
-            "/geo/v1/replicables/{}",
-            descriptor.replicable_name
-        ))?;
-        url.query_pairs_mut()
-            .append_pair("after_id", &after.to_string())
-            .append_pair("limit", &limit.to_string())
-            .append_pair("digest", "true");
-        let scope = RequestScope::Replicables {
-            replicable_name: descriptor.replicable_name.to_owned(),
-        };
-        let page: IdsPage = self.get_json(url, &scope).await?;
+        let query = [
+            ("after_id", after.to_string()),
+            ("limit", limit.to_string()),
+            ("digest", "true".to_owned()),
+        ];
+        let page = self.ids_page(descriptor, &query).await?;
         // A primary from before digests answers ids only: the pass then compares ids only.
         let versions = match page.digest.as_deref() {
             None => None,
             Some(hex) => Some(ListedVersions {
-                digest: parse_sha256(hex).ok_or_else(|| {
-                    SourceError::Protocol("the primary sent a malformed listing digest".into())
-                })?,
+                digest: primary_sha256(hex, "listing digest")?,
                 unverified: page.unverified,
             }),
         };
@@ -395,18 +405,12 @@ impl ModelIdSource for PrimaryClient {
         let mut out = Vec::new();
         let mut after = after;
         loop {
-            let mut url = self.url(&format!(
-                "/geo/v1/replicables/{}",
-                descriptor.replicable_name
-            ))?;
-            url.query_pairs_mut()
-                .append_pair("after_id", &after.to_string())
-                .append_pair("until_id", &until.to_string())
-                .append_pair("versions", "true");
-            let scope = RequestScope::Replicables {
-                replicable_name: descriptor.replicable_name.to_owned(),
-            };
-            let page: IdsPage = self.get_json(url, &scope).await?;
+            let query = [
+                ("after_id", after.to_string()),
+                ("until_id", until.to_string()),
+                ("versions", "true".to_owned()),
+            ];
+            let page = self.ids_page(descriptor, &query).await?;
             let versions = page.versions.unwrap_or_default();
             if versions.len() != page.ids.len() {
                 return Err(SourceError::Protocol(
@@ -415,15 +419,12 @@ impl ModelIdSource for PrimaryClient {
             }
             let full = page.ids.len() >= MAX_PAGE;
             for (id, (key, sha)) in page.ids.into_iter().zip(versions) {
-                let sha256 = sha
-                    .map(|h| {
-                        parse_sha256(&h).ok_or_else(|| {
-                            SourceError::Protocol("the primary sent a malformed checksum".into())
-                        })
-                    })
-                    .transpose()?;
                 after = id;
-                out.push(RecordVersion { id, key, sha256 });
+                out.push(RecordVersion {
+                    id,
+                    key,
+                    sha256: sha.map(|h| primary_sha256(&h, "checksum")).transpose()?,
+                });
             }
             if !full {
                 return Ok(out);

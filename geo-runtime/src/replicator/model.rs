@@ -27,6 +27,23 @@ fn verified_checksum(descriptor: &ReplicatorDescriptor) -> (String, &'static str
     }
 }
 
+/// `SELECT <id>, <object key>, <verified checksum> FROM <model> m…` (what each record holds
+/// now), and the id expression, for a `WHERE` to follow.
+fn select_objects(descriptor: &ReplicatorDescriptor) -> (String, String) {
+    let key_column = descriptor
+        .blob_column
+        .map_or_else(|| "NULL".to_owned(), |c| format!("m.{}", quote(c)));
+    let (join, checksum) = verified_checksum(descriptor);
+    let id = format!("m.{}", quote(descriptor.model_id_column));
+    (
+        format!(
+            "SELECT {id}, {key_column}, {checksum} FROM {} m{join}",
+            quote(descriptor.model_table)
+        ),
+        id,
+    )
+}
+
 /// The object key of model record `id` and the primary's verified SHA-256 of it, in one query:
 /// `None` when there is no such record.
 pub async fn model_object(
@@ -84,16 +101,8 @@ pub async fn model_objects(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let key_column = descriptor
-        .blob_column
-        .map_or_else(|| "NULL".to_owned(), |c| format!("m.{}", quote(c)));
-    let (join, checksum) = verified_checksum(descriptor);
-    let id = format!("m.{}", quote(descriptor.model_id_column));
-    let sql = format!(
-        "SELECT {id}, {key_column}, {checksum} FROM {} m{join} WHERE {}",
-        quote(descriptor.model_table),
-        in_id_list(primary.dialect(), &id, 1)
-    );
+    let (select, id) = select_objects(descriptor);
+    let sql = format!("{select} WHERE {}", in_id_list(primary.dialect(), &id, 1));
     let rows: Vec<(i64, Option<String>, Option<Vec<u8>>)> = on_pool!(primary, read, pool => sqlx::query_as(AssertSqlSafe(sql))
         .bind(IdList(ids.to_vec()))
         .fetch_all(pool)
@@ -151,14 +160,9 @@ pub async fn model_versions(
     limit: usize,
 ) -> Result<Vec<RecordVersion>, DbError> {
     let d = primary.dialect();
-    let key_column = descriptor
-        .blob_column
-        .map_or_else(|| "NULL".to_owned(), |c| format!("m.{}", quote(c)));
-    let (join, checksum) = verified_checksum(descriptor);
-    let id = format!("m.{}", quote(descriptor.model_id_column));
+    let (select, id) = select_objects(descriptor);
     let sql = format!(
-        "SELECT {id}, {key_column}, {checksum} FROM {} m{join} WHERE {id} > {} AND {id} <= {} ORDER BY {id} LIMIT {}",
-        quote(descriptor.model_table),
+        "{select} WHERE {id} > {} AND {id} <= {} ORDER BY {id} LIMIT {}",
         param(d, 1),
         param(d, 2),
         param(d, 3)

@@ -90,6 +90,15 @@ fn flush_paths(root: &Path, paths: &[&Path]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The error of a flush that failed for a whole batch, for each object of it.
+fn batch_error(op: &'static str, path: &Path, reason: &str) -> StorageError {
+    StorageError::Io {
+        op,
+        path: path.display().to_string(),
+        source: std::io::Error::other(reason.to_owned()),
+    }
+}
+
 /// Flushes the data of the staged objects not flushed yet (one `syncfs` for a large batch).
 fn flush_blocking(
     root: &Path,
@@ -104,13 +113,7 @@ fn flush_blocking(
         let reason = e.to_string();
         return staged
             .iter()
-            .map(|s| {
-                Err(StorageError::Io {
-                    op: "flush staged data",
-                    path: s.tmp.display().to_string(),
-                    source: std::io::Error::other(reason.clone()),
-                })
-            })
+            .map(|s| Err(batch_error("flush staged data", &s.tmp, &reason)))
             .collect();
     }
     for s in &mut staged {
@@ -150,15 +153,7 @@ fn publish_blocking(
         let reason = e.to_string();
         return results
             .into_iter()
-            .map(|r| {
-                r.and_then(|_| {
-                    Err(StorageError::Io {
-                        op: "flush directories",
-                        path: root.display().to_string(),
-                        source: std::io::Error::other(reason.clone()),
-                    })
-                })
-            })
+            .map(|r| r.and_then(|_| Err(batch_error("flush directories", root, &reason))))
             .collect();
     }
     results
@@ -166,25 +161,8 @@ fn publish_blocking(
 
 /// [`flush_blocking`] then [`publish_blocking`], in one trip to the blocking pool.
 fn commit_blocking(root: &Path, staged: Vec<StagedBlob>) -> Vec<Result<WrittenBlob, StorageError>> {
-    let flushed = flush_blocking(root, staged);
-    let mut out: Vec<Option<Result<WrittenBlob, StorageError>>> = Vec::new();
-    let mut ready = Vec::new();
-    for f in flushed {
-        match f {
-            Ok(s) => {
-                ready.push(s);
-                out.push(None);
-            }
-            Err(e) => out.push(Some(Err(e))),
-        }
-    }
-    let mut published = publish_blocking(root, ready).into_iter();
-    out.into_iter()
-        .map(|r| {
-            r.or_else(|| published.next())
-                .unwrap_or_else(|| unreachable!("one result per object"))
-        })
-        .collect()
+    let (ready, slots) = super::split_ready(flush_blocking(root, staged));
+    super::fill_slots(slots, publish_blocking(root, ready))
 }
 
 /// Removes the files at `paths`, then flushes their directories once.
@@ -207,11 +185,7 @@ fn delete_many_blocking(root: &Path, paths: &[PathBuf]) -> Vec<Result<bool, Stor
         let reason = e.to_string();
         for r in &mut results {
             if matches!(r, Ok(true)) {
-                *r = Err(StorageError::Io {
-                    op: "flush directories",
-                    path: root.display().to_string(),
-                    source: std::io::Error::other(reason.clone()),
-                });
+                *r = Err(batch_error("flush directories", root, &reason));
             }
         }
     }

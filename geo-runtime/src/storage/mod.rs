@@ -122,29 +122,8 @@ pub trait BlobStore: Clone + Send + Sync + fmt::Debug + 'static {
         staged: Vec<Self::Staged>,
     ) -> impl Future<Output = Vec<Result<WrittenBlob, StorageError>>> + Send {
         async move {
-            let flushed = self.flush(staged).await;
-            let mut out: Vec<Option<Result<WrittenBlob, StorageError>>> = Vec::new();
-            let mut ready = Vec::new();
-            for f in flushed {
-                match f {
-                    Ok(s) => {
-                        ready.push(s);
-                        out.push(None);
-                    }
-                    Err(e) => out.push(Some(Err(e))),
-                }
-            }
-            let mut published = self.publish(ready).await.into_iter();
-            out.into_iter()
-                .map(|r| {
-                    r.or_else(|| published.next()).unwrap_or_else(|| {
-                        Err(StorageError::Source {
-                            bytes: 0,
-                            reason: "the store published fewer objects than it was given".into(),
-                        })
-                    })
-                })
-                .collect()
+            let (ready, slots) = split_ready(self.flush(staged).await);
+            fill_slots(slots, self.publish(ready).await)
         }
     }
 
@@ -255,6 +234,44 @@ pub trait BlobStore: Clone + Send + Sync + fmt::Debug + 'static {
             Ok(Some((size, hasher.finalize().into())))
         }
     }
+}
+
+/// The objects that were flushed, and one slot per object: `None` where the flushed object's
+/// outcome goes, or its flush error ([`fill_slots`] puts them back together).
+pub(crate) fn split_ready<T>(
+    flushed: Vec<Result<T, StorageError>>,
+) -> (Vec<T>, Vec<Option<Result<WrittenBlob, StorageError>>>) {
+    let mut ready = Vec::with_capacity(flushed.len());
+    let slots = flushed
+        .into_iter()
+        .map(|f| match f {
+            Ok(s) => {
+                ready.push(s);
+                None
+            }
+            Err(e) => Some(Err(e)),
+        })
+        .collect();
+    (ready, slots)
+}
+
+/// The outcomes of a flush and a publish, in the order of the staged objects.
+pub(crate) fn fill_slots(
+    slots: Vec<Option<Result<WrittenBlob, StorageError>>>,
+    published: Vec<Result<WrittenBlob, StorageError>>,
+) -> Vec<Result<WrittenBlob, StorageError>> {
+    let mut published = published.into_iter();
+    slots
+        .into_iter()
+        .map(|slot| {
+            slot.or_else(|| published.next()).unwrap_or_else(|| {
+                Err(StorageError::Source {
+                    bytes: 0,
+                    reason: "the store published fewer objects than it was given".into(),
+                })
+            })
+        })
+        .collect()
 }
 
 /// A storage operation failed.

@@ -87,6 +87,34 @@ pub async fn start_secondary(
         .expect("secondary")
 }
 
+/// Runs `sql` (PostgreSQL placeholders `$1`, `$2`; `?1`, `?2` on SQLite) with `id` and, when
+/// given, `text`, in the caller's transaction.
+async fn run(conn: Conn<'_>, sql: &str, id: i64, text: Option<&str>) {
+    let rows = match conn {
+        Conn::Postgres(c) => {
+            let q = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).bind(id);
+            match text {
+                Some(t) => q.bind(t.to_owned()),
+                None => q,
+            }
+            .execute(&mut *c)
+            .await
+            .map(|r| r.rows_affected())
+        }
+        Conn::Sqlite(c) => {
+            let q = sqlx::query(sqlx::AssertSqlSafe(sql.replace('$', "?"))).bind(id);
+            match text {
+                Some(t) => q.bind(t.to_owned()),
+                None => q,
+            }
+            .execute(&mut *c)
+            .await
+            .map(|r| r.rows_affected())
+        }
+    };
+    rows.unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
 impl Primary {
     /// Writes `data` at `key` in the primary's store.
     pub async fn put(&self, key: &str, data: &[u8]) {
@@ -133,21 +161,13 @@ impl Primary {
             file: key.to_owned(),
         };
         let mut tx = self.db.begin_write().await.expect("begin");
-        match tx.conn() {
-            Conn::Postgres(c) => sqlx::query("INSERT INTO widgets VALUES ($1, $2)")
-                .bind(w.id)
-                .bind(&w.file)
-                .execute(&mut *c)
-                .await
-                .map(|_| ()),
-            Conn::Sqlite(c) => sqlx::query("INSERT INTO widgets VALUES (?1, ?2)")
-                .bind(w.id)
-                .bind(&w.file)
-                .execute(&mut *c)
-                .await
-                .map(|_| ()),
-        }
-        .expect("insert");
+        run(
+            tx.conn(),
+            "INSERT INTO widgets VALUES ($1, $2)",
+            w.id,
+            Some(&w.file),
+        )
+        .await;
         w.publish_created(tx.conn()).await.expect("publish");
         tx.commit().await.expect("commit");
     }
@@ -163,37 +183,23 @@ impl Primary {
             file: key.to_owned(),
         };
         let mut tx = self.db.begin_write().await.expect("begin");
-        match tx.conn() {
-            Conn::Postgres(c) => sqlx::query("UPDATE widgets SET file = $2 WHERE id = $1")
-                .bind(w.id)
-                .bind(&w.file)
-                .execute(&mut *c)
-                .await
-                .map(|_| ()),
-            Conn::Sqlite(c) => sqlx::query("UPDATE widgets SET file = ?2 WHERE id = ?1")
-                .bind(w.id)
-                .bind(&w.file)
-                .execute(&mut *c)
-                .await
-                .map(|_| ()),
-        }
-        .expect("update");
+        run(
+            tx.conn(),
+            "UPDATE widgets SET file = $2 WHERE id = $1",
+            w.id,
+            Some(&w.file),
+        )
+        .await;
         let event = w.publish_updated(tx.conn()).await.expect("publish");
         if !publish && let Some(event) = event {
             // Lost: the model change commits, its event never reaches a secondary.
-            match tx.conn() {
-                Conn::Postgres(c) => sqlx::query("DELETE FROM geo_events WHERE id = $1")
-                    .bind(event)
-                    .execute(&mut *c)
-                    .await
-                    .map(|_| ()),
-                Conn::Sqlite(c) => sqlx::query("DELETE FROM geo_events WHERE id = ?1")
-                    .bind(event)
-                    .execute(&mut *c)
-                    .await
-                    .map(|_| ()),
-            }
-            .expect("lose the event");
+            run(
+                tx.conn(),
+                "DELETE FROM geo_events WHERE id = $1",
+                event,
+                None,
+            )
+            .await;
         }
         tx.commit().await.expect("commit");
         if old != key {
@@ -214,19 +220,7 @@ impl Primary {
         };
         let mut tx = self.db.begin_write().await.expect("begin");
         w.publish_deleted(tx.conn()).await.expect("publish");
-        match tx.conn() {
-            Conn::Postgres(c) => sqlx::query("DELETE FROM widgets WHERE id = $1")
-                .bind(id)
-                .execute(&mut *c)
-                .await
-                .map(|_| ()),
-            Conn::Sqlite(c) => sqlx::query("DELETE FROM widgets WHERE id = ?1")
-                .bind(id)
-                .execute(&mut *c)
-                .await
-                .map(|_| ()),
-        }
-        .expect("delete");
+        run(tx.conn(), "DELETE FROM widgets WHERE id = $1", id, None).await;
         tx.commit().await.expect("commit");
         self.store
             .delete(&ObjectKey::parse(&key).expect("key"))

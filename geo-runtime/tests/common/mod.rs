@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod hooked;
 
 use geo_runtime::db::{self, Dialect};
 use geo_runtime::testing::{self, TestDatabase};
