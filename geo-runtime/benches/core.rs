@@ -6,7 +6,8 @@
 //! - the lease loop: rows claimed and marked synced per second (anchor: the raw
 //!   `UPDATE … WHERE id IN (SELECT … LIMIT 100 [FOR UPDATE SKIP LOCKED]) RETURNING` loop);
 //! - the consistency pass: model ids reconciled per second over 1,000,000 ids (anchor: one
-//!   set-based INSERT of 1,000,000 registry rows).
+//!   set-based INSERT of 1,000,000 registry rows); then the same pass once every copy is synced,
+//!   comparing each page's digest of keys and checksums (anchor: the first pass).
 //!
 //! `cargo bench -p geo-runtime --bench core` (release). `GEO_BENCH_SCALE=0.1` for a quick run.
 
@@ -258,7 +259,7 @@ async fn lease_bench(pg: bool, set: &ReplicatorSet, batch: usize) -> Option<Figu
     })
 }
 
-async fn consistency_bench(pg: bool, set: &ReplicatorSet) -> Option<Figure> {
+async fn consistency_bench(pg: bool, set: &ReplicatorSet) -> Option<[Figure; 2]> {
     let primary = fresh(pg).await?;
     let secondary = fresh(pg).await?;
     let d = primary.dialect();
@@ -290,6 +291,23 @@ async fn consistency_bench(pg: bool, set: &ReplicatorSet) -> Option<Figure> {
         .expect("pass");
     let took = t.elapsed();
     assert_eq!(report.created as i64, n);
+    // Steady state: every copy synced under the primary's key; the pass hashes both sides'
+    // versions page by page and finds nothing to do.
+    exec(
+        &secondary,
+        &format!(
+            "UPDATE widget_registry SET state = 2, object_key = 'w', last_synced_at = {}",
+            now_sql(d)
+        ),
+    )
+    .await;
+    let t = Instant::now();
+    let again = pass
+        .run_pass(WidgetReplicator::DESCRIPTOR)
+        .await
+        .expect("pass");
+    let steady = t.elapsed();
+    assert_eq!((again.created, again.removed, again.changed), (0, 0, 0));
     let anchor_db = fresh(pg).await?;
     db::migrate(&anchor_db, NodeRole::Secondary, set)
         .await
@@ -304,12 +322,20 @@ async fn consistency_bench(pg: bool, set: &ReplicatorSet) -> Option<Figure> {
         ),
     )
     .await;
-    Some(Figure {
-        what: "consistency pass: ids backfilled",
-        rows: n,
-        took,
-        anchor: Some(("one INSERT…SELECT", t.elapsed())),
-    })
+    Some([
+        Figure {
+            what: "consistency pass: ids backfilled",
+            rows: n,
+            took,
+            anchor: Some(("one INSERT…SELECT", t.elapsed())),
+        },
+        Figure {
+            what: "consistency pass: synced, compared",
+            rows: n,
+            took: steady,
+            anchor: Some(("the backfill pass", took)),
+        },
+    ])
 }
 
 #[tokio::main]
@@ -329,15 +355,16 @@ async fn main() {
             );
             continue;
         }
-        for f in [
+        let mut figures: Vec<Figure> = [
             cursor_bench(pg, &set).await,
             lease_bench(pg, &set, 100).await,
             lease_bench(pg, &set, 1000).await,
-            consistency_bench(pg, &set).await,
         ]
         .into_iter()
         .flatten()
-        {
+        .collect();
+        figures.extend(consistency_bench(pg, &set).await.into_iter().flatten());
+        for f in figures {
             f.print(label);
         }
     }

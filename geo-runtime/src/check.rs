@@ -6,6 +6,10 @@
 //! them with the registry in id order, so memory stays flat however many records there are. It
 //! hashes the local copies itself (it never trusts the registry's recorded checksum), and changes
 //! nothing.
+//!
+//! [`extra_files`] looks at the store as a whole: every file must be a copy some registry row is
+//! recorded with (or one waiting for removal); the others are reported as `rclone check` reports
+//! files only on the destination. [`delete_extra`] deletes them, each under its key's lock.
 
 use std::collections::{HashMap, HashSet};
 

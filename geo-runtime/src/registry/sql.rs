@@ -168,8 +168,10 @@ impl RegistrySql {
                 p(3),
                 p(1)
             ),
+            // `"state" + 0`: a page of model ids is the selective part; without statistics,
+            // SQLite would otherwise walk the state index over every synced row, for each page.
             synced_copies_between: format!(
-                "SELECT {fk}, \"object_key\", \"verification_checksum\", \"sync_attempt\" FROM {t} WHERE {fk} > {} AND {fk} <= {} AND \"state\" = 2 ORDER BY {fk}",
+                "SELECT {fk}, \"object_key\", \"verification_checksum\", \"sync_attempt\" FROM {t} WHERE {fk} > {} AND {fk} <= {} AND \"state\" + 0 = 2 ORDER BY {fk}",
                 p(1),
                 p(2)
             ),

@@ -373,6 +373,10 @@ impl<S: ModelIdSource> Consistency<S> {
             .into_iter()
             .map(|c| (c.model_id, c))
             .collect();
+        if copies.is_empty() {
+            // Nothing synced here yet (a backfill): nothing to compare.
+            return Ok(Vec::new());
+        }
         let unverified: HashSet<i64> = listed.unverified.iter().copied().collect();
         // Our side of the digest; a listed record without a synced copy (or with no checksum
         // where the primary has one) cannot match.
