@@ -97,6 +97,24 @@ fn bad_input_gets_one_clear_line() {
     );
     assert!(!err.contains("a-secret-value-for-this-test"));
 
+    // A tracking database inside the store: `check` would take it for an extra file.
+    let inside = write(
+        &dir.path().join("inside.toml"),
+        &format!(
+            "role = \"secondary\"\nname = \"west\"\ndatabase_url = \"sqlite://{d}/objects/s.db\"\nstorage_root = \"{d}/objects\"\nprimary_url = \"http://127.0.0.1:1\"\naccess_key = \"key\"\nsecret = \"s\"\n",
+            d = dir.path().display()
+        ),
+    );
+    for command in ["check", "secondary"] {
+        let err = one_line_error(&geo(&inside, &[command], &[]), 1);
+        assert!(
+            err.starts_with("error: the tracking database ")
+                && err.contains("is inside storage_root")
+                && err.contains("the store must hold the objects only"),
+            "{command}: {err}"
+        );
+    }
+
     // Usage errors are clap's, with exit code 2.
     let o = geo(&config, &["resync", "widget"], &[]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));

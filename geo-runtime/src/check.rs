@@ -276,34 +276,47 @@ async fn accounted_for(
     Ok((recorded, waiting.into_iter().collect()))
 }
 
-/// Keys looked up in one statement.
+/// Extra files decided and deleted in one transaction (each statement scans the registries).
 const KEYS_PER_LOOKUP: usize = 1000;
 
 /// Lists `store` and reports the files no registry row of `set` accounts for, as `rclone check`
 /// reports files only on the destination. Records the result in `geo_store_checks`, which the
 /// secondary's status shows. The store is listed first and the registries read after, so a
-/// copy published meanwhile is found with its row; memory grows with the number of files.
+/// copy published meanwhile is found with its row. Each registry is read once, its keys held in
+/// memory with the listing's (about 100 bytes a file).
 pub async fn extra_files<S: BlobStore>(
     tracking: &Database,
     set: &ReplicatorSet,
     store: &S,
 ) -> Result<StoreReport, CheckError> {
     let keys = store.list_keys().await.map_err(CheckError::Store)?;
+    let mut recorded: HashSet<String> = HashSet::new();
+    for d in set.descriptors() {
+        let sql = format!(
+            "SELECT \"object_key\" FROM {} WHERE \"object_key\" IS NOT NULL",
+            quote(d.registry_table)
+        );
+        let found: Vec<String> = on_pool!(tracking, read, pool => sqlx::query_scalar(AssertSqlSafe(sql)).fetch_all(pool).await.map_err(DbError::from)?);
+        recorded.extend(found);
+    }
+    let waiting: HashSet<String> =
+        on_pool!(tracking, read, pool => sqlx::query_scalar::<_, String>(
+        "SELECT \"object_key\" FROM \"geo_blob_removals\" WHERE \"object_key\" IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(DbError::from)?)
+        .into_iter()
+        .collect();
     let mut report = StoreReport {
         files: keys.len() as u64,
         ..StoreReport::default()
     };
-    for chunk in keys.chunks(KEYS_PER_LOOKUP) {
-        let (recorded, waiting) = on_pool!(tracking, read, pool => {
-            let mut c = pool.acquire().await.map_err(DbError::from)?;
-            accounted_for(crate::db::Conn::from(&mut *c), set, chunk).await?
-        });
-        for key in chunk {
-            if waiting.contains(key) {
-                report.pending_removal += 1;
-            } else if !recorded.contains(key) {
-                report.extra.push(key.clone());
-            }
+    for key in keys {
+        if waiting.contains(&key) {
+            report.pending_removal += 1;
+        } else if !recorded.contains(&key) {
+            report.extra.push(key);
         }
     }
     record_store_check(tracking, report.files, report.extra.len() as u64).await?;

@@ -626,7 +626,8 @@ async fn every_retired_copy_is_scheduled_for_removal() {
         publish(&primary, &at(1, "k/b"), EventName::Created).await;
         publish(&primary, &at(1, "k/b"), EventName::Deleted).await;
         publish(&primary, &at(1, "k/c"), EventName::Created).await;
-        // Deleted under a and created again under a: nothing to remove.
+        // Deleted under a and created again under a: the deleted version's copy goes too (the
+        // new one is synced afresh).
         publish(&primary, &at(2, "k/a2"), EventName::Deleted).await;
         publish(&primary, &at(2, "k/a2"), EventName::Created).await;
         c.step().await.expect("step");
@@ -636,7 +637,7 @@ async fn every_retired_copy_is_scheduled_for_removal() {
             Some(SyncState::Pending),
             "{label}"
         );
-        assert!(removals_of(&secondary, 2).await.is_empty(), "{label}");
+        assert_eq!(removals_of(&secondary, 2).await, ["k/a2"], "{label}");
 
         // Record 3 synced here under k/old, then moved to k/new without an event, then deleted:
         // both copies are retired.
@@ -666,5 +667,40 @@ async fn every_retired_copy_is_scheduled_for_removal() {
             ["k/new", "k/old"],
             "{label}"
         );
+
+        // Record 4 synced under k/x, then deleted and created again under k/y in one batch: a
+        // fresh row that records no copy, so nothing keeps k/x (even if k/y never arrives).
+        publish(&primary, &at(4, "k/x"), EventName::Created).await;
+        c.step().await.expect("step");
+        let row = registry
+            .claim(10, geo_runtime::db::dialect::now())
+            .await
+            .expect("claim")
+            .into_iter()
+            .find(|r| r.model_record_id == 4)
+            .expect("row 4");
+        registry
+            .mark_synced_copies(&[geo_runtime::registry::SyncedCopy {
+                row,
+                object_key: Some("k/x".into()),
+                sha256: None,
+                checked_against_primary: false,
+            }])
+            .await
+            .expect("synced");
+        publish(&primary, &at(4, "k/x"), EventName::Deleted).await;
+        publish(&primary, &at(4, "k/y"), EventName::Created).await;
+        c.step().await.expect("step");
+        let fresh = registry
+            .find_by_model_id(4)
+            .await
+            .expect("find")
+            .expect("row");
+        assert_eq!(
+            (fresh.state, fresh.object_key.as_deref()),
+            (SyncState::Pending, None),
+            "{label}"
+        );
+        assert_eq!(removals_of(&secondary, 4).await, ["k/x"], "{label}");
     }
 }

@@ -355,6 +355,30 @@ fn replicable(set: &ReplicatorSet, name: &str) -> Result<&'static ReplicatorDesc
     })
 }
 
+/// A secondary's store must hold its objects only: `geo check` takes every other file for a
+/// copy no row accounts for (and `--delete-extra --confirm` deletes it). Refuses a SQLite
+/// tracking database kept under `storage_root`.
+fn ensure_store_is_dedicated(settings: &Settings, root: &std::path::Path) -> Result<(), CliError> {
+    let url: String = settings.require("database_url", "")?;
+    let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .map(|p| p.split('?').next().unwrap_or(p))
+    else {
+        return Ok(());
+    };
+    let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let (db, root) = (absolute(std::path::Path::new(path)), absolute(root));
+    if db.starts_with(&root) {
+        return Err(CliError::Message(format!(
+            "the tracking database {} is inside storage_root {}: keep it elsewhere, the store must hold the objects only (geo check would take it for a file no row accounts for)",
+            db.display(),
+            root.display()
+        )));
+    }
+    Ok(())
+}
+
 async fn connect(settings: &Settings) -> Result<Database, CliError> {
     let url: String = settings.require("database_url", "")?;
     Database::connect(&url).await.map_err(|e| {
@@ -390,7 +414,9 @@ pub async fn run(cli: Cli, set: ReplicatorSet) -> Result<ExitCode, CliError> {
             let config = if primary {
                 NodeConfig::Primary(settings.primary()?)
             } else {
-                NodeConfig::Secondary(settings.secondary()?)
+                let c = settings.secondary()?;
+                ensure_store_is_dedicated(&settings, &c.storage_root)?;
+                NodeConfig::Secondary(c)
             };
             let db = connect(&settings).await?;
             let handle = Node::start(config, &db, &set).await?;
@@ -482,6 +508,7 @@ pub async fn run(cli: Cli, set: ReplicatorSet) -> Result<ExitCode, CliError> {
             let client = client(&settings)?;
             let root: PathBuf =
                 settings.require("storage_root", "needed to read the local copies")?;
+            ensure_store_is_dedicated(&settings, &root)?;
             let db = connect(&settings).await?;
             let store = LocalStore::new(root);
             let mut total = 0;

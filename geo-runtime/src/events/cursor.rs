@@ -6,7 +6,7 @@
 //!   pending (creating it when missing); `deleted` removes the row and schedules the removal of
 //!   the local copies (`geo_blob_removals`): the event's key and the registry's recorded one.
 //!   Within a batch the events of one record are folded in order, so `created, deleted` leaves
-//!   nothing and `deleted, created` a fresh pending row.
+//!   nothing and `deleted, created` a fresh pending row (the old row's copies retired).
 //! - Gaps: ids skipped by the batch (a transaction on the primary that commits late, or rolled
 //!   back) are stored and looked up again on every step; a gap that fills is applied then. A gap
 //!   still empty after [`CursorConfig::gap_timeout`] is given up with a warning and the metric
@@ -30,7 +30,9 @@ use crate::db::dialect::{IdList, RowReader, Ts, in_id_list, now, param};
 use crate::db::{Conn, Database, lease, on_conn, on_pool};
 use crate::error::DbError;
 use crate::registry::sql::RegistrySql;
-use crate::registry::store::{delete_many, insert_pending_many, reset_pending_many};
+use crate::registry::store::{
+    delete_many, insert_pending_many, lock_model_ids, reset_pending_many,
+};
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
 use crate::telemetry::Metrics;
 
@@ -132,6 +134,9 @@ enum Action {
     Reset,
     /// Remove the row.
     Remove,
+    /// Deleted, then created again within the batch: the old row goes (its copies retired) and
+    /// a fresh one comes, pending, recorded with no copy yet.
+    Recreate,
 }
 
 /// The secondary's event cursor. See the module docs.
@@ -458,13 +463,11 @@ impl<S: EventSource> EventCursor<S> {
                     );
                 }
                 (Some(slot), EventName::Created | EventName::Updated) => {
-                    // After a delete in the same batch the object is new: sync it again. Every
-                    // copy removed on the way stays removed, but for the key the record uses
-                    // now (the sync writes it anyway).
-                    if let Some(k) = &key {
-                        slot.1.retain(|old| old != k);
-                    }
+                    // After a delete in the same batch the record is new: its old row and every
+                    // copy retired on the way go (even under the key it uses again: the new
+                    // version is synced afresh), and a fresh row tracks it.
                     slot.0 = match (&slot.0, e.event_name) {
+                        (Action::Remove | Action::Recreate, _) => Action::Recreate,
                         (Action::Track, EventName::Created) => Action::Track,
                         _ => Action::Reset,
                     };
@@ -495,6 +498,7 @@ impl<S: EventSource> EventCursor<S> {
                         Action::Track => "tracked (pending when new)",
                         Action::Reset => "back to pending",
                         Action::Remove => "removed",
+                        Action::Recreate => "removed, then tracked afresh",
                     },
                     "registry row from events"
                 );
@@ -502,16 +506,24 @@ impl<S: EventSource> EventCursor<S> {
                     Action::Track => track.push(id),
                     Action::Reset => reset.push(id),
                     Action::Remove => remove.push(id),
+                    Action::Recreate => {
+                        remove.push(id);
+                        track.push(id);
+                    }
                 }
-                if action == Action::Remove || !keys.is_empty() {
+                if matches!(action, Action::Remove | Action::Recreate) || !keys.is_empty() {
                     removals.insert(id, keys);
                 }
             }
-            insert_pending_many(conn.reborrow(), sql, &track, now).await?;
-            reset_pending_many(conn.reborrow(), sql, &reset, now).await?;
+            // Existing rows are locked in id order first, as every writer of several rows does.
+            let touched: Vec<i64> = reset.iter().chain(&remove).copied().collect();
+            lock_model_ids(conn.reborrow(), sql, &touched).await?;
             // The copy the registry recorded goes too, whatever key the event names: the
             // record may have moved without an event reaching us.
-            for (id, stored_key) in delete_many(conn.reborrow(), sql, &remove).await? {
+            let deleted = delete_many(conn.reborrow(), sql, &remove).await?;
+            insert_pending_many(conn.reborrow(), sql, &track, now).await?;
+            reset_pending_many(conn.reborrow(), sql, &reset, now).await?;
+            for (id, stored_key) in deleted {
                 if let Some(k) = stored_key {
                     let keys = removals.entry(id).or_default();
                     if !keys.contains(&k) {

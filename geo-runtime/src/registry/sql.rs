@@ -39,6 +39,11 @@ pub struct RegistrySql {
     /// transaction ends (PostgreSQL), so that an attempt found current stays current until its
     /// copy is published and recorded.
     pub lock_rows: String,
+    /// `$1` model ids: locks those rows in id order until the transaction ends (PostgreSQL;
+    /// nothing on SQLite). Every transaction that locks several rows takes them in id order (the
+    /// sync's publish, the sweeper, and the event cursor and the consistency pass through this
+    /// statement before they write), so that none waits for another in a cycle.
+    pub lock_model_ids: String,
     /// `$1` model ids: the model id and `object_key` of each of those tracked.
     pub object_keys: String,
     /// `$1` ids: `id` and `sync_attempt` of those rows that are `started`.
@@ -85,6 +90,7 @@ impl RegistrySql {
             p(2)
         );
         let jitter = plus_random_secs(dialect, &p(2), 58);
+        let lock_in_order = for_update(dialect);
         RegistrySql {
             select_by_model_id: format!("SELECT {columns} FROM {t} WHERE {fk} = {}", p(1)),
             insert_pending_many: format!(
@@ -157,16 +163,24 @@ impl RegistrySql {
                 p(1),
                 p(2)
             ),
+            // The rows are locked in id order, as every writer that locks several rows does
+            // (see `lock_model_ids`), so that none waits for another in a cycle.
             fail_timed_out: format!(
-                "UPDATE {t} SET \"state\" = 3, \"retry_count\" = 1, \"retry_at\" = {jitter}, \"last_sync_failure\" = {} WHERE \"state\" = 1 AND \"last_synced_at\" < {}",
+                "UPDATE {t} SET \"state\" = 3, \"retry_count\" = 1, \"retry_at\" = {jitter}, \"last_sync_failure\" = {} \
+                 WHERE \"id\" IN (SELECT \"id\" FROM {t} WHERE \"state\" = 1 AND \"last_synced_at\" < {} ORDER BY \"id\"{lock_in_order})",
                 p(3),
                 p(1)
             ),
             release_interrupted: format!(
-                "UPDATE {t} SET \"state\" = 3, \"retry_count\" = \"retry_count\" + 1, \"retry_at\" = {}, \"last_sync_failure\" = {} WHERE \"state\" = 1 AND \"last_synced_at\" < {}",
+                "UPDATE {t} SET \"state\" = 3, \"retry_count\" = \"retry_count\" + 1, \"retry_at\" = {}, \"last_sync_failure\" = {} \
+                 WHERE \"id\" IN (SELECT \"id\" FROM {t} WHERE \"state\" = 1 AND \"last_synced_at\" < {} ORDER BY \"id\"{lock_in_order})",
                 p(2),
                 p(3),
                 p(1)
+            ),
+            lock_model_ids: format!(
+                "SELECT \"id\" FROM {t} WHERE {} ORDER BY \"id\"{lock_in_order}",
+                in_id_list(dialect, &fk, 1)
             ),
             // `"state" + 0`: a page of model ids is the selective part; without statistics,
             // SQLite would otherwise walk the state index over every synced row, for each page.

@@ -361,6 +361,9 @@ impl Registry {
         if failures.is_empty() {
             return Ok(0);
         }
+        // In id order, as every writer that locks several rows.
+        let mut failures: Vec<&SyncFailure> = failures.iter().collect();
+        failures.sort_by_key(|f| f.row.id);
         let mut tx = self.db.begin_write().await?;
         let mut marked = 0;
         for f in failures {
@@ -476,6 +479,23 @@ pub async fn insert_pending_many(
     now: DateTime<Utc>,
 ) -> Result<u64, DbError> {
     ids_at(conn, &sql.insert_pending_many, ids, now).await
+}
+
+/// Inside a caller's transaction: locks the rows of `model_ids` in id order (PostgreSQL; a
+/// SQLite write transaction excludes every other writer anyway). Call it before writing several
+/// rows, so that the lock order is the one every writer uses.
+pub async fn lock_model_ids(
+    conn: Conn<'_>,
+    sql: &RegistrySql,
+    model_ids: &[i64],
+) -> Result<(), DbError> {
+    if model_ids.is_empty() || conn.dialect() == crate::db::Dialect::Sqlite {
+        return Ok(());
+    }
+    let q = AssertSqlSafe(sql.lock_model_ids.as_str());
+    let ids = IdList(model_ids.to_vec());
+    on_conn!(conn, c => sqlx::query(q).bind(ids).fetch_all(&mut *c).await?.len());
+    Ok(())
 }
 
 /// Inside a caller's transaction: rows back to pending from any state (created when missing).

@@ -17,7 +17,7 @@ use crate::error::DbError;
 use crate::events::SourceError;
 use crate::registry::sql::RegistrySql;
 use crate::registry::store::{
-    delete_many, insert_pending_many, model_ids_above, model_ids_between,
+    delete_many, insert_pending_many, lock_model_ids, model_ids_above, model_ids_between,
 };
 use crate::replicator::{RecordVersion, ReplicatorDescriptor, model_versions, versions_digest};
 
@@ -316,6 +316,12 @@ impl<S: ModelIdSource> Consistency<S> {
             Some(&hi) => {
                 let tracked = model_ids_between(tx.conn(), sql, after + 1, hi, listed_at).await?;
                 let (missing, orphans) = diff_sorted(ids, &tracked);
+                let touched: Vec<i64> = orphans
+                    .iter()
+                    .copied()
+                    .chain(changed.iter().map(|c| c.model_id))
+                    .collect();
+                lock_model_ids(tx.conn(), sql, &touched).await?;
                 report.created = insert_pending_many(tx.conn(), sql, &missing, at).await?;
                 report.removed = remove_orphans(tx.conn(), sql, descriptor, &orphans, at).await?;
                 report.changed = resync_changed(tx.conn(), sql, &changed).await?;
@@ -325,6 +331,7 @@ impl<S: ModelIdSource> Consistency<S> {
                 // The primary has nothing above `after`: every row above it is an orphan.
                 let limit = i64::try_from(self.batch_size).unwrap_or(i64::MAX);
                 let orphans = model_ids_above(tx.conn(), sql, after, limit, listed_at).await?;
+                lock_model_ids(tx.conn(), sql, &orphans).await?;
                 report.removed = remove_orphans(tx.conn(), sql, descriptor, &orphans, at).await?;
                 if (orphans.len() as i64) < limit {
                     store_position(tx.conn(), descriptor, 0, at).await?;

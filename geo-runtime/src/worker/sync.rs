@@ -507,7 +507,9 @@ impl<S: BlobStore> BlobSync<S> {
             let requests: Vec<Vec<ClaimedRow>> =
                 claimed.chunks(per_request).map(<[_]>::to_vec).collect();
             let mut batches = futures_util::stream::iter(requests)
-                .take_while(|_| futures_util::future::ready(!stop.is_cancelled()))
+                .take_while(|_| {
+                    futures_util::future::ready(!stop.is_cancelled() && !done.is_closed())
+                })
                 .map(|rows| self.download_many(d, rows))
                 .buffer_unordered(capacity);
             while let Some((results, too_large)) = batches.next().await {
@@ -523,7 +525,7 @@ impl<S: BlobStore> BlobSync<S> {
             alone = claimed.to_vec();
         }
         let mut singles = futures_util::stream::iter(alone)
-            .take_while(|_| futures_util::future::ready(!stop.is_cancelled()))
+            .take_while(|_| futures_util::future::ready(!stop.is_cancelled() && !done.is_closed()))
             .map(|row| {
                 let cancelled = in_flight.start(&row);
                 let span = row_span(d, &row);
@@ -566,8 +568,10 @@ impl<S: BlobStore> BlobSync<S> {
             let mut failed = Vec::new();
             while let Some(first) = arrived.recv().await {
                 // A closed channel: publishing failed, the round is over; what is left is
-                // dropped (its temp files removed) and synced again.
+                // dropped (its temp files removed) and synced again, and the downloads are told
+                // to claim no more.
                 if flushed_tx.is_closed() {
+                    arrived.close();
                     break;
                 }
                 let mut group = vec![first];
@@ -586,8 +590,11 @@ impl<S: BlobStore> BlobSync<S> {
                 while let Ok(more) = flushed.try_recv() {
                     group.push(more);
                 }
-                self.publish_group(d, registry, group, &mut recorded)
-                    .await?;
+                if let Err(e) = self.publish_group(d, registry, group, &mut recorded).await {
+                    // Ends the round: the flushes stop, then the downloads.
+                    flushed.close();
+                    return Err(e);
+                }
             }
             Ok::<_, DbError>(recorded)
         };
