@@ -337,17 +337,18 @@ pub enum ExtraRemoval {
     Failed(String),
 }
 
-/// Deletes the `extra` files (from [`extra_files`]), each only while still unaccounted for:
-/// decided under the keys' locks, the ones the sync holds while it publishes and records a copy,
-/// so a copy published since the listing is never deleted. Records what is left.
+/// Deletes the extra files of `report` (from [`extra_files`]), each only while still
+/// unaccounted for: decided under the keys' locks, the ones the sync holds while it publishes
+/// and records a copy, so a copy published since the listing is never deleted. Records what is
+/// left.
 pub async fn delete_extra<S: BlobStore>(
     tracking: &Database,
     set: &ReplicatorSet,
     store: &S,
-    extra: &[String],
+    report: &StoreReport,
 ) -> Result<Vec<(String, ExtraRemoval)>, CheckError> {
-    let mut out = Vec::with_capacity(extra.len());
-    for chunk in extra.chunks(KEYS_PER_LOOKUP) {
+    let mut out = Vec::with_capacity(report.extra.len());
+    for chunk in report.extra.chunks(KEYS_PER_LOOKUP) {
         let mut tx = tracking.begin_write().await?;
         lock_object_keys(
             tx.conn(),
@@ -380,12 +381,10 @@ pub async fn delete_extra<S: BlobStore>(
         }
         tx.commit().await?;
     }
-    let left = out
-        .iter()
-        .filter(|(_, r)| !matches!(r, ExtraRemoval::Deleted | ExtraRemoval::InUse))
-        .count() as u64;
-    let files = store.list_keys().await.map_err(CheckError::Store)?.len() as u64;
-    record_store_check(tracking, files, left).await?;
+    let count = |what: fn(&ExtraRemoval) -> bool| out.iter().filter(|(_, r)| what(r)).count();
+    let deleted = count(|r| matches!(r, ExtraRemoval::Deleted)) as u64;
+    let left = count(|r| !matches!(r, ExtraRemoval::Deleted | ExtraRemoval::InUse)) as u64;
+    record_store_check(tracking, report.files.saturating_sub(deleted), left).await?;
     Ok(out)
 }
 

@@ -644,22 +644,7 @@ async fn every_retired_copy_is_scheduled_for_removal() {
         publish(&primary, &at(3, "k/old"), EventName::Created).await;
         c.step().await.expect("step");
         let registry = Registry::new(&secondary, WidgetReplicator::DESCRIPTOR);
-        let row = registry
-            .claim(10, geo_runtime::db::dialect::now())
-            .await
-            .expect("claim")
-            .into_iter()
-            .find(|r| r.model_record_id == 3)
-            .expect("row 3");
-        registry
-            .mark_synced_copies(&[geo_runtime::registry::SyncedCopy {
-                row,
-                object_key: Some("k/old".into()),
-                sha256: None,
-                checked_against_primary: false,
-            }])
-            .await
-            .expect("synced");
+        common::synced_under(&secondary, 3, "k/old").await;
         publish(&primary, &at(3, "k/new"), EventName::Deleted).await;
         c.step().await.expect("step");
         assert_eq!(
@@ -672,22 +657,7 @@ async fn every_retired_copy_is_scheduled_for_removal() {
         // fresh row that records no copy, so nothing keeps k/x (even if k/y never arrives).
         publish(&primary, &at(4, "k/x"), EventName::Created).await;
         c.step().await.expect("step");
-        let row = registry
-            .claim(10, geo_runtime::db::dialect::now())
-            .await
-            .expect("claim")
-            .into_iter()
-            .find(|r| r.model_record_id == 4)
-            .expect("row 4");
-        registry
-            .mark_synced_copies(&[geo_runtime::registry::SyncedCopy {
-                row,
-                object_key: Some("k/x".into()),
-                sha256: None,
-                checked_against_primary: false,
-            }])
-            .await
-            .expect("synced");
+        common::synced_under(&secondary, 4, "k/x").await;
         publish(&primary, &at(4, "k/x"), EventName::Deleted).await;
         publish(&primary, &at(4, "k/y"), EventName::Created).await;
         c.step().await.expect("step");

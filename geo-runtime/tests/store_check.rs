@@ -3,10 +3,8 @@
 
 mod common;
 
-use common::{WidgetReplicator, exec};
-use geo_runtime::Replicator;
+use common::exec;
 use geo_runtime::check::{ExtraRemoval, delete_extra, extra_files};
-use geo_runtime::registry::{Registry, SyncedCopy};
 use geo_runtime::storage::LocalStore;
 
 fn put(root: &std::path::Path, key: &str) {
@@ -35,19 +33,7 @@ async fn files_no_row_accounts_for_are_reported_and_deleted_only_while_still_ext
         ] {
             put(root, key);
         }
-        let registry = Registry::new(&db, WidgetReplicator::DESCRIPTOR);
-        let now = geo_runtime::db::dialect::now();
-        registry.insert_pending(&[1], now).await.expect("pending");
-        let claimed = registry.claim(1, now).await.expect("claim");
-        registry
-            .mark_synced_copies(&[SyncedCopy {
-                row: claimed[0],
-                object_key: Some("w/1.bin".into()),
-                sha256: None,
-                checked_against_primary: false,
-            }])
-            .await
-            .expect("synced");
+        common::synced_under(&db, 1, "w/1.bin").await;
         let at = match db.dialect() {
             geo_runtime::Dialect::Postgres => "now()",
             geo_runtime::Dialect::Sqlite => "0",
@@ -69,18 +55,8 @@ async fn files_no_row_accounts_for_are_reported_and_deleted_only_while_still_ext
         );
 
         // w/3.bin gets its row after the listing (a sync published it meanwhile): kept.
-        registry.insert_pending(&[3], now).await.expect("pending");
-        let claimed = registry.claim(1, now).await.expect("claim");
-        registry
-            .mark_synced_copies(&[SyncedCopy {
-                row: claimed[0],
-                object_key: Some("w/3.bin".into()),
-                sha256: None,
-                checked_against_primary: false,
-            }])
-            .await
-            .expect("synced");
-        let outcome = delete_extra(&db, &set, &store, &report.extra)
+        common::synced_under(&db, 3, "w/3.bin").await;
+        let outcome = delete_extra(&db, &set, &store, &report)
             .await
             .expect("delete");
         let by_key = |k: &str| {

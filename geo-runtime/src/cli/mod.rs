@@ -544,7 +544,7 @@ pub async fn run(cli: Cli, set: ReplicatorSet) -> Result<ExitCode, CliError> {
             if delete_extra && !store_report.extra.is_empty() {
                 if confirm {
                     for (key, outcome) in
-                        delete_extra_files(&db, &set, &store, &store_report.extra).await?
+                        delete_extra_files(&db, &set, &store, &store_report).await?
                     {
                         match outcome {
                             ExtraRemoval::Deleted => {

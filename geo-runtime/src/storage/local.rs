@@ -66,6 +66,15 @@ async fn blocking<T: Send + 'static>(
         })
 }
 
+/// Runs a batch's file-system work on the blocking pool: one result per object, each a failure
+/// when the pool could not run it.
+async fn blocking_batch<T: Send + 'static>(
+    n: usize,
+    f: impl FnOnce() -> Vec<Result<T, StorageError>> + Send + 'static,
+) -> Vec<Result<T, StorageError>> {
+    blocking(f).await.unwrap_or_else(|e| all_failed(n, &e))
+}
+
 /// Batches of more files (or directories) than this are flushed with one `syncfs` instead of
 /// one `fsync` each: a batch of small downloads costs two flushes, while one object does not
 /// flush the whole file system.
@@ -472,9 +481,7 @@ impl LocalStore {
         }
         let root = self.root.clone();
         let n = staged.len();
-        blocking(move || commit_blocking(&root, staged))
-            .await
-            .unwrap_or_else(|e| all_failed(n, &e))
+        blocking_batch(n, move || commit_blocking(&root, staged)).await
     }
 
     /// Removes `key`; true when it existed. The directory is fsynced so the removal survives a
@@ -790,9 +797,7 @@ impl BlobStore for LocalStore {
         }
         let root = self.root.clone();
         let n = staged.len();
-        blocking(move || flush_blocking(&root, staged))
-            .await
-            .unwrap_or_else(|e| all_failed(n, &e))
+        blocking_batch(n, move || flush_blocking(&root, staged)).await
     }
 
     async fn publish(&self, staged: Vec<StagedBlob>) -> Vec<Result<WrittenBlob, StorageError>> {
@@ -801,9 +806,7 @@ impl BlobStore for LocalStore {
         }
         let root = self.root.clone();
         let n = staged.len();
-        blocking(move || publish_blocking(&root, staged))
-            .await
-            .unwrap_or_else(|e| all_failed(n, &e))
+        blocking_batch(n, move || publish_blocking(&root, staged)).await
     }
 
     async fn commit(&self, staged: Vec<StagedBlob>) -> Vec<Result<WrittenBlob, StorageError>> {
@@ -817,9 +820,7 @@ impl BlobStore for LocalStore {
         let root = self.root.clone();
         let n = keys.len();
         let paths: Vec<PathBuf> = keys.iter().map(|k| self.path(k)).collect();
-        blocking(move || delete_many_blocking(&root, &paths))
-            .await
-            .unwrap_or_else(|e| all_failed(n, &e))
+        blocking_batch(n, move || delete_many_blocking(&root, &paths)).await
     }
 
     async fn stage_many_bytes(
@@ -832,7 +833,7 @@ impl BlobStore for LocalStore {
             .into_iter()
             .map(|(key, data, sha)| (self.path(&key), data, sha))
             .collect();
-        blocking(move || {
+        blocking_batch(n, move || {
             let mut made = std::collections::HashSet::new();
             items
                 .into_iter()
@@ -840,7 +841,6 @@ impl BlobStore for LocalStore {
                 .collect()
         })
         .await
-        .unwrap_or_else(|e| all_failed(n, &e))
     }
 
     async fn read_small_many(
@@ -850,9 +850,10 @@ impl BlobStore for LocalStore {
     ) -> Vec<Result<SmallObject, StorageError>> {
         let n = keys.len();
         let paths: Vec<PathBuf> = keys.iter().map(|k| self.path(k)).collect();
-        blocking(move || paths.iter().map(|p| read_small_blocking(p, max)).collect())
-            .await
-            .unwrap_or_else(|e| all_failed(n, &e))
+        blocking_batch(n, move || {
+            paths.iter().map(|p| read_small_blocking(p, max)).collect()
+        })
+        .await
     }
 
     async fn read_or_open(

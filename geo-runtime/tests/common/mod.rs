@@ -125,3 +125,29 @@ pub async fn pairs() -> Vec<(TestDatabase, TestDatabase)> {
     }
     out
 }
+
+/// Records widget `id`'s row (tracked already, or tracked now) as synced under `key`, as a sync
+/// would: claimed, then marked by that attempt.
+pub async fn synced_under(db: &Database, id: i64, key: &str) {
+    use geo_runtime::Replicator;
+    let registry = geo_runtime::registry::Registry::new(db, WidgetReplicator::DESCRIPTOR);
+    let now = geo_runtime::db::dialect::now();
+    registry.insert_pending(&[id], now).await.expect("pending");
+    let row = registry
+        .claim(usize::MAX >> 1, now)
+        .await
+        .expect("claim")
+        .into_iter()
+        .find(|r| r.model_record_id == id)
+        .unwrap_or_else(|| panic!("row {id} is due"));
+    let marked = registry
+        .mark_synced_copies(&[geo_runtime::registry::SyncedCopy {
+            row,
+            object_key: Some(key.to_owned()),
+            sha256: None,
+            checked_against_primary: false,
+        }])
+        .await
+        .expect("synced");
+    assert_eq!(marked, [row.id], "row {id} synced");
+}
