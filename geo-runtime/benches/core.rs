@@ -14,10 +14,11 @@
 use std::time::{Duration, Instant};
 
 use geo_runtime::db::{self, Dialect, dialect::now};
+use geo_runtime::events::DbModelIdSource;
 use geo_runtime::events::{CursorConfig, DbEventSource, EventCursor, StartPosition};
 use geo_runtime::registry::Registry;
 use geo_runtime::testing::{self, TestDatabase};
-use geo_runtime::worker::consistency::{Consistency, DbModelIdSource};
+use geo_runtime::worker::consistency::Consistency;
 use geo_runtime::{Database, NodeRole, Replicator, ReplicatorSet};
 use sqlx::AssertSqlSafe;
 

@@ -20,12 +20,12 @@ use crate::db::dialect::{TextList, Ts, in_id_list, now, param, quote};
 use crate::db::lock::lock_object_keys;
 use crate::db::{Database, on_conn, on_pool};
 use crate::error::DbError;
+use crate::events::ModelIdSource;
 use crate::events::SourceError;
 use crate::node::PrimaryClient;
 use crate::registry::SyncState;
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
-use crate::storage::{BlobStore, ObjectKey, StorageError, hex};
-use crate::worker::consistency::ModelIdSource;
+use crate::storage::{BlobStore, ObjectKey, StorageError};
 
 /// Primary ids read per page.
 const PAGE: usize = 5_000;
@@ -223,8 +223,8 @@ pub async fn check_replicable<S: BlobStore>(
                     Difference::Differs {
                         id,
                         key: key.unwrap_or_default(),
-                        primary: hex(&primary),
-                        local: hex(&local),
+                        primary: hex::encode(primary),
+                        local: hex::encode(local),
                     },
                 ),
             }

@@ -6,8 +6,8 @@ use sqlx::AssertSqlSafe;
 
 use crate::db::dialect::{Ts, now, param};
 use crate::db::{Database, on_pool};
+use crate::descriptor::ReplicatorDescriptor;
 use crate::error::DbError;
-use crate::replicator::ReplicatorDescriptor;
 
 /// Whether replication of `descriptor` is on in `db`.
 pub async fn is_enabled(db: &Database, descriptor: &ReplicatorDescriptor) -> Result<bool, DbError> {

@@ -40,7 +40,6 @@ use crate::flags;
 use crate::operations::{self, Selection};
 use crate::registry::{REGISTRY_COLUMNS, RegistryRecord, SyncState};
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
-use crate::storage::hex;
 use crate::verification::VerificationState;
 
 /// Deepest query accepted.
@@ -462,11 +461,15 @@ fn node(d: &ReplicatorDescriptor, r: RegistryRecord) -> Value {
         ),
         (
             "verificationChecksum",
-            opt_string(r.verification_checksum.as_deref().map(hex)),
+            opt_string(r.verification_checksum.as_deref().map(hex::encode)),
         ),
         (
             "verificationChecksumMismatched",
-            opt_string(r.verification_checksum_mismatched.as_deref().map(hex)),
+            opt_string(
+                r.verification_checksum_mismatched
+                    .as_deref()
+                    .map(hex::encode),
+            ),
         ),
         ("checksumMismatch", Value::from(r.checksum_mismatch)),
         ("verificationFailure", opt_string(r.verification_failure)),

@@ -38,15 +38,18 @@ pub mod check;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod db;
+mod descriptor;
 pub mod error;
 pub mod events;
 pub mod flags;
 #[cfg(feature = "graphql")]
 pub mod graphql;
+mod model;
 pub mod node;
 pub mod operations;
 pub mod registry;
 pub mod replicator;
+pub mod retry;
 pub mod status;
 pub mod storage;
 pub mod telemetry;

@@ -19,9 +19,10 @@ use sqlx::AssertSqlSafe;
 use crate::db::dialect::{RowReader, now, quote};
 use crate::db::{Database, NodeRole, on_pool};
 use crate::error::DbError;
-use crate::events::EventSource;
+use futures_util::future::BoxFuture;
+
+use crate::events::{EventSource, SourceError};
 use crate::flags;
-use crate::node::PrimaryClient;
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
 use crate::verification::VerificationState;
 
@@ -254,6 +255,17 @@ fn number(v: Option<f64>) -> Value {
     }
 }
 
+/// The primary's newest event id, asked through any [`EventSource`] (whose futures are not
+/// object-safe, hence the boxed closure).
+#[derive(Clone)]
+struct PrimaryEvents(Arc<dyn Fn() -> BoxFuture<'static, Result<i64, SourceError>> + Send + Sync>);
+
+impl std::fmt::Debug for PrimaryEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PrimaryEvents")
+    }
+}
+
 /// Collects a node's status and keeps the latest snapshot.
 #[derive(Debug, Clone)]
 pub struct StatusCollector {
@@ -261,7 +273,7 @@ pub struct StatusCollector {
     role: NodeRole,
     descriptors: Vec<&'static ReplicatorDescriptor>,
     name: String,
-    primary: Option<PrimaryClient>,
+    primary: Option<PrimaryEvents>,
     latest: Arc<RwLock<Option<Arc<NodeStatus>>>>,
 }
 
@@ -278,9 +290,13 @@ impl StatusCollector {
         }
     }
 
-    /// A secondary's collector also asks its primary for the newest event id (for the lag).
-    pub fn with_primary(mut self, client: PrimaryClient) -> Self {
-        self.primary = Some(client);
+    /// A secondary's collector also asks its primary's event log (the node client) for the
+    /// newest event id, for the lag.
+    pub fn with_primary<S: EventSource + Clone + 'static>(mut self, events: S) -> Self {
+        self.primary = Some(PrimaryEvents(Arc::new(move || {
+            let events = events.clone();
+            Box::pin(async move { events.latest_event_id().await })
+        })));
         self
     }
 
@@ -369,8 +385,8 @@ impl StatusCollector {
                     status.cursor_last_event_id = Some(position);
                     status.cursor_updated_at = Some(at);
                 }
-                if let Some(client) = &self.primary {
-                    match client.latest_event_id().await {
+                if let Some(primary) = &self.primary {
+                    match (primary.0)().await {
                         Ok(latest) => {
                             status.last_event_id = Some(latest);
                             status.cursor_events_behind =

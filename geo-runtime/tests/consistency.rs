@@ -5,7 +5,8 @@ mod common;
 use common::{WidgetReplicator, exec, pairs, scalar_i64};
 use geo_runtime::Replicator;
 use geo_runtime::db::Dialect;
-use geo_runtime::worker::consistency::{Consistency, DbModelIdSource};
+use geo_runtime::events::DbModelIdSource;
+use geo_runtime::worker::consistency::Consistency;
 
 /// Fills `widgets` on the primary with ids 1..=n except multiples of 7.
 async fn model_rows(primary: &geo_runtime::Database, n: i64) {
@@ -181,7 +182,7 @@ struct StaleListing {
     secondary: geo_runtime::Database,
 }
 
-impl geo_runtime::worker::consistency::ModelIdSource for StaleListing {
+impl geo_runtime::events::ModelIdSource for StaleListing {
     async fn model_ids_after(
         &self,
         _: &'static geo_runtime::ReplicatorDescriptor,

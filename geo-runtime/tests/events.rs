@@ -514,12 +514,12 @@ impl EventSource for GatedEvents {
 
 /// A listing of the primary's ids that, once read, waits at a gate before it is applied.
 struct GatedListing {
-    inner: geo_runtime::worker::consistency::DbModelIdSource,
+    inner: geo_runtime::events::DbModelIdSource,
     listed: std::sync::Arc<tokio::sync::Notify>,
     open: std::sync::Arc<tokio::sync::Notify>,
 }
 
-impl geo_runtime::worker::consistency::ModelIdSource for GatedListing {
+impl geo_runtime::events::ModelIdSource for GatedListing {
     async fn model_ids_after(
         &self,
         descriptor: &'static geo_runtime::ReplicatorDescriptor,
@@ -566,7 +566,7 @@ async fn a_row_applied_while_a_stale_listing_is_in_flight_is_not_an_orphan() {
         let pass = geo_runtime::worker::consistency::Consistency::new(
             &secondary,
             GatedListing {
-                inner: geo_runtime::worker::consistency::DbModelIdSource::new(&primary),
+                inner: geo_runtime::events::DbModelIdSource::new(&primary),
                 listed: listed.clone(),
                 open: listing_open.clone(),
             },

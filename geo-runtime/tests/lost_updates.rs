@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use common::cluster::{self, converge};
 use common::{WidgetReplicator, pairs};
 use geo_runtime::events::SourceError;
+use geo_runtime::events::{DbModelIdSource, Listing, ModelIdSource};
 use geo_runtime::registry::{Registry, SyncedCopy};
 use geo_runtime::replicator::{RecordVersion, ReplicatorDescriptor};
-use geo_runtime::worker::consistency::{Consistency, DbModelIdSource, Listing, ModelIdSource};
+use geo_runtime::worker::consistency::Consistency;
 use geo_runtime::{Replicator, SyncState};
 use sha2::{Digest, Sha256};
 

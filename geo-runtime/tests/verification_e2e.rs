@@ -188,7 +188,7 @@ async fn recorded_checksums(db: &Database, kind: &Kind) -> BTreeMap<String, Stri
             .expect("checksums"),
     };
     rows.into_iter()
-        .map(|(id, sum)| (key(kind, id), geo_runtime::storage::hex(&sum)))
+        .map(|(id, sum)| (key(kind, id), hex::encode(&sum)))
         .collect()
 }
 
@@ -275,7 +275,7 @@ fn all_keys() -> Vec<(usize, i64, String)> {
 fn sha_hex(path: &Path) -> Option<String> {
     std::fs::read(path)
         .ok()
-        .map(|b| geo_runtime::storage::hex(&Sha256::digest(&b)))
+        .map(|b| hex::encode(Sha256::digest(&b)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

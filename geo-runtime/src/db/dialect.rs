@@ -337,7 +337,7 @@ impl Encode<'_, Sqlite> for BlobList {
         let hex: Vec<Option<String>> = self
             .0
             .iter()
-            .map(|b| b.as_deref().map(crate::storage::hex))
+            .map(|b| b.as_deref().map(hex::encode))
             .collect();
         <String as Encode<'_, Sqlite>>::encode(serde_json::to_string(&hex)?, buf)
     }

@@ -8,8 +8,8 @@ use sha2::{Digest, Sha256};
 
 use super::schema::{BASE_PRIMARY_MIGRATIONS, BASE_SECONDARY_MIGRATIONS};
 use super::{Database, Dialect, Inner, NodeRole, dialect};
+use crate::descriptor::{MigrationDef, ReplicatorSet};
 use crate::error::MigrateError;
-use crate::replicator::{MigrationDef, ReplicatorSet};
 
 /// One migration this run applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,10 +90,6 @@ fn checksum(sql: &str) -> Vec<u8> {
     Sha256::digest(sql.as_bytes()).to_vec()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Compares the plan with what the database recorded: refuses changed texts, returns what is
 /// left to apply.
 fn pending<'p>(
@@ -116,8 +112,8 @@ fn pending<'p>(
                     scope: p.scope.clone(),
                     version: p.def.version,
                     description: p.def.description.to_owned(),
-                    applied: hex(&applied),
-                    current: hex(&current),
+                    applied: hex::encode(applied),
+                    current: hex::encode(current),
                 });
             }
             None => todo.push(p),

@@ -22,6 +22,7 @@ use sqlx::sqlite::{
 pub use migrate::{AppliedMigration, MigrationReport, migrate, migration_script};
 pub use schema::{BASE_PRIMARY_MIGRATIONS, BASE_SECONDARY_MIGRATIONS, MIGRATIONS_TABLE};
 
+pub use crate::descriptor::NodeRole;
 use crate::error::DbError;
 
 /// Which SQL dialect a [`Database`] speaks.
@@ -31,26 +32,6 @@ pub enum Dialect {
     Postgres,
     /// SQLite: the embedded default.
     Sqlite,
-}
-
-/// The part a node plays; it decides which tables its database holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NodeRole {
-    /// Owns the models, writes events and checksums, serves data.
-    Primary,
-    /// Tracks registries in its own database and pulls data from the primary.
-    Secondary,
-}
-
-impl NodeRole {
-    /// `primary` / `secondary`.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            NodeRole::Primary => "primary",
-            NodeRole::Secondary => "secondary",
-        }
-    }
 }
 
 /// How long a SQLite connection waits for another writer before it reports "busy".

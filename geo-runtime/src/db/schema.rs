@@ -1,7 +1,7 @@
 //! The runtime's own base schema, per node role. Applied migrations never change: a schema
 //! change is a new version appended here.
 
-use crate::replicator::MigrationDef;
+use crate::descriptor::MigrationDef;
 
 /// The table where the migration runner records what it applied (never the host application's
 /// `_sqlx_migrations`).

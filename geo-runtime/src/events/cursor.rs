@@ -28,12 +28,12 @@ use super::source::{EventSource, SourceError};
 use super::{Event, EventName};
 use crate::db::dialect::{IdList, RowReader, Ts, in_id_list, now, param};
 use crate::db::{Conn, Database, lease, on_conn, on_pool};
+use crate::descriptor::{ReplicatorDescriptor, ReplicatorSet};
 use crate::error::DbError;
 use crate::registry::sql::RegistrySql;
 use crate::registry::store::{
     delete_many, insert_pending_many, lock_model_ids, reset_pending_many,
 };
-use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
 use crate::telemetry::Metrics;
 
 /// The lease name of the event cursor.

@@ -6,6 +6,7 @@
 //! (backfill), and a gap in the ids is tracked until it fills or is given up loudly.
 
 mod cursor;
+mod ids;
 mod source;
 
 use std::fmt;
@@ -17,12 +18,13 @@ use sqlx::AssertSqlSafe;
 
 pub(crate) use cursor::schedule_removals;
 pub use cursor::{BatchReport, CursorConfig, CursorError, EventCursor, StartPosition};
+pub use ids::{DbModelIdSource, ListedVersions, Listing, ModelIdSource};
 pub use source::{DbEventSource, EventSource, SourceError, prune_events, record_secondary_cursor};
 
 use crate::db::dialect::{JsonDoc, Ts, now, param};
 use crate::db::{Conn, on_conn};
+use crate::descriptor::ReplicatorDescriptor;
 use crate::error::DbError;
-use crate::replicator::ReplicatorDescriptor;
 
 /// What happened to a model record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -185,7 +185,7 @@ impl RequestScope {
     pub fn retrieve_many(replicable_name: &str, ids_list: &str) -> Self {
         RequestScope::RetrieveMany {
             replicable_name: replicable_name.to_owned(),
-            ids_sha256: crate::storage::hex(&Sha256::digest(ids_list.as_bytes())),
+            ids_sha256: hex::encode(Sha256::digest(ids_list.as_bytes())),
         }
     }
 }

@@ -13,9 +13,9 @@ use super::server::{
     ObjectFrame,
 };
 use crate::events::{Event, EventSource, SourceError};
+use crate::events::{ListedVersions, Listing, ModelIdSource};
 use crate::replicator::{RecordVersion, ReplicatorDescriptor};
 use crate::storage::parse_sha256;
-use crate::worker::consistency::{ListedVersions, Listing, ModelIdSource};
 
 /// The client could not be built.
 #[derive(Debug, thiserror::Error)]

@@ -28,12 +28,12 @@ use super::nodes::{KnownNode, NodeError, find_by_access_key};
 use super::{FILE_NOT_FOUND, HEADER_OBJECT_KEY, HEADER_SHA256};
 use crate::db::Database;
 use crate::events::{DbEventSource, Event, EventSource, record_secondary_cursor};
+use crate::events::{DbModelIdSource, ListedVersions, ModelIdSource};
 use crate::replicator::{
     ReplicatorDescriptor, ReplicatorSet, model_checksums, model_object, model_objects,
     model_versions,
 };
-use crate::storage::{BlobStore, LocalStore, ObjectKey, Opened, SmallObject, hex};
-use crate::worker::consistency::{DbModelIdSource, ListedVersions, ModelIdSource};
+use crate::storage::{BlobStore, LocalStore, ObjectKey, Opened, SmallObject};
 
 /// Objects up to this size are read whole before they are sent; larger ones are streamed.
 pub const WHOLE_READ_BELOW: u64 = 256 * 1024;
@@ -404,14 +404,14 @@ async fn replicables<S: BlobStore>(
     };
     if q.digest {
         let listed = ListedVersions::of(&versions);
-        page.digest = Some(hex(&listed.digest));
+        page.digest = Some(hex::encode(listed.digest));
         page.unverified = listed.unverified;
     }
     if q.versions {
         page.versions = Some(
             versions
                 .into_iter()
-                .map(|v| (v.key, v.sha256.map(|s| hex(&s))))
+                .map(|v| (v.key, v.sha256.map(hex::encode)))
                 .collect(),
         );
     }
@@ -482,7 +482,7 @@ async fn retrieve<S: BlobStore>(
         h.insert(HEADER_OBJECT_KEY, v);
     }
     if let Some(sum) = checksum
-        && let Ok(v) = header::HeaderValue::from_str(&hex(&sum))
+        && let Ok(v) = header::HeaderValue::from_str(&hex::encode(sum))
     {
         h.insert(HEADER_SHA256, v);
     }
@@ -526,7 +526,7 @@ async fn retrieve_many<S: BlobStore>(
                 Some((None, _)) => Err(FrameStatus::FileMissing),
                 Some((Some(key), sum)) => ObjectKey::parse(key)
                     .map(|key| {
-                        let sum = sum.as_deref().filter(|c| c.len() == 32).map(hex);
+                        let sum = sum.as_deref().filter(|c| c.len() == 32).map(hex::encode);
                         (key, sum)
                     })
                     .map_err(|e| {
@@ -645,7 +645,7 @@ async fn checksums<S: BlobStore>(
     Ok(Json(ChecksumsPage {
         checksums: rows
             .into_iter()
-            .map(|(id, sum)| (id, sum.filter(|s| s.len() == 32).map(|s| hex(&s))))
+            .map(|(id, sum)| (id, sum.filter(|s| s.len() == 32).map(hex::encode)))
             .collect(),
     }))
 }

@@ -8,9 +8,6 @@ use crate::db::dialect::RowReader;
 use crate::error::DbError;
 use crate::verification::VerificationState;
 
-/// Longest `last_sync_failure` / `verification_failure` kept, as Geo's `varchar(255)`.
-pub const LAST_SYNC_FAILURE_MAX: usize = 255;
-
 /// The registry's columns after `id` and the model foreign key, in the order generated SQL
 /// selects them.
 pub const REGISTRY_COLUMNS: [&str; 17] = [
@@ -113,29 +110,5 @@ impl RegistryRecord {
             checksum_mismatch: row.bool("checksum_mismatch")?,
             verification_failure: row.opt_string("verification_failure")?,
         })
-    }
-}
-
-/// Cuts a failure message to [`LAST_SYNC_FAILURE_MAX`] characters (not bytes), so it always
-/// fits its column and never splits a character.
-pub fn truncate_failure(message: &str) -> String {
-    match message.char_indices().nth(LAST_SYNC_FAILURE_MAX) {
-        Some((at, _)) => message[..at].to_owned(),
-        None => message.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn truncate_counts_characters() {
-        assert_eq!(truncate_failure("short"), "short");
-        let long = "é".repeat(300);
-        let cut = truncate_failure(&long);
-        assert_eq!(cut.chars().count(), 255);
-        assert!(long.starts_with(&cut));
-        assert_eq!(truncate_failure(&"a".repeat(255)).len(), 255);
     }
 }

@@ -8,7 +8,7 @@ use crate::db::dialect::{
     false_literal, for_update, id_list_rows, in_id_list, param, plus_random_secs, quote,
     skip_locked, synced_rows, true_literal,
 };
-use crate::replicator::ReplicatorDescriptor;
+use crate::descriptor::ReplicatorDescriptor;
 
 /// Registry statements for one replicable and dialect. Parameters are listed per statement.
 #[derive(Debug, Clone)]

@@ -16,11 +16,12 @@ use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::Row;
 
 use super::sql::RegistrySql;
-use super::{RegistryRecord, SyncState, backoff, truncate_failure};
+use super::{RegistryRecord, SyncState};
 use crate::db::dialect::{BlobList, IdList, RowReader, TextList, Ts};
 use crate::db::{Conn, Database, on_conn, on_pool};
+use crate::descriptor::ReplicatorDescriptor;
 use crate::error::DbError;
-use crate::replicator::ReplicatorDescriptor;
+use crate::retry::{self, truncate_failure};
 use crate::verification::VerificationState;
 use sqlx::AssertSqlSafe;
 
@@ -369,7 +370,7 @@ impl Registry {
         for f in failures {
             let sql = AssertSqlSafe(self.sql.mark_failed.as_str());
             let count = u32::try_from(f.row.retry_count.saturating_add(1)).unwrap_or(1);
-            let retry_at = Ts(backoff::next_retry_at(now, count, f.missing_on_primary));
+            let retry_at = Ts(retry::next_retry_at(now, count, f.missing_on_primary));
             let message = truncate_failure(&f.message);
             marked += on_conn!(tx.conn(), c => sqlx::query(sql)
                 .bind(f.row.id)

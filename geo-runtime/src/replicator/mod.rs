@@ -4,114 +4,22 @@
 //! is all the runtime's workers need; the [`Replicator`] instance adds one model record
 //! (Geo's `replicator.model_record`).
 
-mod model;
-mod registration;
-
-pub use model::{
+pub use crate::model::{
     RecordVersion, model_checksums, model_object, model_object_keys, model_objects, model_versions,
     versions_digest,
 };
 
-pub use registration::{RegisteredReplicator, ReplicatorSet};
+pub use crate::descriptor::{
+    MigrationDef, RegisteredReplicator, ReplicatorDescriptor, ReplicatorSet, Strategy,
+    VerificationStorage,
+};
+use crate::error::RegistrationError;
 
-/// How a replicable's data is moved and checksummed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Strategy {
-    /// A file or object: streamed over HTTP, SHA-256 checksummed.
-    Blob,
-}
-
-impl Strategy {
-    /// The strategy's name as written in `strategy = "…"` (Geo's `data_type`).
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Strategy::Blob => "blob",
-        }
-    }
-}
-
-/// Where the primary keeps a replicable's verification state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum VerificationStorage {
-    /// Columns on the model table itself (`verification = "inline"`, Geo's option 1).
-    Inline,
-    /// A `<name>_states` table keyed by the model id, rows deleted with the model
-    /// (`verification = "separate_table"`, the default; Geo's option 2).
-    SeparateTable {
-        /// The state table's name.
-        table: &'static str,
-    },
-}
-
-/// One versioned migration, with its text for each dialect. Applied migrations are recorded with
-/// a checksum and must never change: add a new version instead.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MigrationDef {
-    /// Version inside its owner's scope, from 1, strictly increasing.
-    pub version: i64,
-    /// What it does, for humans.
-    pub description: &'static str,
-    /// SQL for PostgreSQL (several statements allowed).
-    pub postgres: &'static str,
-    /// SQL for SQLite (several statements allowed).
-    pub sqlite: &'static str,
-}
-
-/// Everything the runtime knows about one replicator, fixed at compile time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReplicatorDescriptor {
-    /// `widget`: the replicable name, key of events, flags and the wire protocol.
-    pub replicable_name: &'static str,
-    /// `widgets`.
-    pub replicable_name_plural: &'static str,
-    /// Rust type name of the model, `Widget`.
-    pub model_type: &'static str,
-    /// Rust type name of the replicator, `WidgetReplicator`.
-    pub replicator_type: &'static str,
-    /// How the data moves.
-    pub strategy: Strategy,
-    /// The model's table on the primary.
-    pub model_table: &'static str,
-    /// The model table's id column.
-    pub model_id_column: &'static str,
-    /// The registry's column that holds the model id (Geo's `MODEL_FOREIGN_KEY`), `widget_id`.
-    pub model_foreign_key: &'static str,
-    /// The secondary's registry table.
-    pub registry_table: &'static str,
-    /// Where the primary keeps verification state.
-    pub verification: VerificationStorage,
-    /// `geo_widget_replication`.
-    pub feature_flag: &'static str,
-    /// Whether replication is on before anyone switches the flag.
-    pub enabled_by_default: bool,
-    /// Column of the object key (blob strategy).
-    pub blob_column: Option<&'static str>,
-    /// Column saying local disk or object storage, when the model has one.
-    pub file_store_column: Option<&'static str>,
-    /// Column a secondary may filter on (selective sync), when the model has one.
-    pub selective_sync_column: Option<&'static str>,
-    /// Migrations for the primary's database (verification state).
-    pub primary_migrations: &'static [MigrationDef],
-    /// Migrations for a secondary's tracking database (the registry).
-    pub secondary_migrations: &'static [MigrationDef],
-}
-
-impl ReplicatorDescriptor {
-    /// The table that holds the primary's verification columns.
-    pub const fn verification_table(&self) -> &'static str {
-        match self.verification {
-            VerificationStorage::Inline => self.model_table,
-            VerificationStorage::SeparateTable { table } => table,
-        }
-    }
-
-    /// The migrations a node of `role` applies for this replicator.
-    pub const fn migrations(&self, role: crate::NodeRole) -> &'static [MigrationDef] {
-        match role {
-            crate::NodeRole::Primary => self.primary_migrations,
-            crate::NodeRole::Secondary => self.secondary_migrations,
-        }
+impl ReplicatorSet {
+    /// Adds `R` (a no-op when it is already in the set). The explicit fallback to link-time
+    /// registration, e.g. on targets where `inventory` does not run.
+    pub fn register<R: Replicator>(self) -> Result<Self, RegistrationError> {
+        self.with_descriptor(R::DESCRIPTOR)
     }
 }
 

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 
-use super::{BlobStore, ObjectKey, Opened, SmallObject, StorageError, WrittenBlob, hex};
+use super::{BlobStore, ObjectKey, Opened, SmallObject, StorageError, WrittenBlob};
 
 /// An object written to its temp file, not yet durable nor at its final path.
 #[derive(Debug)]
@@ -244,8 +244,8 @@ fn stage_bytes_blocking(
         && expected != sha256
     {
         return Err(StorageError::ChecksumMismatch {
-            expected: hex(&expected),
-            actual: hex(&sha256),
+            expected: hex::encode(expected),
+            actual: hex::encode(sha256),
         });
     }
     let dir = path.parent().unwrap_or(root).to_path_buf();
@@ -633,8 +633,8 @@ where
         && expected != sha256
     {
         return Err(StorageError::ChecksumMismatch {
-            expected: hex(&expected),
-            actual: hex(&sha256),
+            expected: hex::encode(expected),
+            actual: hex::encode(sha256),
         });
     }
     Ok(WrittenBlob { size, sha256 })

@@ -418,29 +418,10 @@ pub struct WrittenBlob {
     pub sha256: [u8; 32],
 }
 
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    s
-}
-
 /// Parses 64 hex digits into a SHA-256.
 pub fn parse_sha256(s: &str) -> Option<[u8; 32]> {
-    let b = s.as_bytes();
-    if b.len() != 64 {
-        return None;
-    }
     let mut out = [0u8; 32];
-    for (i, pair) in b.chunks(2).enumerate() {
-        let hi = (pair[0] as char).to_digit(16)?;
-        let lo = (pair[1] as char).to_digit(16)?;
-        out[i] = u8::try_from(hi * 16 + lo).ok()?;
-    }
+    hex::decode_to_slice(s, &mut out).ok()?;
     Some(out)
 }
 
@@ -477,7 +458,7 @@ mod tests {
     #[test]
     fn hex_round_trip() {
         let sum = [0xab_u8; 32];
-        assert_eq!(parse_sha256(&hex(&sum)), Some(sum));
+        assert_eq!(parse_sha256(&hex::encode(sum)), Some(sum));
         assert_eq!(parse_sha256("zz"), None);
         assert_eq!(parse_sha256(&"g".repeat(64)), None);
     }

@@ -5,7 +5,7 @@
 
 use crate::db::Dialect;
 use crate::db::dialect::{param, plus_random_secs, quote, skip_locked};
-use crate::replicator::{ReplicatorDescriptor, VerificationStorage};
+use crate::descriptor::{ReplicatorDescriptor, VerificationStorage};
 
 /// `$1` model id: verification back to pending (a new or changed object), when the record
 /// exists; run in the same transaction as the model change's event.

@@ -4,8 +4,8 @@
 use super::{VERIFICATION_COLUMNS, VerificationDetails};
 use crate::db::dialect::{param, quote};
 use crate::db::{Database, Dialect, Inner, dialect};
+use crate::descriptor::{ReplicatorDescriptor, VerificationStorage};
 use crate::error::DbError;
-use crate::replicator::{ReplicatorDescriptor, VerificationStorage};
 use sqlx::AssertSqlSafe;
 
 /// The table and key column holding a replicable's verification columns on the primary.
@@ -103,7 +103,7 @@ pub async fn save(
     let failure = details
         .verification_failure
         .as_deref()
-        .map(crate::registry::truncate_failure);
+        .map(crate::retry::truncate_failure);
     let affected = match db.inner() {
         Inner::Postgres(pool) => sqlx::query(sql)
             .bind(model_record_id)

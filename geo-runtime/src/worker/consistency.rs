@@ -6,7 +6,6 @@
 //! visited too.
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 
 use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
@@ -14,155 +13,16 @@ use sqlx::AssertSqlSafe;
 use crate::db::dialect::{Ts, now, param};
 use crate::db::{Conn, Database, on_conn, on_pool};
 use crate::error::DbError;
-use crate::events::SourceError;
+use crate::events::{ListedVersions, Listing, ModelIdSource, SourceError};
+use crate::model::versions_digest;
 use crate::registry::sql::RegistrySql;
 use crate::registry::store::{
     delete_many, insert_pending_many, lock_model_ids, model_ids_above, model_ids_between,
 };
-use crate::replicator::{RecordVersion, ReplicatorDescriptor, model_versions, versions_digest};
+use crate::replicator::ReplicatorDescriptor;
 
 /// Ids per range (Geo's `BATCH_SIZE`).
 pub const BATCH_SIZE: usize = 10_000;
-
-/// A page of the primary's ids, with the digest of their versions when the source has it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Listing {
-    /// Ascending ids.
-    pub ids: Vec<i64>,
-    /// The digest of the page's versions ([`versions_digest`]), and the ids among them whose
-    /// checksum the primary has not verified yet (hashed without one).
-    pub versions: Option<ListedVersions>,
-}
-
-/// See [`Listing::versions`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ListedVersions {
-    /// [`versions_digest`] of the page.
-    pub digest: [u8; 32],
-    /// Ids of the page without a verified checksum, ascending.
-    pub unverified: Vec<i64>,
-}
-
-impl ListedVersions {
-    /// The digest and unverified ids of `versions`.
-    pub fn of(versions: &[RecordVersion]) -> Self {
-        ListedVersions {
-            digest: versions_digest(
-                versions
-                    .iter()
-                    .map(|v| (v.id, v.key.as_deref(), v.sha256.as_ref())),
-            ),
-            unverified: versions
-                .iter()
-                .filter(|v| v.sha256.is_none())
-                .map(|v| v.id)
-                .collect(),
-        }
-    }
-}
-
-/// The model ids the primary has for a replicable, and what each record holds now.
-pub trait ModelIdSource: Send + Sync {
-    /// Up to `limit` ids above `after`, ascending.
-    fn model_ids_after(
-        &self,
-        descriptor: &'static ReplicatorDescriptor,
-        after: i64,
-        limit: usize,
-    ) -> impl Future<Output = Result<Vec<i64>, SourceError>> + Send;
-
-    /// Up to `limit` ids above `after` with the digest of their versions. The default has no
-    /// digest: the pass then compares ids only.
-    fn listing(
-        &self,
-        descriptor: &'static ReplicatorDescriptor,
-        after: i64,
-        limit: usize,
-    ) -> impl Future<Output = Result<Listing, SourceError>> + Send {
-        async move {
-            Ok(Listing {
-                ids: self.model_ids_after(descriptor, after, limit).await?,
-                versions: None,
-            })
-        }
-    }
-
-    /// The versions of the records with ids in `(after, until]`, ascending (asked for only when
-    /// a page's digest differs from the secondary's).
-    fn versions_between(
-        &self,
-        descriptor: &'static ReplicatorDescriptor,
-        after: i64,
-        until: i64,
-    ) -> impl Future<Output = Result<Vec<RecordVersion>, SourceError>> + Send {
-        let _ = (descriptor, after, until);
-        async { Ok(Vec::new()) }
-    }
-}
-
-/// Reads model ids from the primary's database (an in-process primary; the node API serves the
-/// same over HTTP).
-#[derive(Debug, Clone)]
-pub struct DbModelIdSource {
-    primary: Database,
-}
-
-impl DbModelIdSource {
-    /// A source over the primary's database.
-    pub fn new(primary: &Database) -> Self {
-        DbModelIdSource {
-            primary: primary.clone(),
-        }
-    }
-}
-
-impl ModelIdSource for DbModelIdSource {
-    async fn model_ids_after(
-        &self,
-        descriptor: &'static ReplicatorDescriptor,
-        after: i64,
-        limit: usize,
-    ) -> Result<Vec<i64>, SourceError> {
-        let d = self.primary.dialect();
-        let id = crate::db::dialect::quote(descriptor.model_id_column);
-        let sql = format!(
-            "SELECT {id} FROM {} WHERE {id} > {} ORDER BY {id} LIMIT {}",
-            crate::db::dialect::quote(descriptor.model_table),
-            param(d, 1),
-            param(d, 2)
-        );
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let ids: Vec<i64> = on_pool!(self.primary, read, pool => sqlx::query_scalar(AssertSqlSafe(sql))
-            .bind(after)
-            .bind(limit)
-            .fetch_all(pool)
-            .await
-            .map_err(DbError::from)?);
-        Ok(ids)
-    }
-
-    async fn listing(
-        &self,
-        descriptor: &'static ReplicatorDescriptor,
-        after: i64,
-        limit: usize,
-    ) -> Result<Listing, SourceError> {
-        let versions = model_versions(&self.primary, descriptor, after, None, limit).await?;
-        Ok(Listing {
-            ids: versions.iter().map(|v| v.id).collect(),
-            versions: Some(ListedVersions::of(&versions)),
-        })
-    }
-
-    async fn versions_between(
-        &self,
-        descriptor: &'static ReplicatorDescriptor,
-        after: i64,
-        until: i64,
-    ) -> Result<Vec<RecordVersion>, SourceError> {
-        Ok(model_versions(&self.primary, descriptor, after, Some(until), usize::MAX).await?)
-    }
-}
 
 /// What a consistency step or pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

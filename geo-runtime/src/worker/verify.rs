@@ -16,8 +16,8 @@ use tracing::Instrument;
 use crate::db::dialect::{Ts, now};
 use crate::db::{Database, on_pool};
 use crate::error::DbError;
-use crate::registry::{backoff, truncate_failure};
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet, model_object_keys};
+use crate::retry::{self, truncate_failure};
 use crate::storage::{BlobStore, ObjectKey};
 use crate::telemetry::Metrics;
 use crate::verification::VerificationState;
@@ -188,8 +188,8 @@ impl<S: BlobStore> PrimaryVerification<S> {
                 let outcome = match (outcome, &expected) {
                     (Ok(sum), Some(want)) if want.as_slice() != sum.as_slice() => Err(format!(
                         "The primary's copy no longer matches its checksum (recorded {}, now {})",
-                        crate::storage::hex(want),
-                        crate::storage::hex(&sum)
+                        hex::encode(want),
+                        hex::encode(sum)
                     )),
                     (other, _) => other,
                 };
@@ -305,7 +305,7 @@ impl<S: BlobStore> PrimaryVerification<S> {
     ) -> Result<bool, DbError> {
         tracing::warn!(reason, "verification failed");
         let at = now();
-        let retry_at = backoff::next_retry_at(
+        let retry_at = retry::next_retry_at(
             at,
             u32::try_from(retries.saturating_add(1)).unwrap_or(1),
             false,
@@ -531,8 +531,8 @@ impl<S: BlobStore> SecondaryVerification<S> {
                             Ok(Some((_, got))) => (
                                 format!(
                                     "Checksum does not match the primary checksum (primary {}, local {})",
-                                    crate::storage::hex(&want),
-                                    crate::storage::hex(&got)
+                                    hex::encode(&want),
+                                    hex::encode(got)
                                 ),
                                 true,
                                 Some(got.to_vec()),
@@ -542,7 +542,7 @@ impl<S: BlobStore> SecondaryVerification<S> {
                         };
                         tracing::warn!(registry_id = id, reason = %reason, "a local copy failed verification; resyncing it");
                         let at = now();
-                        let retry_at = backoff::next_retry_at(
+                        let retry_at = retry::next_retry_at(
                             at,
                             u32::try_from(retries.saturating_add(1)).unwrap_or(1),
                             false,
@@ -660,15 +660,12 @@ impl<S: BlobStore> SecondaryVerification<S> {
                     round.failed += 1;
                     let reason = format!(
                         "Checksum does not match the primary checksum (primary {}, local {})",
-                        crate::storage::hex(want),
-                        local
-                            .as_deref()
-                            .map(crate::storage::hex)
-                            .unwrap_or_default()
+                        hex::encode(want),
+                        local.as_deref().map(hex::encode).unwrap_or_default()
                     );
                     tracing::warn!(replicable = d.replicable_name, model_id, reason = %reason, "a copy differs from the primary's now-known checksum; resyncing it");
                     let at = now();
-                    let retry_at = backoff::next_retry_at(at, 1, false);
+                    let retry_at = retry::next_retry_at(at, 1, false);
                     on_pool!(self.tracking, write, pool => sqlx::query(AssertSqlSafe(sql.disabled_mismatch.as_str()))
                         .bind(id)
                         .bind(truncate_failure(&reason))

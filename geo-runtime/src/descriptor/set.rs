@@ -1,7 +1,7 @@
 //! Link-time registration of replicators (no hand-kept class list, unlike Geo's
 //! `REPLICATOR_CLASSES`), plus an explicit fallback.
 
-use super::{Replicator, ReplicatorDescriptor, VerificationStorage};
+use super::{ReplicatorDescriptor, VerificationStorage};
 use crate::error::RegistrationError;
 
 /// One replicator submitted at link time by the code `#[replicable]` generates.
@@ -57,12 +57,6 @@ impl ReplicatorSet {
     /// An empty set, to fill with [`ReplicatorSet::register`].
     pub fn empty() -> Self {
         ReplicatorSet::default()
-    }
-
-    /// Adds `R` (a no-op when it is already in the set). The explicit fallback to link-time
-    /// registration, e.g. on targets where `inventory` does not run.
-    pub fn register<R: Replicator>(self) -> Result<Self, RegistrationError> {
-        self.with_descriptor(R::DESCRIPTOR)
     }
 
     /// Adds a descriptor (a no-op when an equal one is already in the set).
@@ -151,7 +145,7 @@ fn check_clash(
 
 /// `^[a-z][a-z0-9_]{0,62}$`, the rule the macro enforces at compile time; checked again here
 /// because a descriptor can be written by hand.
-pub(crate) fn is_sql_identifier(s: &str) -> bool {
+fn is_sql_identifier(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63

@@ -1,7 +1,10 @@
-//! Retry backoff after a failed sync: Geo's formula, `n⁴ + 15 + rand(30)·(n+1)` seconds after
-//! the n-th consecutive failure, capped at one hour (four when the object is missing on the
-//! primary) plus a first-retry delay. Geo draws whole seconds; here the random part has
-//! microsecond resolution, so a burst of failures spreads out instead of retrying in lockstep.
+//! Retrying after a failure, shared by the sync and the verification workers: Geo's backoff and
+//! the cut of a failure message to its column.
+//!
+//! The backoff is Geo's formula, `n⁴ + 15 + rand(30)·(n+1)` seconds after the n-th consecutive
+//! failure, capped at one hour (four when the object is missing on the primary) plus a
+//! first-retry delay. Geo draws whole seconds; here the random part has microsecond resolution,
+//! so a burst of failures spreads out instead of retrying in lockstep.
 
 use std::time::Duration;
 
@@ -38,13 +41,25 @@ pub fn next_retry_at(
     now.checked_add_signed(wait).unwrap_or(now)
 }
 
+/// Longest `last_sync_failure` / `verification_failure` kept, as Geo's `varchar(255)`.
+pub const LAST_SYNC_FAILURE_MAX: usize = 255;
+
+/// Cuts a failure message to [`LAST_SYNC_FAILURE_MAX`] characters (not bytes), so it always
+/// fits its column and never splits a character.
+pub fn truncate_failure(message: &str) -> String {
+    match message.char_indices().nth(LAST_SYNC_FAILURE_MAX) {
+        Some((at, _)) => message[..at].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn grows_as_geo_and_is_capped() {
-        let now = crate::db::dialect::now();
+        let now = Utc::now();
         let secs =
             |n, missing| (next_retry_at(now, n, missing) - now).num_milliseconds() as f64 / 1000.0;
         // Geo's bands (16–74 s, 31–118 s, 96–212 s, 271–416 s), widened by the continuous
@@ -75,12 +90,22 @@ mod tests {
 
     #[test]
     fn a_burst_of_failures_spreads_out() {
-        let now = crate::db::dialect::now();
+        let now = Utc::now();
         let mut at: Vec<_> = (0..100).map(|_| next_retry_at(now, 3, false)).collect();
         at.sort();
         at.dedup();
         assert_eq!(at.len(), 100, "two of 100 failures share a retry time");
         let spread = *at.last().expect("100") - at[0];
         assert!(spread > TimeDelta::seconds(30), "spread only {spread}");
+    }
+
+    #[test]
+    fn truncate_counts_characters() {
+        assert_eq!(truncate_failure("short"), "short");
+        let long = "é".repeat(300);
+        let cut = truncate_failure(&long);
+        assert_eq!(cut.chars().count(), 255);
+        assert!(long.starts_with(&cut));
+        assert_eq!(truncate_failure(&"a".repeat(255)).len(), 255);
     }
 }

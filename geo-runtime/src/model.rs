@@ -2,9 +2,9 @@
 
 use sqlx::AssertSqlSafe;
 
-use super::ReplicatorDescriptor;
 use crate::db::dialect::{IdList, in_id_list, param, quote};
 use crate::db::{Database, on_pool};
+use crate::descriptor::ReplicatorDescriptor;
 use crate::error::DbError;
 
 /// The join (model table aliased `m`) and the expression that give a record's verified
@@ -211,6 +211,30 @@ pub fn versions_digest<'a>(
         }
     }
     hasher.finalize().into()
+}
+
+/// Up to `limit` model ids above `after`, ascending.
+pub async fn model_ids_after(
+    primary: &Database,
+    descriptor: &ReplicatorDescriptor,
+    after: i64,
+    limit: usize,
+) -> Result<Vec<i64>, DbError> {
+    let d = primary.dialect();
+    let id = quote(descriptor.model_id_column);
+    let sql = format!(
+        "SELECT {id} FROM {} WHERE {id} > {} ORDER BY {id} LIMIT {}",
+        quote(descriptor.model_table),
+        param(d, 1),
+        param(d, 2)
+    );
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let ids: Vec<i64> = on_pool!(primary, read, pool => sqlx::query_scalar(AssertSqlSafe(sql))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?);
+    Ok(ids)
 }
 
 #[cfg(test)]

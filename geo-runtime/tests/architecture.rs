@@ -1,0 +1,356 @@
+//! The module structure docs/architecture.md promises, checked against the source: which
+//! top-level module of `geo-runtime` may import which (a layer may import only layers below it),
+//! hence no module cycle, and no source file over the size limit.
+//!
+//! It reads `src/` as text: a reference is `crate::<module>` (or `$crate::`, or one of the
+//! names in a `crate::{..}` group) outside comments and outside the file's `#[cfg(test)] mod
+//! tests`. `cargo test -p geo-runtime --test architecture -- --nocapture` prints the graph.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// The layers, lowest first. A module may import the modules of lower layers, and within its
+/// own layer only what [`SAME_LAYER`] allows. docs/architecture.md shows the same table.
+const LAYERS: &[&[&str]] = &[
+    &["error", "descriptor", "retry", "telemetry"],
+    &["db", "storage"],
+    &["verification", "flags", "model"],
+    &["registry"],
+    &["events"],
+    &["replicator"],
+    &["strategy"],
+    &["worker", "operations"],
+    &["status", "graphql"],
+    &["node"],
+    &["check"],
+    &["cli", "testkit", "testing", "__private"],
+];
+
+/// Imports allowed between modules of one layer.
+const SAME_LAYER: &[(&str, &str)] = &[
+    ("descriptor", "error"),
+    ("graphql", "status"),
+    ("testkit", "testing"),
+    ("cli", "testing"),
+];
+
+/// Imports that break the layering today and are being moved (issue 15). The test fails when
+/// one of them is gone, so that the list only shrinks, and when a new one appears.
+const PENDING: &[(&str, &str)] = &[
+    // The sync decodes the primary's frames itself and verify asks the client for checksums:
+    // both move behind the strategy's source trait, implemented by the node's client.
+    ("worker", "node"),
+];
+
+/// Source files longer than this are split (issue 15).
+const MAX_FILE_LINES: usize = 600;
+
+/// Files over [`MAX_FILE_LINES`] today, being split (issue 15); the list only shrinks.
+const PENDING_LONG_FILES: &[&str] = &[
+    "cli/mod.rs",
+    "events/cursor.rs",
+    "graphql.rs",
+    "node/server.rs",
+    "status.rs",
+    "storage/local.rs",
+    "testkit/mod.rs",
+    "worker/sync.rs",
+    "worker/verify.rs",
+];
+
+fn src_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read src") {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The top-level module a file belongs to (`None` for lib.rs).
+fn module_of(path: &Path) -> Option<String> {
+    let rel = path.strip_prefix(src_dir()).expect("under src");
+    let first = rel.components().next()?.as_os_str().to_str()?.to_owned();
+    let name = first.strip_suffix(".rs").unwrap_or(&first).to_owned();
+    (name != "lib").then_some(name)
+}
+
+/// The code of a file without comments and without its unit tests.
+fn code_of(text: &str) -> String {
+    let code = text
+        .lines()
+        .map(|line| match line.find("//") {
+            // `//` inside a string literal only shortens the line: it never adds a reference.
+            Some(at) => &line[..at],
+            None => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    without_test_modules(&code)
+}
+
+/// `code` without the bodies of its `#[cfg(test)] mod tests { .. }` (braces matched).
+fn without_test_modules(code: &str) -> String {
+    let mut out = String::new();
+    let mut rest = code;
+    while let Some(at) = rest.find("#[cfg(test)]\nmod tests") {
+        out.push_str(&rest[..at]);
+        let body = &rest[at..];
+        let Some(open) = body.find('{') else {
+            return out;
+        };
+        let mut depth = 0;
+        let mut end = body.len();
+        for (i, c) in body[open..].char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = open + i + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        rest = &body[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The names the crate root re-exports (`pub use db::{Database, ..}`), with their module:
+/// `crate::Database` is a reference to `db`.
+fn root_names() -> BTreeMap<String, String> {
+    let lib = std::fs::read_to_string(src_dir().join("lib.rs")).expect("read lib.rs");
+    let code = code_of(&lib);
+    let mut names = BTreeMap::new();
+    for statement in code.split(';') {
+        let Some(path) = statement.trim().strip_prefix("pub use ") else {
+            continue;
+        };
+        let Some((module, items)) = path.split_once("::") else {
+            continue;
+        };
+        for name in items
+            .split(|c: char| !is_ident(c))
+            .filter(|n| !n.is_empty())
+        {
+            names.insert(name.to_owned(), module.trim().to_owned());
+        }
+    }
+    names
+}
+
+fn is_ident(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
+/// The top-level modules `code` names through `crate::`.
+fn references(code: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = code;
+    while let Some(at) = rest.find("crate::") {
+        let before = rest[..at].chars().next_back();
+        rest = &rest[at + "crate::".len()..];
+        if before.is_some_and(|c| is_ident(c) && c != '$') {
+            continue; // e.g. `my_crate::`
+        }
+        if let Some(group) = rest.strip_prefix('{') {
+            // The first name of each item at depth 1 of the group.
+            let mut depth = 1;
+            let mut item_start = true;
+            let mut name = String::new();
+            for c in group.chars() {
+                match c {
+                    '{' => depth += 1,
+                    '}' => depth -= 1,
+                    _ => {}
+                }
+                if depth == 0 {
+                    break;
+                }
+                if depth == 1 && c == ',' {
+                    if !name.is_empty() {
+                        out.insert(std::mem::take(&mut name));
+                    }
+                    item_start = true;
+                    continue;
+                }
+                if item_start {
+                    if is_ident(c) {
+                        name.push(c);
+                    } else if !name.is_empty() {
+                        out.insert(std::mem::take(&mut name));
+                        item_start = false;
+                    }
+                }
+            }
+            if !name.is_empty() {
+                out.insert(name);
+            }
+        } else {
+            let name: String = rest.chars().take_while(|&c| is_ident(c)).collect();
+            out.insert(name);
+        }
+    }
+    out
+}
+
+struct Source {
+    modules: BTreeSet<String>,
+    edges: BTreeMap<(String, String), BTreeSet<String>>,
+    lines: BTreeMap<String, usize>,
+}
+
+fn read_source() -> Source {
+    let mut files = Vec::new();
+    rust_files(&src_dir(), &mut files);
+    files.sort();
+    let mut modules = BTreeSet::new();
+    let mut edges: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    let mut lines = BTreeMap::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("read source file");
+        let rel = file
+            .strip_prefix(src_dir())
+            .expect("under src")
+            .display()
+            .to_string();
+        lines.insert(rel.clone(), text.lines().count());
+        let Some(from) = module_of(file) else {
+            continue;
+        };
+        modules.insert(from.clone());
+        for to in references(&code_of(&text)) {
+            if to != from && to != "self" {
+                edges
+                    .entry((from.clone(), to))
+                    .or_default()
+                    .insert(rel.clone());
+            }
+        }
+    }
+    // A name the crate root re-exports stands for its module.
+    let root = root_names();
+    let edges = edges
+        .into_iter()
+        .filter_map(|((from, to), files)| {
+            let to = if modules.contains(&to) {
+                to
+            } else {
+                root.get(&to)?.clone()
+            };
+            (to != from).then_some(((from, to), files))
+        })
+        .fold(
+            BTreeMap::new(),
+            |mut all: BTreeMap<_, BTreeSet<String>>, (k, files)| {
+                all.entry(k).or_default().extend(files);
+                all
+            },
+        );
+    Source {
+        modules,
+        edges,
+        lines,
+    }
+}
+
+fn layer_of(module: &str) -> Option<usize> {
+    LAYERS.iter().position(|layer| layer.contains(&module))
+}
+
+fn allowed(from: &str, to: &str) -> bool {
+    match (layer_of(from), layer_of(to)) {
+        (Some(a), Some(b)) => b < a || (a == b && SAME_LAYER.contains(&(from, to))),
+        _ => false,
+    }
+}
+
+#[test]
+fn every_module_has_a_layer() {
+    let source = read_source();
+    let missing: Vec<_> = source
+        .modules
+        .iter()
+        .filter(|m| layer_of(m).is_none())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "modules with no layer in tests/architecture.rs and docs/architecture.md: {missing:?}"
+    );
+}
+
+#[test]
+fn modules_import_only_lower_layers() {
+    let source = read_source();
+    for ((from, to), files) in &source.edges {
+        println!(
+            "{from} -> {to}   ({})",
+            files.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let wrong: Vec<String> = source
+        .edges
+        .iter()
+        .filter(|((from, to), _)| !allowed(from, to))
+        .filter(|((from, to), _)| !PENDING.contains(&(from.as_str(), to.as_str())))
+        .map(|((from, to), files)| format!("{from} -> {to} (in {files:?})"))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "imports against the layering of docs/architecture.md:\n{}",
+        wrong.join("\n")
+    );
+    let fixed: Vec<_> = PENDING
+        .iter()
+        .filter(|(from, to)| {
+            !source
+                .edges
+                .contains_key(&((*from).to_owned(), (*to).to_owned()))
+        })
+        .collect();
+    assert!(
+        fixed.is_empty(),
+        "these pending imports are gone: take them off PENDING: {fixed:?}"
+    );
+}
+
+#[test]
+fn no_source_file_is_too_long() {
+    let source = read_source();
+    let long: Vec<String> = source
+        .lines
+        .iter()
+        .filter(|(file, n)| **n > MAX_FILE_LINES && !PENDING_LONG_FILES.contains(&file.as_str()))
+        .map(|(file, n)| format!("{file}: {n} lines"))
+        .collect();
+    assert!(
+        long.is_empty(),
+        "files over {MAX_FILE_LINES} lines (split them by concern):\n{}",
+        long.join("\n")
+    );
+    let fixed: Vec<_> = PENDING_LONG_FILES
+        .iter()
+        .filter(|f| source.lines.get(**f).is_some_and(|n| *n <= MAX_FILE_LINES))
+        .collect();
+    assert!(
+        fixed.is_empty(),
+        "these files are short now: take them off PENDING_LONG_FILES: {fixed:?}"
+    );
+}
+
+#[test]
+fn the_reference_reader_sees_groups_and_paths() {
+    let code = "use crate::db::{Database, on_pool};\nuse crate::{events::{A, B}, registry, storage::hex};\nfoo($crate::node::x); other_crate::x;";
+    let found: Vec<_> = references(code).into_iter().collect();
+    assert_eq!(found, ["db", "events", "node", "registry", "storage"]);
+}
