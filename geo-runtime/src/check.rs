@@ -22,10 +22,10 @@ use crate::db::{Database, on_conn, on_pool};
 use crate::error::DbError;
 use crate::events::ModelIdSource;
 use crate::events::SourceError;
-use crate::node::PrimaryClient;
 use crate::registry::SyncState;
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
 use crate::storage::{BlobStore, ObjectKey, StorageError};
+use crate::strategy::blob::BlobSource;
 
 /// Primary ids read per page.
 const PAGE: usize = 5_000;
@@ -126,12 +126,13 @@ type Row = (i64, i16, Option<String>);
 /// A local copy looked at: (model id, object key, its SHA-256 or why there is none).
 type Hashed = (i64, Option<String>, Result<Option<[u8; 32]>, String>);
 
-/// Checks one replicable of a secondary (`tracking`, `store`) against its primary (`client`).
-/// `on_difference` sees each difference as it is found (to print it at once).
-pub async fn check_replicable<S: BlobStore>(
+/// Checks one replicable of a secondary (`tracking`, `store`) against its primary (`client`,
+/// the node's client in the CLI). `on_difference` sees each difference as it is found (to print
+/// it at once).
+pub async fn check_replicable<S: BlobStore, C: ModelIdSource + BlobSource>(
     tracking: &Database,
     d: &'static ReplicatorDescriptor,
-    client: &PrimaryClient,
+    client: &C,
     store: &S,
     mut on_difference: impl FnMut(&Difference),
 ) -> Result<CheckReport, CheckError> {

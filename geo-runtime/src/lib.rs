@@ -52,6 +52,7 @@ pub mod replicator;
 pub mod retry;
 pub mod status;
 pub mod storage;
+pub mod strategy;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -8,14 +8,16 @@ use reqwest::header::AUTHORIZATION;
 use reqwest::{StatusCode, Url};
 
 use super::auth::{RequestScope, Secret, authorization};
-use super::server::{
-    BATCH_INLINE_MAX, ChecksumsPage, CursorReport, EventsPage, FrameStatus, IdsPage, MAX_PAGE,
-    ObjectFrame,
-};
+use super::server::{ChecksumsPage, CursorReport, EventsPage, IdsPage, MAX_PAGE};
+use super::wire::{FILE_NOT_FOUND, FrameReader, FrameStatus, HEADER_OBJECT_KEY, HEADER_SHA256};
 use crate::events::{Event, EventSource, SourceError};
 use crate::events::{ListedVersions, Listing, ModelIdSource};
 use crate::replicator::{RecordVersion, ReplicatorDescriptor};
-use crate::storage::parse_sha256;
+use crate::storage::{ObjectKey, parse_sha256};
+use crate::strategy::blob::{
+    Answer, BlobSource, Frame, FrameSource, Incoming, PrimaryChecksum, Retrieved, RetrievedMany,
+};
+use futures_util::{StreamExt, TryStreamExt};
 
 /// The client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -124,63 +126,6 @@ impl PrimaryClient {
         response.json().await.map_err(transport)
     }
 
-    /// `GET /geo/v1/retrieve/<name>/<id>`: the response, to stream (the caller checks status).
-    pub async fn retrieve(
-        &self,
-        replicable_name: &str,
-        id: i64,
-    ) -> Result<reqwest::Response, SourceError> {
-        let url = self.url(&format!("/geo/v1/retrieve/{replicable_name}/{id}"))?;
-        let scope = RequestScope::Retrieve {
-            replicable_name: replicable_name.to_owned(),
-            replicable_id: id,
-        };
-        self.get(url, &scope).await
-    }
-
-    /// `GET /geo/v1/retrieve/<name>?ids=…`: several small objects in one response, to read
-    /// with [`FrameReader`] (the caller checks the status).
-    pub async fn retrieve_many(
-        &self,
-        replicable_name: &str,
-        ids: &[i64],
-    ) -> Result<reqwest::Response, SourceError> {
-        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-        let mut url = self.url(&format!("/geo/v1/retrieve/{replicable_name}"))?;
-        url.query_pairs_mut().append_pair("ids", &list);
-        self.get(url, &RequestScope::retrieve_many(replicable_name, &list))
-            .await
-    }
-
-    /// The primary's verified checksums of `ids` (`None`: not verified yet); records the primary
-    /// no longer has are left out.
-    pub async fn primary_checksums(
-        &self,
-        replicable_name: &str,
-        ids: &[i64],
-    ) -> Result<Vec<(i64, Option<[u8; 32]>)>, SourceError> {
-        let mut out = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(1000) {
-            let mut url = self.url(&format!("/geo/v1/checksums/{replicable_name}"))?;
-            let list = chunk
-                .iter()
-                .map(i64::to_string)
-                .collect::<Vec<_>>()
-                .join(",");
-            url.query_pairs_mut().append_pair("ids", &list);
-            let scope = RequestScope::Replicables {
-                replicable_name: replicable_name.to_owned(),
-            };
-            let page: ChecksumsPage = self.get_json(url, &scope).await?;
-            out.extend(
-                page.checksums
-                    .into_iter()
-                    .map(|(id, hex)| (id, hex.as_deref().and_then(crate::storage::parse_sha256))),
-            );
-        }
-        Ok(out)
-    }
-
     /// `POST /geo/v1/cursor`: tells the primary every event up to `last_event_id` was applied.
     pub async fn report_cursor(&self, last_event_id: i64) -> Result<(), SourceError> {
         let url = self.url("/geo/v1/cursor")?;
@@ -209,89 +154,145 @@ impl PrimaryClient {
     }
 }
 
-/// Longest frame header accepted in a batch response.
-const MAX_FRAME_HEADER: usize = 4096;
+impl BlobSource for PrimaryClient {
+    type Body = futures_util::stream::BoxStream<'static, Result<bytes::Bytes, String>>;
+    type Frames = TypedFrames;
 
-/// Reads the frames of a batch response ([`PrimaryClient::retrieve_many`]) as they arrive.
-pub struct FrameReader {
-    body: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
-    buf: bytes::BytesMut,
-}
-
-impl std::fmt::Debug for FrameReader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FrameReader")
-            .field("buffered", &self.buf.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl FrameReader {
-    /// Reads `response`'s body.
-    pub fn new(response: reqwest::Response) -> Self {
-        use futures_util::StreamExt;
-        FrameReader {
-            body: response.bytes_stream().boxed(),
-            buf: bytes::BytesMut::new(),
-        }
-    }
-
-    /// Reads more of the body; false at its end.
-    async fn fill(&mut self) -> Result<bool, String> {
-        use futures_util::StreamExt;
-        match self.body.next().await {
-            Some(Ok(chunk)) => {
-                self.buf.extend_from_slice(&chunk);
-                Ok(true)
-            }
-            Some(Err(e)) => Err(e.to_string()),
-            None => Ok(false),
-        }
-    }
-
-    /// The next frame and, for an `ok` frame, the object's bytes; `None` at the end of the
-    /// body. A malformed frame, an inline object larger than [`BATCH_INLINE_MAX`], or a body
-    /// that ends inside a frame is an error (the rest of the response is unusable).
-    pub async fn next(&mut self) -> Result<Option<(ObjectFrame, bytes::Bytes)>, String> {
-        let mut searched = 0;
-        let line = loop {
-            if let Some(at) = self.buf[searched..].iter().position(|&b| b == b'\n') {
-                break self.buf.split_to(searched + at + 1);
-            }
-            searched = self.buf.len();
-            if searched > MAX_FRAME_HEADER {
-                return Err("malformed batch response: frame header too long".into());
-            }
-            if !self.fill().await? {
-                return if self.buf.is_empty() {
-                    Ok(None)
-                } else {
-                    Err("the batch response ended inside a frame".into())
-                };
-            }
+    /// `GET /geo/v1/retrieve/<name>/<id>`.
+    async fn retrieve(&self, replicable: &str, id: i64) -> Result<Retrieved<Self::Body>, String> {
+        let url = self
+            .url(&format!("/geo/v1/retrieve/{replicable}/{id}"))
+            .map_err(|e| e.to_string())?;
+        let scope = RequestScope::Retrieve {
+            replicable_name: replicable.to_owned(),
+            replicable_id: id,
         };
-        let frame: ObjectFrame = serde_json::from_slice(&line[..line.len() - 1])
-            .map_err(|e| format!("malformed batch response: {e}"))?;
-        if frame.status != FrameStatus::Ok {
-            return Ok(Some((frame, bytes::Bytes::new())));
+        let response = self.get(url, &scope).await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            let code = body.get("geo_code").and_then(|c| c.as_str());
+            return Ok(if code == Some(FILE_NOT_FOUND) {
+                Retrieved::FileMissing
+            } else {
+                Retrieved::RecordMissing
+            });
         }
-        let size = frame
-            .size
-            .filter(|&s| s <= BATCH_INLINE_MAX)
-            .ok_or("malformed batch response: an inline object without a size or too large")?;
-        let size = usize::try_from(size).map_err(|e| e.to_string())?;
-        while self.buf.len() < size {
-            if !self.fill().await? {
-                return Err(format!(
-                    "the batch response ended inside object {}: {} of {size} bytes",
-                    frame.id,
-                    self.buf.len()
-                ));
-            }
+        if !status.is_success() {
+            return Ok(Retrieved::Status(status.as_u16()));
         }
-        let data = self.buf.split_to(size).freeze();
-        Ok(Some((frame, data)))
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let (key, sha256) = match object_meta(
+            header(HEADER_OBJECT_KEY).as_deref(),
+            header(HEADER_SHA256).as_deref(),
+        ) {
+            Ok(meta) => meta,
+            Err(e) => return Ok(Retrieved::Malformed(e)),
+        };
+        let size = response.content_length();
+        let body = response.bytes_stream().map_err(|e| e.to_string()).boxed();
+        Ok(Retrieved::Object(Incoming {
+            key,
+            sha256,
+            size,
+            body,
+        }))
     }
+
+    /// `GET /geo/v1/retrieve/<name>?ids=…`.
+    async fn retrieve_many(
+        &self,
+        replicable: &str,
+        ids: &[i64],
+    ) -> Result<RetrievedMany<TypedFrames>, String> {
+        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        let mut url = self
+            .url(&format!("/geo/v1/retrieve/{replicable}"))
+            .map_err(|e| e.to_string())?;
+        url.query_pairs_mut().append_pair("ids", &list);
+        let response = self
+            .get(url, &RequestScope::retrieve_many(replicable, &list))
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        if !status.is_success() {
+            return Ok(RetrievedMany::Status(status.as_u16()));
+        }
+        let body = response.bytes_stream().map_err(|e| e.to_string());
+        Ok(RetrievedMany::Frames(TypedFrames(FrameReader::new(body))))
+    }
+
+    async fn primary_checksums(
+        &self,
+        replicable: &str,
+        ids: &[i64],
+    ) -> Result<Vec<PrimaryChecksum>, SourceError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(1000) {
+            let mut url = self.url(&format!("/geo/v1/checksums/{replicable}"))?;
+            let list = chunk
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            url.query_pairs_mut().append_pair("ids", &list);
+            let scope = RequestScope::Replicables {
+                replicable_name: replicable.to_owned(),
+            };
+            let page: ChecksumsPage = self.get_json(url, &scope).await?;
+            out.extend(
+                page.checksums
+                    .into_iter()
+                    .map(|(id, hex)| (id, hex.as_deref().and_then(parse_sha256))),
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// The frames of a batch answer, typed: keys and checksums parsed and checked.
+#[derive(Debug)]
+pub struct TypedFrames(FrameReader);
+
+impl FrameSource for TypedFrames {
+    async fn next_frame(&mut self) -> Result<Option<Frame>, String> {
+        let Some((frame, data)) = self.0.next().await? else {
+            return Ok(None);
+        };
+        let answer = match frame.status {
+            FrameStatus::Ok => match object_meta(frame.key.as_deref(), frame.sha256.as_deref()) {
+                Ok((key, sha256)) => Answer::Object { key, sha256, data },
+                Err(e) => Answer::Malformed(e),
+            },
+            FrameStatus::Separately => Answer::Separately { size: frame.size },
+            FrameStatus::FileMissing => Answer::FileMissing,
+            FrameStatus::RecordMissing => Answer::RecordMissing,
+            FrameStatus::Error => Answer::Error,
+        };
+        Ok(Some(Frame {
+            id: frame.id,
+            answer,
+        }))
+    }
+}
+
+/// The object key and checksum the primary sent (a header or a frame), checked.
+fn object_meta(
+    key: Option<&str>,
+    sha256: Option<&str>,
+) -> Result<(ObjectKey, Option<[u8; 32]>), String> {
+    let key = key.ok_or("the primary sent no object key")?;
+    let key = ObjectKey::parse(key).map_err(|e| e.to_string())?;
+    let sha256 = sha256
+        .map(|h| parse_sha256(h).ok_or("the primary sent a malformed checksum"))
+        .transpose()?;
+    Ok((key, sha256))
 }
 
 fn transport(e: reqwest::Error) -> SourceError {
@@ -429,83 +430,6 @@ impl ModelIdSource for PrimaryClient {
             if !full {
                 return Ok(out);
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn reader(body: Vec<u8>) -> FrameReader {
-        FrameReader::new(reqwest::Response::from(axum::http::Response::new(body)))
-    }
-
-    fn frame(line: &str, data: &[u8]) -> Vec<u8> {
-        let mut out = line.as_bytes().to_vec();
-        out.push(b'\n');
-        out.extend_from_slice(data);
-        out
-    }
-
-    #[tokio::test]
-    async fn frames_and_their_objects_are_read_in_order() {
-        let mut body = frame(r#"{"id":1,"status":"ok","key":"a/1","size":3}"#, b"abc");
-        body.extend(frame(r#"{"id":2,"status":"file_missing"}"#, b""));
-        body.extend(frame(r#"{"id":3,"status":"ok","key":"a/3","size":0}"#, b""));
-        let mut r = reader(body);
-        let (f, data) = r.next().await.expect("frame").expect("some");
-        assert_eq!(
-            (f.id, f.status, data.as_ref()),
-            (1, FrameStatus::Ok, &b"abc"[..])
-        );
-        let (f, _) = r.next().await.expect("frame").expect("some");
-        assert_eq!((f.id, f.status), (2, FrameStatus::FileMissing));
-        let (f, data) = r.next().await.expect("frame").expect("some");
-        assert_eq!((f.id, data.len()), (3, 0));
-        assert!(r.next().await.expect("end").is_none());
-    }
-
-    #[tokio::test]
-    async fn a_broken_response_is_an_error_not_a_short_object() {
-        let cut = frame(r#"{"id":1,"status":"ok","key":"a/1","size":10}"#, b"abc");
-        let oversized = frame(
-            &format!(
-                r#"{{"id":1,"status":"ok","key":"a/1","size":{}}}"#,
-                BATCH_INLINE_MAX + 1
-            ),
-            b"",
-        );
-        let no_size = frame(r#"{"id":1,"status":"ok","key":"a/1"}"#, b"");
-        let endless = vec![b'x'; MAX_FRAME_HEADER + 10];
-        let garbage = frame("not json", b"");
-        let half_header = br#"{"id":1,"sta"#.to_vec();
-        for (what, body, want) in [
-            (
-                "cut inside an object",
-                cut,
-                "ended inside object 1: 3 of 10 bytes",
-            ),
-            (
-                "an inline object over the limit",
-                oversized,
-                "without a size or too large",
-            ),
-            (
-                "an inline object without a size",
-                no_size,
-                "without a size or too large",
-            ),
-            ("a header without an end", endless, "frame header too long"),
-            (
-                "a header that is not JSON",
-                garbage,
-                "malformed batch response",
-            ),
-            ("cut inside a header", half_header, "ended inside a frame"),
-        ] {
-            let e = reader(body).next().await.expect_err(what);
-            assert!(e.contains(want), "{what}: {e}");
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod client;
 pub mod nodes;
 mod runner;
 pub mod server;
+pub mod wire;
 
 pub use admin::AdminConfig;
 pub use auth::{RequestScope, Secret, SecretsKey};
@@ -15,9 +16,4 @@ pub use client::{ClientError, PrimaryClient};
 pub use runner::{Node, NodeConfig, NodeHandle, NodeStartError, PrimaryConfig, SecondaryConfig};
 pub use server::{PrimaryApi, serve};
 
-/// Response header: the object's SHA-256 (hex) when the primary has a verified checksum.
-pub const HEADER_SHA256: &str = "x-geo-sha256";
-/// Response header: the object's key on the primary.
-pub const HEADER_OBJECT_KEY: &str = "x-geo-object-key";
-/// `geo_code` of a 404 whose record exists but whose object does not.
-pub const FILE_NOT_FOUND: &str = "FILE_NOT_FOUND";
+pub use wire::{FILE_NOT_FOUND, HEADER_OBJECT_KEY, HEADER_SHA256};

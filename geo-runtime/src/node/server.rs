@@ -25,7 +25,10 @@ use tokio_util::sync::CancellationToken;
 use super::auth::SecretsKey;
 use super::auth::{AuthError, RequestScope, parse_authorization, verify};
 use super::nodes::{KnownNode, NodeError, find_by_access_key};
-use super::{FILE_NOT_FOUND, HEADER_OBJECT_KEY, HEADER_SHA256};
+use super::wire::{
+    BATCH_CONTENT_TYPE, BATCH_INLINE_MAX, FILE_NOT_FOUND, FrameStatus, HEADER_OBJECT_KEY,
+    HEADER_SHA256, MAX_BATCH, ObjectFrame, write_frame,
+};
 use crate::db::Database;
 use crate::events::{DbEventSource, Event, EventSource, record_secondary_cursor};
 use crate::events::{DbModelIdSource, ListedVersions, ModelIdSource};
@@ -38,54 +41,8 @@ use crate::storage::{BlobStore, LocalStore, ObjectKey, Opened, SmallObject};
 /// Objects up to this size are read whole before they are sent; larger ones are streamed.
 pub const WHOLE_READ_BELOW: u64 = 256 * 1024;
 
-/// Objects up to this size are sent inline in a batch response; larger ones are answered
-/// [`FrameStatus::Separately`], to be fetched on their own (streamed).
-pub const BATCH_INLINE_MAX: u64 = 64 * 1024;
-
-/// Most objects asked for in one batch request.
-pub const MAX_BATCH: usize = 256;
-
-/// The content type of a batch response.
-pub const BATCH_CONTENT_TYPE: &str = "application/vnd.geo-objects";
-
 /// Objects of a batch read from the store in one go (and sent as one chunk).
 const READ_GROUP: usize = 32;
-
-/// The header of one object in a batch response: one line of JSON, followed by `size` bytes of
-/// the object when the status is [`FrameStatus::Ok`]. Frames come in the order of the request's
-/// ids, one per id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ObjectFrame {
-    /// The model record.
-    pub id: i64,
-    /// What follows.
-    pub status: FrameStatus,
-    /// The object's key on the primary (`ok`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
-    /// The object's size (`ok` and `separately`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<u64>,
-    /// Hex SHA-256, when the primary has verified the object (`ok`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
-}
-
-/// The outcome of one object in a batch response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FrameStatus {
-    /// The object's bytes follow.
-    Ok,
-    /// There is no such record on the primary.
-    RecordMissing,
-    /// The record exists but its object does not (`FILE_NOT_FOUND`).
-    FileMissing,
-    /// The object is larger than [`BATCH_INLINE_MAX`]: fetch it on its own.
-    Separately,
-    /// The primary could not read the object (it logged why).
-    Error,
-}
 
 /// Largest page of events or ids served at once.
 pub const MAX_PAGE: usize = 10_000;
@@ -602,12 +559,7 @@ async fn batch_chunk<S: BlobStore>(
                 None => frame.status = FrameStatus::Error,
             },
         }
-        // Serialising a struct of strings and numbers cannot fail.
-        let _ = serde_json::to_writer(&mut out, &frame);
-        out.push(b'\n');
-        if let Some(bytes) = data {
-            out.extend_from_slice(&bytes);
-        }
+        write_frame(&mut out, &frame, data.as_deref());
     }
     bytes::Bytes::from(out)
 }

@@ -47,6 +47,17 @@ impl ClaimedRow {
             missing_on_primary,
         }
     }
+
+    /// The span of this attempt's work: every line about it carries the replicable, the id
+    /// and the attempt.
+    pub fn span(&self, d: &ReplicatorDescriptor) -> tracing::Span {
+        tracing::info_span!(
+            "sync",
+            replicable = d.replicable_name,
+            id = self.model_record_id,
+            attempt = self.sync_attempt
+        )
+    }
 }
 
 /// A synced copy, to record with [`Registry::mark_synced_copies`].

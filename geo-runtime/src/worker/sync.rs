@@ -12,26 +12,21 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use futures_util::{StreamExt, TryStreamExt};
-use reqwest::StatusCode;
+use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::db::Database;
 use crate::db::dialect::now;
-use crate::db::lock::lock_object_keys;
 use crate::error::DbError;
 use crate::flags;
-use crate::node::client::FrameReader;
-use crate::node::server::{FrameStatus, MAX_BATCH};
-use crate::node::{FILE_NOT_FOUND, HEADER_OBJECT_KEY, HEADER_SHA256, PrimaryClient};
-use crate::registry::{ClaimedRow, Registry, SyncFailure, SyncState, SyncedCopy};
+use crate::registry::{ClaimedRow, Registry, SyncFailure};
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
-use crate::storage::{BlobStore, LocalStore, ObjectKey, StorageError, parse_sha256};
+use crate::storage::{BlobStore, LocalStore};
+use crate::strategy::blob::commit::{self, Published};
+use crate::strategy::blob::fetch::{Failed, Fetch, Fetched};
+use crate::strategy::blob::{BlobSource, MAX_BATCH};
 use crate::telemetry::Metrics;
-
-/// Objects up to this size are read whole and written in one step; larger ones are streamed.
-pub const SMALL_OBJECT: u64 = 1024 * 1024;
 
 /// Rows claimed per replicable and round, as a multiple of the capacity, so that a slow download
 /// does not leave the other slots idle until the round ends.
@@ -88,9 +83,9 @@ pub struct SyncRound {
 
 /// The blob sync of one secondary.
 #[derive(Debug, Clone)]
-pub struct BlobSync<S = LocalStore> {
+pub struct BlobSync<C, S = LocalStore> {
     tracking: Database,
-    client: PrimaryClient,
+    client: C,
     store: S,
     config: SyncConfig,
     registries: Vec<Registry>,
@@ -98,86 +93,6 @@ pub struct BlobSync<S = LocalStore> {
     /// Rows a round claimed but could not record (the tracking database failed after the
     /// claim): the next round fails them first, so they do not wait for the sweeper.
     unrecorded: std::sync::Arc<std::sync::Mutex<Vec<(usize, ClaimedRow)>>>,
-}
-
-/// Why an attempt failed: its metrics label (`reason`), the reason recorded on the row, and
-/// whether the object is missing on the primary (which gets the long backoff). The one-object
-/// and the batch downloads word their failures alike through it.
-#[derive(Debug)]
-struct Failed {
-    kind: &'static str,
-    reason: String,
-    missing: bool,
-}
-
-impl Failed {
-    fn new(kind: &'static str, reason: impl Into<String>) -> Self {
-        Failed {
-            kind,
-            reason: reason.into(),
-            missing: false,
-        }
-    }
-
-    /// The transfer broke (connection, stall, short or unusable body).
-    fn transport(e: impl std::fmt::Display) -> Self {
-        Failed::new("transport", format!("Error downloading file: {e}"))
-    }
-
-    /// The store could not take the object.
-    fn storage(e: &StorageError) -> Self {
-        Failed::new(e.kind(), format!("Error downloading file: {e}"))
-    }
-
-    fn http_status(code: u16) -> Self {
-        Failed::new(
-            "http_status",
-            format!("Non-success HTTP response status code {code}"),
-        )
-    }
-
-    fn file_missing() -> Self {
-        Failed {
-            missing: true,
-            ..Failed::new(
-                "missing_on_primary",
-                "The file is missing on the Geo primary site",
-            )
-        }
-    }
-
-    fn record_missing() -> Self {
-        Failed::new(
-            "record_missing_on_primary",
-            "The record is missing on the Geo primary site",
-        )
-    }
-}
-
-/// The object key and checksum the primary sent (a header or a frame), checked.
-fn object_meta(
-    key: Option<&str>,
-    sha256: Option<&str>,
-) -> Result<(ObjectKey, Option<[u8; 32]>), Failed> {
-    let key = key.ok_or_else(|| Failed::new("protocol", "the primary sent no object key"))?;
-    let key = ObjectKey::parse(key).map_err(|e| Failed::new("protocol", e.to_string()))?;
-    let sha256 = sha256
-        .map(|h| {
-            parse_sha256(h)
-                .ok_or_else(|| Failed::new("protocol", "the primary sent a malformed checksum"))
-        })
-        .transpose()?;
-    Ok((key, sha256))
-}
-
-/// The span of one row's sync: every line about it carries the replicable, id and attempt.
-fn row_span(d: &ReplicatorDescriptor, row: &ClaimedRow) -> tracing::Span {
-    tracing::info_span!(
-        "sync",
-        replicable = d.replicable_name,
-        id = row.model_record_id,
-        attempt = row.sync_attempt
-    )
 }
 
 /// What recording a round's downloads did.
@@ -191,17 +106,18 @@ struct Recorded {
     failed: Vec<SyncFailure>,
 }
 
-/// Why a download's copy is no longer wanted: the row as found under its lock.
-fn superseded_because(found: Option<(SyncState, i64)>) -> &'static str {
-    match found {
-        None => {
-            "the record was deleted on the primary while it was downloaded; the copy was discarded"
-        }
-        Some((SyncState::Started, _)) => {
-            "a newer attempt is syncing the record; this attempt's copy was discarded"
-        }
-        Some(_) => {
-            "the record changed while it was downloaded and is due to sync again; the copy was discarded"
+impl Recorded {
+    fn add<C: BlobSource, S: BlobStore>(
+        &mut self,
+        sync: &BlobSync<C, S>,
+        d: &ReplicatorDescriptor,
+        published: Published,
+    ) {
+        self.synced += published.synced;
+        self.bytes += published.bytes;
+        self.superseded += published.superseded;
+        for (row, f) in published.failed {
+            self.failed.push(sync.failure(d, &row, f));
         }
     }
 }
@@ -243,26 +159,18 @@ impl InFlight {
 
 /// How a download ended.
 enum Outcome<T> {
-    Downloaded(Downloaded<T>),
+    Downloaded(Fetched<T>),
     Failed(SyncFailure),
     /// Cancelled in flight: its row was deleted, reset or re-claimed.
     Superseded,
 }
 
-struct Downloaded<T> {
-    row: ClaimedRow,
-    key: String,
-    staged: T,
-    /// Whether the primary sent its checksum (and the bytes matched it).
-    checked: bool,
-}
-
-impl<S: BlobStore> BlobSync<S> {
+impl<C: BlobSource, S: BlobStore> BlobSync<C, S> {
     /// The sync of `tracking`'s registries from the primary behind `client` into `store`.
     pub fn new(
         tracking: &Database,
         set: &ReplicatorSet,
-        client: PrimaryClient,
+        client: C,
         store: S,
         config: SyncConfig,
     ) -> Self {
@@ -487,7 +395,7 @@ impl<S: BlobStore> BlobSync<S> {
         d: &'static ReplicatorDescriptor,
         claimed: &[ClaimedRow],
         capacity: usize,
-        done: &tokio::sync::mpsc::UnboundedSender<Downloaded<S::Staged>>,
+        done: &tokio::sync::mpsc::UnboundedSender<Fetched<S::Staged>>,
         stop: &CancellationToken,
         in_flight: &InFlight,
     ) -> (Vec<SyncFailure>, usize) {
@@ -510,16 +418,16 @@ impl<S: BlobStore> BlobSync<S> {
                 .take_while(|_| {
                     futures_util::future::ready(!stop.is_cancelled() && !done.is_closed())
                 })
-                .map(|rows| self.download_many(d, rows))
+                .map(|rows| self.fetch().many(d, rows))
                 .buffer_unordered(capacity);
-            while let Some((results, too_large)) = batches.next().await {
-                for r in results {
+            while let Some(fetched) = batches.next().await {
+                for (row, r) in fetched.results {
                     settle(match r {
-                        Ok(downloaded) => Outcome::Downloaded(downloaded),
-                        Err(f) => Outcome::Failed(f),
+                        Ok(copy) => Outcome::Downloaded(copy),
+                        Err(f) => Outcome::Failed(self.failure(d, &row, f)),
                     });
                 }
-                alone.extend(too_large);
+                alone.extend(fetched.alone);
             }
         } else {
             alone = claimed.to_vec();
@@ -528,12 +436,12 @@ impl<S: BlobStore> BlobSync<S> {
             .take_while(|_| futures_util::future::ready(!stop.is_cancelled() && !done.is_closed()))
             .map(|row| {
                 let cancelled = in_flight.start(&row);
-                let span = row_span(d, &row);
+                let span = row.span(d);
                 async move {
                     let outcome = tokio::select! {
-                        r = self.download(d, row) => match r {
-                            Ok(downloaded) => Outcome::Downloaded(downloaded),
-                            Err(f) => Outcome::Failed(f),
+                        r = self.fetch().one(d, row) => match r {
+                            Ok(copy) => Outcome::Downloaded(copy),
+                            Err(f) => Outcome::Failed(self.failed_here(d, &row, f)),
                         },
                         () = cancelled.cancelled() => {
                             tracing::info!("transfer cancelled: the record was deleted or changed on the primary meanwhile");
@@ -560,10 +468,10 @@ impl<S: BlobStore> BlobSync<S> {
         &self,
         d: &'static ReplicatorDescriptor,
         registry: &Registry,
-        mut arrived: tokio::sync::mpsc::UnboundedReceiver<Downloaded<S::Staged>>,
+        mut arrived: tokio::sync::mpsc::UnboundedReceiver<Fetched<S::Staged>>,
     ) -> Result<Recorded, DbError> {
         let (flushed_tx, mut flushed) =
-            tokio::sync::mpsc::unbounded_channel::<Downloaded<S::Staged>>();
+            tokio::sync::mpsc::unbounded_channel::<Fetched<S::Staged>>();
         let flush = async {
             let mut failed = Vec::new();
             while let Some(first) = arrived.recv().await {
@@ -578,7 +486,14 @@ impl<S: BlobStore> BlobSync<S> {
                 while let Ok(more) = arrived.try_recv() {
                     group.push(more);
                 }
-                self.flush_group(d, group, &flushed_tx, &mut failed).await;
+                for flushed in commit::flush(&self.store, group).await {
+                    match flushed {
+                        // Only fails when publishing stopped: the row stays started and is
+                        // failed at the next round.
+                        Ok(copy) => drop(flushed_tx.send(copy)),
+                        Err((row, f)) => failed.push(self.failure(d, &row, f)),
+                    }
+                }
             }
             drop(flushed_tx);
             failed
@@ -590,10 +505,13 @@ impl<S: BlobStore> BlobSync<S> {
                 while let Ok(more) = flushed.try_recv() {
                     group.push(more);
                 }
-                if let Err(e) = self.publish_group(d, registry, group, &mut recorded).await {
-                    // Ends the round: the flushes stop, then the downloads.
-                    flushed.close();
-                    return Err(e);
+                match commit::publish(&self.tracking, registry, &self.store, group).await {
+                    Ok(published) => recorded.add(self, d, published),
+                    Err(e) => {
+                        // Ends the round: the flushes stop, then the downloads.
+                        flushed.close();
+                        return Err(e);
+                    }
                 }
             }
             Ok::<_, DbError>(recorded)
@@ -602,106 +520,6 @@ impl<S: BlobStore> BlobSync<S> {
         let mut recorded = recorded?;
         recorded.failed.extend(failed);
         Ok(recorded)
-    }
-
-    /// Flushes the data of a group: each object that made it is passed to `flushed`, each that
-    /// did not to `failed`.
-    async fn flush_group(
-        &self,
-        d: &'static ReplicatorDescriptor,
-        group: Vec<Downloaded<S::Staged>>,
-        flushed: &tokio::sync::mpsc::UnboundedSender<Downloaded<S::Staged>>,
-        failed: &mut Vec<SyncFailure>,
-    ) {
-        let (meta, staged): (Vec<_>, Vec<S::Staged>) = group
-            .into_iter()
-            .map(|g| ((g.row, g.key, g.checked), g.staged))
-            .unzip();
-        for ((row, key, checked), result) in meta.into_iter().zip(self.store.flush(staged).await) {
-            match result {
-                // Only fails when publishing stopped: the row stays started and is failed at
-                // the next round.
-                Ok(staged) => drop(flushed.send(Downloaded {
-                    row,
-                    key,
-                    staged,
-                    checked,
-                })),
-                Err(e) => failed.push(self.failure(d, &row, Failed::storage(&e))),
-            }
-        }
-    }
-
-    /// Publishes a flushed group and marks it synced, in one transaction that holds the rows'
-    /// and the keys' locks: only the copies whose attempt is still the running one are put in
-    /// place; the others (their record was deleted, updated or re-claimed meanwhile) are
-    /// discarded, their temp files removed, so no copy outlives its record.
-    async fn publish_group(
-        &self,
-        d: &'static ReplicatorDescriptor,
-        registry: &Registry,
-        group: Vec<Downloaded<S::Staged>>,
-        recorded: &mut Recorded,
-    ) -> Result<(), DbError> {
-        let mut tx = self.tracking.begin_write().await?;
-        let ids: Vec<i64> = group.iter().map(|g| g.row.id).collect();
-        let found = registry.lock_rows(tx.conn(), &ids).await?;
-        let mut live = Vec::with_capacity(group.len());
-        for g in group {
-            let now_found = found.get(&g.row.id).copied();
-            if now_found == Some((SyncState::Started, g.row.sync_attempt)) {
-                live.push(g);
-            } else {
-                let _entered = row_span(d, &g.row).entered();
-                tracing::info!("download superseded: {}", superseded_because(now_found));
-                recorded.superseded += 1;
-            }
-        }
-        let keys: Vec<&str> = live.iter().map(|g| g.key.as_str()).collect();
-        lock_object_keys(tx.conn(), keys).await?;
-        let (meta, staged): (Vec<_>, Vec<S::Staged>) = live
-            .into_iter()
-            .map(|g| ((g.row, g.key, g.checked), g.staged))
-            .unzip();
-        let mut copies = Vec::with_capacity(meta.len());
-        for ((row, key, checked), published) in
-            meta.into_iter().zip(self.store.publish(staged).await)
-        {
-            match published {
-                Ok(written) => {
-                    recorded.bytes += written.size;
-                    copies.push(SyncedCopy {
-                        row,
-                        object_key: Some(key),
-                        sha256: Some(written.sha256),
-                        checked_against_primary: checked,
-                    });
-                }
-                Err(e) => recorded
-                    .failed
-                    .push(self.failure(d, &row, Failed::storage(&e))),
-            }
-        }
-        let marked: std::collections::HashSet<i64> = registry
-            .mark_synced_in(tx.conn(), &copies)
-            .await?
-            .into_iter()
-            .collect();
-        // The crash suite stops the process here: copies in place, registry not yet told.
-        #[cfg(feature = "failpoints")]
-        fail::fail_point!("sync::before_registry_commit", |_| std::process::abort());
-        tx.commit().await?;
-        recorded.synced += marked.len();
-        // One line per transition, in the row's own span, as the download's lines are.
-        for copy in &copies {
-            let _entered = row_span(d, &copy.row).entered();
-            tracing::debug!(
-                object_key = copy.object_key.as_deref(),
-                verified = copy.checked_against_primary,
-                "registry row synced"
-            );
-        }
-        Ok(())
     }
 
     fn batch_size(&self) -> usize {
@@ -718,9 +536,19 @@ impl<S: BlobStore> BlobSync<S> {
         self.capacity() * CLAIM_FACTOR.max(self.batch_size())
     }
 
+    /// The fetcher of this sync.
+    fn fetch(&self) -> Fetch<'_, C, S> {
+        Fetch {
+            source: &self.client,
+            store: &self.store,
+            metrics: &self.metrics,
+            max_object_size: self.config.max_object_size,
+        }
+    }
+
     /// A failed attempt, logged in the row's span and counted by reason.
     fn failure(&self, d: &ReplicatorDescriptor, row: &ClaimedRow, f: Failed) -> SyncFailure {
-        let _entered = row_span(d, row).entered();
+        let _entered = row.span(d).entered();
         self.failed_here(d, row, f)
     }
 
@@ -733,210 +561,6 @@ impl<S: BlobStore> BlobSync<S> {
             1,
         );
         row.failed(f.reason, f.missing)
-    }
-
-    /// Refuses an object over `max_object_size`.
-    fn check_size(&self, size: Option<u64>) -> Result<(), Failed> {
-        match (size, self.config.max_object_size) {
-            (Some(size), Some(max)) if size > max => Err(Failed::new(
-                "too_large",
-                format!("The object is too large to sync: {size} bytes, the limit is {max}"),
-            )),
-            _ => Ok(()),
-        }
-    }
-
-    /// Downloads the objects of `rows` in one request and stages them. Returns the outcomes
-    /// and the rows whose objects are too large to travel in a batch (to download alone).
-    async fn download_many(
-        &self,
-        d: &ReplicatorDescriptor,
-        rows: Vec<ClaimedRow>,
-    ) -> (
-        Vec<Result<Downloaded<S::Staged>, SyncFailure>>,
-        Vec<ClaimedRow>,
-    ) {
-        let started = std::time::Instant::now();
-        let ids: Vec<i64> = rows.iter().map(|r| r.model_record_id).collect();
-        let fail_all = |f: Failed| {
-            let failed = rows
-                .iter()
-                .map(|row| Err(self.failure(d, row, Failed::new(f.kind, f.reason.clone()))))
-                .collect();
-            (failed, Vec::new())
-        };
-        let response = match self.client.retrieve_many(d.replicable_name, &ids).await {
-            Ok(r) => r,
-            Err(e) => return fail_all(Failed::transport(e)),
-        };
-        let status = response.status();
-        if !status.is_success() {
-            return fail_all(Failed::http_status(status.as_u16()));
-        }
-        let mut waiting: HashMap<i64, ClaimedRow> =
-            rows.iter().map(|r| (r.model_record_id, *r)).collect();
-        let mut results = Vec::with_capacity(rows.len());
-        let mut alone = Vec::new();
-        let mut to_stage = Vec::new();
-        let mut reader = FrameReader::new(response);
-        let broken = loop {
-            let (frame, data) = match reader.next().await {
-                Ok(Some(next)) => next,
-                Ok(None) => break None,
-                Err(e) => break Some(e),
-            };
-            let Some(row) = waiting.remove(&frame.id) else {
-                break Some(format!(
-                    "the primary answered for record {}, which was not asked for",
-                    frame.id
-                ));
-            };
-            let outcome = self
-                .check_size(frame.size)
-                .and_then(|()| match frame.status {
-                    FrameStatus::Ok => object_meta(frame.key.as_deref(), frame.sha256.as_deref())
-                        .map(|(key, sha)| Some((key, sha))),
-                    FrameStatus::Separately => Ok(None),
-                    FrameStatus::FileMissing => Err(Failed::file_missing()),
-                    FrameStatus::RecordMissing => Err(Failed::record_missing()),
-                    FrameStatus::Error => Err(Failed::new(
-                        "http_status",
-                        "The primary could not read the object",
-                    )),
-                });
-            match outcome {
-                Ok(Some((key, sha))) => to_stage.push((row, key, data, sha)),
-                Ok(None) => alone.push(row),
-                Err(f) => results.push(Err(self.failure(d, &row, f))),
-            }
-        };
-        // Rows the response never answered: it broke, or ended early.
-        let reason = broken.unwrap_or_else(|| "the primary's response ended early".into());
-        for row in waiting.into_values() {
-            results.push(Err(self.failure(d, &row, Failed::transport(&reason))));
-        }
-        let (meta, items): (Vec<_>, Vec<_>) = to_stage
-            .into_iter()
-            .map(
-                |(row, key, data, sha): (ClaimedRow, ObjectKey, bytes::Bytes, _)| {
-                    (
-                        (row, key.as_str().to_owned(), sha.is_some()),
-                        (key, data, sha),
-                    )
-                },
-            )
-            .unzip();
-        let took = started.elapsed().as_secs_f64();
-        for ((row, key, checked), staged) in meta
-            .into_iter()
-            .zip(self.store.stage_many_bytes(items).await)
-        {
-            results.push(match staged {
-                Ok(staged) => {
-                    self.metrics.observe(
-                        "geo_sync_download_duration_seconds",
-                        &[("replicable", d.replicable_name)],
-                        took,
-                    );
-                    Ok(Downloaded {
-                        row,
-                        key,
-                        staged,
-                        checked,
-                    })
-                }
-                Err(e) => Err(self.failure(d, &row, Failed::storage(&e))),
-            });
-        }
-        (results, alone)
-    }
-
-    /// Downloads one object into a staged temp file (checked, not yet durable).
-    async fn download(
-        &self,
-        d: &ReplicatorDescriptor,
-        row: ClaimedRow,
-    ) -> Result<Downloaded<S::Staged>, SyncFailure> {
-        self.download_one(d, row)
-            .await
-            .map_err(|f| self.failed_here(d, &row, f))
-    }
-
-    async fn download_one(
-        &self,
-        d: &ReplicatorDescriptor,
-        row: ClaimedRow,
-    ) -> Result<Downloaded<S::Staged>, Failed> {
-        let started = std::time::Instant::now();
-        let response = self
-            .client
-            .retrieve(d.replicable_name, row.model_record_id)
-            .await
-            .map_err(Failed::transport)?;
-        let status = response.status();
-        if status == StatusCode::NOT_FOUND {
-            let body: serde_json::Value = response.json().await.unwrap_or_default();
-            return Err(
-                if body.get("geo_code").and_then(|c| c.as_str()) == Some(FILE_NOT_FOUND) {
-                    Failed::file_missing()
-                } else {
-                    Failed::record_missing()
-                },
-            );
-        }
-        if !status.is_success() {
-            return Err(Failed::http_status(status.as_u16()));
-        }
-        let header = |name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let (key, expected_sha) = object_meta(
-            header(HEADER_OBJECT_KEY).as_deref(),
-            header(HEADER_SHA256).as_deref(),
-        )?;
-        let expected_size = response.content_length();
-        self.check_size(expected_size)?;
-        let staged = match expected_size {
-            // Small objects: read whole, then written in one step.
-            Some(size) if size <= SMALL_OBJECT => {
-                let data = response.bytes().await.map_err(Failed::transport)?;
-                if data.len() as u64 != size {
-                    return Err(Failed::storage(&StorageError::SizeMismatch {
-                        expected: size,
-                        actual: data.len() as u64,
-                    }));
-                }
-                self.store.stage_bytes(&key, data, expected_sha).await
-            }
-            _ => {
-                let body = response.bytes_stream().map_err(|e| e.to_string());
-                self.store
-                    .stage_stream(&key, body, expected_size, expected_sha)
-                    .await
-            }
-        }
-        .map_err(|e| Failed::storage(&e))?;
-        self.metrics.observe(
-            "geo_sync_download_duration_seconds",
-            &[("replicable", d.replicable_name)],
-            started.elapsed().as_secs_f64(),
-        );
-        tracing::debug!(
-            bytes = S::staged_size(&staged),
-            download_time_s = started.elapsed().as_secs_f64(),
-            checksum_checked = expected_sha.is_some(),
-            "blob downloaded"
-        );
-        Ok(Downloaded {
-            row,
-            key: key.as_str().to_owned(),
-            staged,
-            checked: expected_sha.is_some(),
-        })
     }
 
     /// Runs rounds until cancelled. A cancelled round starts no new download: those under way

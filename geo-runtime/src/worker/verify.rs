@@ -19,6 +19,7 @@ use crate::error::DbError;
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet, model_object_keys};
 use crate::retry::{self, truncate_failure};
 use crate::storage::{BlobStore, ObjectKey};
+use crate::strategy::blob::BlobSource;
 use crate::telemetry::Metrics;
 use crate::verification::VerificationState;
 use crate::verification::sql::VerificationSql;
@@ -604,7 +605,7 @@ impl<S: BlobStore> SecondaryVerification<S> {
     /// resynced; still none → left for the next look. No event is needed.
     pub async fn check_disabled(
         &self,
-        client: &crate::node::PrimaryClient,
+        client: &impl BlobSource,
         recheck: Duration,
     ) -> Result<VerifyRound, crate::events::SourceError> {
         self.check_disabled_at(client, recheck, now()).await
@@ -614,7 +615,7 @@ impl<S: BlobStore> SecondaryVerification<S> {
     /// by then.
     pub async fn check_disabled_at(
         &self,
-        client: &crate::node::PrimaryClient,
+        client: &impl BlobSource,
         recheck: Duration,
         at: DateTime<Utc>,
     ) -> Result<VerifyRound, crate::events::SourceError> {
