@@ -2,7 +2,7 @@
 //! descriptor's validated names. The state machine lives in their `WHERE` clauses: `synced` and
 //! `failed` only for the attempt that started the row, claims only of due rows.
 
-use super::REGISTRY_COLUMNS;
+use super::{REGISTRY_COLUMNS, SyncEvent, SyncState};
 use crate::db::Dialect;
 use crate::db::dialect::{
     false_literal, for_update, id_list_rows, in_id_list, param, plus_random_secs, quote,
@@ -81,16 +81,23 @@ impl RegistrySql {
             .map(quote)
             .collect::<Vec<_>>()
             .join(", ");
-        let to_pending = "\"state\" = 0, \"retry_count\" = 0, \"retry_at\" = NULL, \"last_synced_at\" = NULL, \"last_sync_failure\" = NULL";
+        // State numbers come from the enum; each transition's condition on the state from the
+        // state machine (`SyncEvent::guard`).
+        let state = "\"state\"";
+        let [pending, started, synced, failed] = SyncState::ALL.map(SyncState::as_i16);
+        let to_pending = format!(
+            "\"state\" = {pending}, \"retry_count\" = 0, \"retry_at\" = NULL, \"last_synced_at\" = NULL, \"last_sync_failure\" = NULL"
+        );
         let lock = skip_locked(dialect);
         let claimed =
             format!("\"id\", {fk} AS \"model_record_id\", \"retry_count\", \"sync_attempt\"");
         let start = format!(
-            "\"state\" = 1, \"last_synced_at\" = {}, \"sync_attempt\" = \"sync_attempt\" + 1",
+            "\"state\" = {started}, \"last_synced_at\" = {}, \"sync_attempt\" = \"sync_attempt\" + 1",
             p(2)
         );
         let jitter = plus_random_secs(dialect, &p(2), 58);
         let lock_in_order = for_update(dialect);
+        let fail = SyncEvent::Fail.guard(state);
         RegistrySql {
             select_by_model_id: format!("SELECT {columns} FROM {t} WHERE {fk} = {}", p(1)),
             insert_pending_many: format!(
@@ -104,19 +111,22 @@ impl RegistrySql {
                 id_list_rows(dialect, 1)
             ),
             resync_many: format!(
-                "UPDATE {t} SET {to_pending} WHERE {} AND \"state\" IN (2, 3)",
-                in_id_list(dialect, &fk, 1)
+                "UPDATE {t} SET {to_pending} WHERE {} AND {}",
+                in_id_list(dialect, &fk, 1),
+                SyncEvent::Resync.guard(state)
             ),
             delete_many: format!(
                 "DELETE FROM {t} WHERE {} RETURNING {fk} AS \"model_record_id\", \"object_key\"",
                 in_id_list(dialect, &fk, 1)
             ),
             claim_pending: format!(
-                "UPDATE {t} SET {start} WHERE \"id\" IN (SELECT \"id\" FROM {t} WHERE \"state\" = 0 ORDER BY \"id\" LIMIT {}{lock}) RETURNING {claimed}",
+                "UPDATE {t} SET {start} WHERE \"id\" IN (SELECT \"id\" FROM {t} WHERE {} ORDER BY \"id\" LIMIT {}{lock}) RETURNING {claimed}",
+                SyncEvent::Start.guard_only(state, &[SyncState::Pending]),
                 p(1)
             ),
             claim_failed_due: format!(
-                "UPDATE {t} SET {start} WHERE \"id\" IN (SELECT \"id\" FROM {t} WHERE \"state\" = 3 AND (\"retry_at\" IS NULL OR \"retry_at\" <= {}) ORDER BY \"retry_at\" LIMIT {}{lock}) RETURNING {claimed}",
+                "UPDATE {t} SET {start} WHERE \"id\" IN (SELECT \"id\" FROM {t} WHERE {} AND (\"retry_at\" IS NULL OR \"retry_at\" <= {}) ORDER BY \"retry_at\" LIMIT {}{lock}) RETURNING {claimed}",
+                SyncEvent::Start.guard_only(state, &[SyncState::Failed]),
                 p(2),
                 p(1)
             ),
@@ -124,12 +134,13 @@ impl RegistrySql {
             // the statistics, so they would loop over them and scan the id list for each
             // (quadratic in the batch); this way each listed id is one primary-key lookup.
             mark_synced_many: format!(
-                "UPDATE {t} SET \"state\" = 2, \"retry_count\" = 0, \"retry_at\" = NULL, \"last_sync_failure\" = NULL, \"object_key\" = copies.\"key\", \
+                "UPDATE {t} SET \"state\" = {synced}, \"retry_count\" = 0, \"retry_at\" = NULL, \"last_sync_failure\" = NULL, \"object_key\" = copies.\"key\", \
                  \"verification_checksum\" = copies.\"sum\", \"verification_state\" = copies.\"vstate\", \
                  \"verified_at\" = CASE WHEN copies.\"vstate\" = 2 THEN {now} ELSE NULL END, \
                  \"verification_retry_count\" = CASE WHEN copies.\"vstate\" = 2 THEN 0 ELSE {t}.\"verification_retry_count\" END, \
                  \"verification_retry_at\" = NULL, \"checksum_mismatch\" = {no}, \"verification_checksum_mismatched\" = NULL, \"verification_failure\" = NULL \
-                 FROM ({rows}) AS copies WHERE {t}.\"id\" = copies.\"id\" AND {t}.\"state\" + 0 = 1 AND {t}.\"sync_attempt\" = copies.\"attempt\" RETURNING {t}.\"id\"",
+                 FROM ({rows}) AS copies WHERE {t}.\"id\" = copies.\"id\" AND {guard} AND {t}.\"sync_attempt\" = copies.\"attempt\" RETURNING {t}.\"id\"",
+                guard = SyncEvent::Synced.guard(&format!("{t}.\"state\" + 0")),
                 now = p(6),
                 no = false_literal(dialect),
                 rows = synced_rows(dialect)
@@ -137,10 +148,11 @@ impl RegistrySql {
             schedule_superseded: format!(
                 "INSERT INTO \"geo_blob_removals\" (\"replicable_name\", \"model_record_id\", \"object_key\", \"created_at\") \
                  SELECT {name}, r.{fk}, r.\"object_key\", {now} FROM {t} r JOIN ({rows}) AS copies ON r.\"id\" = copies.\"id\" \
-                 WHERE r.\"state\" + 0 = 1 AND r.\"sync_attempt\" = copies.\"attempt\" \
+                 WHERE {guard} AND r.\"sync_attempt\" = copies.\"attempt\" \
                  AND r.\"object_key\" IS NOT NULL AND copies.\"key\" IS NOT NULL AND r.\"object_key\" <> copies.\"key\"",
                 now = p(6),
                 name = p(7),
+                guard = SyncEvent::Synced.guard("r.\"state\" + 0"),
                 rows = synced_rows(dialect)
             ),
             lock_rows: format!(
@@ -153,11 +165,11 @@ impl RegistrySql {
                 in_id_list(dialect, &fk, 1)
             ),
             started_attempts: format!(
-                "SELECT \"id\", \"sync_attempt\" FROM {t} WHERE {} AND \"state\" = 1",
+                "SELECT \"id\", \"sync_attempt\" FROM {t} WHERE {} AND \"state\" = {started}",
                 in_id_list(dialect, "\"id\"", 1)
             ),
             mark_failed: format!(
-                "UPDATE {t} SET \"state\" = 3, \"retry_count\" = \"retry_count\" + 1, \"retry_at\" = {}, \"last_sync_failure\" = {} WHERE \"id\" = {} AND \"state\" = 1 AND \"sync_attempt\" = {}",
+                "UPDATE {t} SET \"state\" = {failed}, \"retry_count\" = \"retry_count\" + 1, \"retry_at\" = {}, \"last_sync_failure\" = {} WHERE \"id\" = {} AND {fail} AND \"sync_attempt\" = {}",
                 p(3),
                 p(4),
                 p(1),
@@ -166,14 +178,14 @@ impl RegistrySql {
             // The rows are locked in id order, as every writer that locks several rows does
             // (see `lock_model_ids`), so that none waits for another in a cycle.
             fail_timed_out: format!(
-                "UPDATE {t} SET \"state\" = 3, \"retry_count\" = 1, \"retry_at\" = {jitter}, \"last_sync_failure\" = {} \
-                 WHERE \"id\" IN (SELECT \"id\" FROM {t} WHERE \"state\" = 1 AND \"last_synced_at\" < {} ORDER BY \"id\"{lock_in_order})",
+                "UPDATE {t} SET \"state\" = {failed}, \"retry_count\" = 1, \"retry_at\" = {jitter}, \"last_sync_failure\" = {} \
+                 WHERE \"id\" IN (SELECT \"id\" FROM {t} WHERE {fail} AND \"last_synced_at\" < {} ORDER BY \"id\"{lock_in_order})",
                 p(3),
                 p(1)
             ),
             release_interrupted: format!(
-                "UPDATE {t} SET \"state\" = 3, \"retry_count\" = \"retry_count\" + 1, \"retry_at\" = {}, \"last_sync_failure\" = {} \
-                 WHERE \"id\" IN (SELECT \"id\" FROM {t} WHERE \"state\" = 1 AND \"last_synced_at\" < {} ORDER BY \"id\"{lock_in_order})",
+                "UPDATE {t} SET \"state\" = {failed}, \"retry_count\" = \"retry_count\" + 1, \"retry_at\" = {}, \"last_sync_failure\" = {} \
+                 WHERE \"id\" IN (SELECT \"id\" FROM {t} WHERE {fail} AND \"last_synced_at\" < {} ORDER BY \"id\"{lock_in_order})",
                 p(2),
                 p(3),
                 p(1)
@@ -185,13 +197,14 @@ impl RegistrySql {
             // `"state" + 0`: a page of model ids is the selective part; without statistics,
             // SQLite would otherwise walk the state index over every synced row, for each page.
             synced_copies_between: format!(
-                "SELECT {fk}, \"object_key\", \"verification_checksum\", \"sync_attempt\" FROM {t} WHERE {fk} > {} AND {fk} <= {} AND \"state\" + 0 = 2 ORDER BY {fk}",
+                "SELECT {fk}, \"object_key\", \"verification_checksum\", \"sync_attempt\" FROM {t} WHERE {fk} > {} AND {fk} <= {} AND \"state\" + 0 = {synced} ORDER BY {fk}",
                 p(1),
                 p(2)
             ),
             resync_synced_attempt: format!(
-                "UPDATE {t} SET {to_pending} WHERE {fk} = {} AND \"state\" = 2 AND \"sync_attempt\" = {}",
+                "UPDATE {t} SET {to_pending} WHERE {fk} = {} AND {} AND \"sync_attempt\" = {}",
                 p(1),
+                SyncEvent::Resync.guard_only(state, &[SyncState::Synced]),
                 p(2)
             ),
             model_ids_between: format!(
@@ -249,15 +262,19 @@ impl SecondaryVerificationSql {
         let fk = quote(d.model_foreign_key);
         let p = |n| param(dialect, n);
         let lock = skip_locked(dialect);
+        let [synced, failed] = [SyncState::Synced, SyncState::Failed].map(SyncState::as_i16);
+        // A verification works on synced copies only; the statements that fail one fail its
+        // sync too (`SyncEvent::FailVerification`, whose guard is the same condition).
+        let fail_copy = SyncEvent::FailVerification.guard("\"state\"");
         let this_attempt = format!(
-            "\"id\" = {} AND \"verification_state\" = 1 AND \"verification_started_at\" = {} AND \"state\" = 2",
+            "\"id\" = {} AND \"verification_state\" = 1 AND \"verification_started_at\" = {} AND {fail_copy}",
             p(1),
             p(2)
         );
         SecondaryVerificationSql {
             claim: format!(
                 "UPDATE {t} SET \"verification_state\" = 1, \"verification_started_at\" = {now} WHERE \"id\" IN (\
-                 SELECT \"id\" FROM {t} WHERE \"state\" = 2 AND (\"verification_state\" = 0 \
+                 SELECT \"id\" FROM {t} WHERE \"state\" = {synced} AND (\"verification_state\" = 0 \
                  OR (\"verification_state\" = 2 AND \"verified_at\" < {before})) \
                  ORDER BY \"verified_at\" NULLS FIRST LIMIT {limit}{lock}) \
                  RETURNING \"id\", {fk} AS \"model_record_id\", \"object_key\", \"verification_checksum\", \"verification_retry_count\"",
@@ -273,7 +290,7 @@ impl SecondaryVerificationSql {
             mark_failed: format!(
                 "UPDATE {t} SET \"verification_state\" = 3, \"verification_failure\" = {}, \"checksum_mismatch\" = {}, \"verification_checksum_mismatched\" = {}, \"verified_at\" = {}, \
                  \"verification_retry_count\" = \"verification_retry_count\" + 1, \"verification_retry_at\" = {retry}, \
-                 \"state\" = 3, \"retry_count\" = \"verification_retry_count\" + 1, \"retry_at\" = {retry}, \"last_sync_failure\" = {} WHERE {this_attempt}",
+                 \"state\" = {failed}, \"retry_count\" = \"verification_retry_count\" + 1, \"retry_at\" = {retry}, \"last_sync_failure\" = {} WHERE {this_attempt}",
                 p(3),
                 p(4),
                 p(5),
@@ -285,11 +302,11 @@ impl SecondaryVerificationSql {
                 "UPDATE {t} SET \"verification_state\" = 4 WHERE {this_attempt}"
             ),
             release_stuck: format!(
-                "UPDATE {t} SET \"verification_state\" = 0 WHERE \"state\" = 2 AND \"verification_state\" = 1 AND \"verification_started_at\" < {}",
+                "UPDATE {t} SET \"verification_state\" = 0 WHERE \"state\" = {synced} AND \"verification_state\" = 1 AND \"verification_started_at\" < {}",
                 p(1)
             ),
             claim_disabled: format!(
-                "UPDATE {t} SET \"verification_retry_at\" = {} WHERE \"id\" IN (SELECT \"id\" FROM {t} WHERE \"state\" = 2 AND \"verification_state\" = 4 \
+                "UPDATE {t} SET \"verification_retry_at\" = {} WHERE \"id\" IN (SELECT \"id\" FROM {t} WHERE \"state\" = {synced} AND \"verification_state\" = 4 \
                  AND (\"verification_retry_at\" IS NULL OR \"verification_retry_at\" <= {}) ORDER BY \"id\" LIMIT {}{lock}) \
                  RETURNING \"id\", {fk} AS \"model_record_id\", \"verification_checksum\"",
                 p(3),
@@ -297,7 +314,7 @@ impl SecondaryVerificationSql {
                 p(1)
             ),
             disabled_succeeded: format!(
-                "UPDATE {t} SET \"verification_state\" = 2, \"verified_at\" = {}, \"verification_retry_count\" = 0, \"verification_retry_at\" = NULL, \"verification_failure\" = NULL, \"checksum_mismatch\" = {no} WHERE \"id\" = {} AND \"verification_state\" = 4 AND \"state\" = 2",
+                "UPDATE {t} SET \"verification_state\" = 2, \"verified_at\" = {}, \"verification_retry_count\" = 0, \"verification_retry_at\" = NULL, \"verification_failure\" = NULL, \"checksum_mismatch\" = {no} WHERE \"id\" = {} AND \"verification_state\" = 4 AND \"state\" = {synced}",
                 p(2),
                 p(1),
                 no = false_literal(dialect)
@@ -305,8 +322,8 @@ impl SecondaryVerificationSql {
             disabled_mismatch: format!(
                 "UPDATE {t} SET \"verification_state\" = 3, \"verification_failure\" = {}, \"checksum_mismatch\" = {yes}, \"verification_checksum_mismatched\" = {}, \"verification_checksum\" = {}, \"verified_at\" = {}, \
                  \"verification_retry_count\" = \"verification_retry_count\" + 1, \"verification_retry_at\" = {retry}, \
-                 \"state\" = 3, \"retry_count\" = \"verification_retry_count\" + 1, \"retry_at\" = {retry}, \"last_sync_failure\" = {} \
-                 WHERE \"id\" = {} AND \"verification_state\" = 4 AND \"state\" = 2",
+                 \"state\" = {failed}, \"retry_count\" = \"verification_retry_count\" + 1, \"retry_at\" = {retry}, \"last_sync_failure\" = {} \
+                 WHERE \"id\" = {} AND \"verification_state\" = 4 AND {fail_copy}",
                 p(2),
                 p(3),
                 p(7),

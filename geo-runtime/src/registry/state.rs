@@ -59,18 +59,29 @@ impl fmt::Display for SyncState {
     }
 }
 
-/// What can happen to a registry row (Geo's state machine events).
+/// What can happen to a registry row (Geo's state machine events). Each registry statement that
+/// changes a row's state performs one of them, and its `WHERE` on the state is rendered from
+/// [`SyncEvent::apply`] (see [`SyncEvent::guard`]), so the machine below is the one that runs.
+///
+/// Two differences from Geo, both narrowing what Geo allows: a row fails only while an attempt
+/// runs ([`SyncEvent::Fail`]) or when its synced copy fails verification
+/// ([`SyncEvent::FailVerification`]), never from pending or failed; and a claim starts only
+/// pending or failed rows, since a synced row goes back to pending first (an `updated` event, a
+/// resync, the consistency pass).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum SyncEvent {
-    /// Back to pending, from any state (an `updated` event, a new attempt).
+    /// Back to pending, from any state (an `updated` event).
     Pending,
-    /// A worker starts syncing: from pending, synced or failed, never from started.
+    /// A worker claims the row: from pending or failed.
     Start,
     /// The sync succeeded: only from started, and only for the same attempt.
     Synced,
-    /// The attempt failed: from any state.
+    /// The running attempt failed or timed out: from started only.
     Fail,
-    /// An operator asked to sync again: from synced or failed.
+    /// The synced copy failed verification: from synced, to failed with the sync backoff.
+    FailVerification,
+    /// An operator (or the consistency pass) asked to sync again: from synced or failed.
     Resync,
 }
 
@@ -85,14 +96,25 @@ pub struct InvalidTransition {
 }
 
 impl SyncEvent {
+    /// Every event.
+    pub const ALL: [SyncEvent; 6] = [
+        SyncEvent::Pending,
+        SyncEvent::Start,
+        SyncEvent::Synced,
+        SyncEvent::Fail,
+        SyncEvent::FailVerification,
+        SyncEvent::Resync,
+    ];
+
     /// The state after this event, or why it is refused.
     pub const fn apply(self, from: SyncState) -> Result<SyncState, InvalidTransition> {
         use SyncState::*;
         let to = match (self, from) {
             (SyncEvent::Pending, _) => Some(Pending),
-            (SyncEvent::Start, Pending | Synced | Failed) => Some(Started),
+            (SyncEvent::Start, Pending | Failed) => Some(Started),
             (SyncEvent::Synced, Started) => Some(Synced),
-            (SyncEvent::Fail, _) => Some(Failed),
+            (SyncEvent::Fail, Started) => Some(Failed),
+            (SyncEvent::FailVerification, Synced) => Some(Failed),
             (SyncEvent::Resync, Synced | Failed) => Some(Pending),
             _ => None,
         };
@@ -100,6 +122,47 @@ impl SyncEvent {
             Some(s) => Ok(s),
             None => Err(InvalidTransition { from, event: self }),
         }
+    }
+
+    /// The states this event applies to, in numeric order.
+    pub fn from_states(self) -> Vec<SyncState> {
+        SyncState::ALL
+            .into_iter()
+            .filter(|&s| self.apply(s).is_ok())
+            .collect()
+    }
+
+    /// The SQL condition that `state` (a column or an expression) is one this event applies to:
+    /// `"state" = 1` or `"state" IN (2, 3)`.
+    pub fn guard(self, state: &str) -> String {
+        state_in(state, &self.from_states())
+    }
+
+    /// [`SyncEvent::guard`] narrowed to `only` (a statement that performs the event on some of
+    /// its states, e.g. the claim of failed rows). States the event does not apply to are left
+    /// out: they can never be rendered into a statement.
+    pub fn guard_only(self, state: &str, only: &[SyncState]) -> String {
+        let states: Vec<SyncState> = self
+            .from_states()
+            .into_iter()
+            .filter(|s| only.contains(s))
+            .collect();
+        state_in(state, &states)
+    }
+}
+
+/// `state = n`, `state IN (..)`, or false for no state.
+fn state_in(state: &str, states: &[SyncState]) -> String {
+    match states {
+        [] => "1 = 0".to_owned(),
+        [one] => format!("{state} = {}", one.as_i16()),
+        many => format!(
+            "{state} IN ({})",
+            many.iter()
+                .map(|s| s.as_i16().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }
 
@@ -122,7 +185,23 @@ mod tests {
     }
 
     #[test]
-    fn transitions_match_geo() {
+    fn guards_render_the_machine() {
+        assert_eq!(SyncEvent::Fail.guard("\"state\""), "\"state\" = 1");
+        assert_eq!(SyncEvent::Resync.guard("s"), "s IN (2, 3)");
+        assert_eq!(SyncEvent::Pending.guard("s"), "s IN (0, 1, 2, 3)");
+        assert_eq!(
+            SyncEvent::Start.guard_only("s", &[SyncState::Failed]),
+            "s = 3"
+        );
+        // A state the event does not apply to is never rendered.
+        assert_eq!(
+            SyncEvent::Start.guard_only("s", &[SyncState::Synced]),
+            "1 = 0"
+        );
+    }
+
+    #[test]
+    fn transitions_match_geo_where_geo_is_strict() {
         use SyncState::*;
         let legal = [
             (SyncEvent::Pending, Pending, Pending),
@@ -130,23 +209,14 @@ mod tests {
             (SyncEvent::Pending, Synced, Pending),
             (SyncEvent::Pending, Failed, Pending),
             (SyncEvent::Start, Pending, Started),
-            (SyncEvent::Start, Synced, Started),
             (SyncEvent::Start, Failed, Started),
             (SyncEvent::Synced, Started, Synced),
-            (SyncEvent::Fail, Pending, Failed),
             (SyncEvent::Fail, Started, Failed),
-            (SyncEvent::Fail, Synced, Failed),
-            (SyncEvent::Fail, Failed, Failed),
+            (SyncEvent::FailVerification, Synced, Failed),
             (SyncEvent::Resync, Synced, Pending),
             (SyncEvent::Resync, Failed, Pending),
         ];
-        let events = [
-            SyncEvent::Pending,
-            SyncEvent::Start,
-            SyncEvent::Synced,
-            SyncEvent::Fail,
-            SyncEvent::Resync,
-        ];
+        let events = SyncEvent::ALL;
         for event in events {
             for from in SyncState::ALL {
                 let expected = legal

@@ -70,7 +70,8 @@ impl fmt::Display for VerificationState {
 pub enum VerificationEvent {
     /// A worker starts checksumming: from any state.
     Start,
-    /// The checksum was stored: only from started.
+    /// The checksum was stored and matched: from started, or from disabled when a secondary's
+    /// copy gets the primary's checksum at last and the two agree.
     Succeed,
     /// Checksumming failed: from any state.
     Fail,
@@ -97,9 +98,10 @@ impl VerificationEvent {
         from: VerificationState,
     ) -> Result<VerificationState, InvalidVerificationTransition> {
         match (self, from) {
-            (VerificationEvent::Succeed, VerificationState::Started) => {
-                Ok(VerificationState::Succeeded)
-            }
+            (
+                VerificationEvent::Succeed,
+                VerificationState::Started | VerificationState::Disabled,
+            ) => Ok(VerificationState::Succeeded),
             (VerificationEvent::Succeed, _) => {
                 Err(InvalidVerificationTransition { from, event: self })
             }
@@ -128,10 +130,13 @@ mod tests {
     }
 
     #[test]
-    fn succeed_only_from_started() {
+    fn succeed_only_from_started_or_disabled() {
         for from in VerificationState::ALL {
             let r = VerificationEvent::Succeed.apply(from);
-            if from == VerificationState::Started {
+            if matches!(
+                from,
+                VerificationState::Started | VerificationState::Disabled
+            ) {
                 assert_eq!(r, Ok(VerificationState::Succeeded));
             } else {
                 assert!(r.is_err(), "succeed from {from} must be refused");
