@@ -7,6 +7,8 @@
 //! every error accumulated with its span) → [`replicable::ir`] (the validated model) →
 //! [`codegen`] (tokens) and [`sql`] (the migrations for both dialects).
 
+#![warn(missing_docs, unreachable_pub)]
+
 mod codegen;
 mod replicable;
 mod sql;

@@ -33,6 +33,7 @@
 //! - [`db`]: one [`Database`] type over PostgreSQL and SQLite, and the migration runner.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
+#![warn(missing_docs, unreachable_pub)]
 
 pub mod check;
 #[cfg(feature = "cli")]

@@ -214,7 +214,7 @@ pub fn versions_digest<'a>(
 }
 
 /// Up to `limit` model ids above `after`, ascending.
-pub async fn model_ids_after(
+pub(crate) async fn model_ids_after(
     primary: &Database,
     descriptor: &ReplicatorDescriptor,
     after: i64,

@@ -17,7 +17,7 @@ fn opt_str(s: Option<&str>, p: &TokenStream) -> TokenStream {
 }
 
 /// The descriptor literal (used as `&<literal>` in a const).
-pub fn expand(def: &ReplicableDef, names: &Names) -> TokenStream {
+pub(super) fn expand(def: &ReplicableDef, names: &Names) -> TokenStream {
     let p = &names.p;
     let name = &def.name;
     let plural = &def.name_plural;
@@ -98,7 +98,7 @@ pub fn expand(def: &ReplicableDef, names: &Names) -> TokenStream {
 
 /// Link-time registration, and a const assertion for the role fields no generated code reads (the
 /// others are checked where they are read), spanned at the field's type.
-pub fn registration_and_checks(def: &ReplicableDef, names: &Names) -> TokenStream {
+pub(super) fn registration_and_checks(def: &ReplicableDef, names: &Names) -> TokenStream {
     let Names { p, replicator, .. } = names;
     let mut checks = Vec::new();
     let mut check = |ty: &syn::Type, assert: &str| {

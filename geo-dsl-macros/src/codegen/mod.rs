@@ -14,7 +14,7 @@ use quote::{format_ident, quote};
 use crate::replicable::ir::ReplicableDef;
 
 /// Names shared by the generators.
-pub struct Names {
+pub(crate) struct Names {
     /// `::geo_runtime::__private`.
     pub p: TokenStream,
     /// `WidgetReplicator`.
@@ -35,7 +35,7 @@ impl Names {
 }
 
 /// Everything `#[replicable]` adds after the user's struct.
-pub fn expand(def: &ReplicableDef) -> TokenStream {
+pub(crate) fn expand(def: &ReplicableDef) -> TokenStream {
     let names = Names::new(def);
     let replicator = replicator::expand(def, &names);
     let registry = registry::expand(def, &names);

@@ -7,7 +7,7 @@ use quote::{format_ident, quote};
 use super::Names;
 use crate::replicable::ir::ReplicableDef;
 
-pub fn expand(def: &ReplicableDef, names: &Names) -> TokenStream {
+pub(super) fn expand(def: &ReplicableDef, names: &Names) -> TokenStream {
     let Names {
         p,
         replicator,

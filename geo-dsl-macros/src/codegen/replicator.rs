@@ -8,7 +8,7 @@ use super::Names;
 use super::descriptor;
 use crate::replicable::ir::{ReplicableDef, Strategy};
 
-pub fn expand(def: &ReplicableDef, names: &Names) -> TokenStream {
+pub(super) fn expand(def: &ReplicableDef, names: &Names) -> TokenStream {
     let Names {
         p,
         replicator,

@@ -7,7 +7,7 @@ use quote::quote;
 use super::Names;
 use crate::replicable::ir::{ReplicableDef, Verification};
 
-pub fn expand(def: &ReplicableDef, names: &Names) -> TokenStream {
+pub(super) fn expand(def: &ReplicableDef, names: &Names) -> TokenStream {
     let Names { p, replicator, .. } = names;
     let ReplicableDef { vis, ident, .. } = def;
     let place = match &def.verification {

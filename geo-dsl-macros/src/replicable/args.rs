@@ -5,7 +5,7 @@ use darling::util::{Flag, SpannedValue};
 
 /// `#[replicable(strategy = "blob", registry = "…", …)]` on the struct.
 #[derive(Debug, FromMeta)]
-pub struct ReplicableArgs {
+pub(crate) struct ReplicableArgs {
     /// Checked in `validate` so that a missing strategy gets a message that says what to write.
     #[darling(default)]
     pub strategy: Option<SpannedValue<StrategyArg>>,
@@ -24,7 +24,7 @@ pub struct ReplicableArgs {
 }
 
 /// The keys `#[replicable(...)]` accepts on a struct, for "did you mean" hints.
-pub const KEYS: &[&str] = &[
+pub(crate) const KEYS: &[&str] = &[
     "strategy",
     "registry",
     "table",
@@ -36,7 +36,7 @@ pub const KEYS: &[&str] = &[
 
 /// A table or replicable name: a string literal (checked against the identifier rule later).
 #[derive(Debug, Clone)]
-pub struct SqlName(pub String);
+pub(crate) struct SqlName(pub String);
 
 impl std::ops::Deref for SqlName {
     type Target = str;
@@ -75,21 +75,21 @@ impl FromMeta for SqlName {
 
 /// `strategy = "…"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, FromMeta)]
-pub enum StrategyArg {
+pub(crate) enum StrategyArg {
     Blob,
     Repository,
 }
 
 /// `verification = "…"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, FromMeta)]
-pub enum VerificationArg {
+pub(crate) enum VerificationArg {
     Inline,
     SeparateTable,
 }
 
 /// `#[replicable(id)]`, `#[replicable(blob)]`, … on a field.
 #[derive(Debug, Default, FromMeta)]
-pub struct FieldArgs {
+pub(crate) struct FieldArgs {
     #[darling(default)]
     pub id: Flag,
     #[darling(default)]

@@ -5,20 +5,20 @@ use proc_macro2::Ident;
 
 /// How the data moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Strategy {
+pub(crate) enum Strategy {
     Blob,
 }
 
 /// Where the primary keeps verification state.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verification {
+pub(crate) enum Verification {
     Inline,
     SeparateTable { table: String },
 }
 
 /// A field with a role.
 #[derive(Debug, Clone)]
-pub struct RoleField {
+pub(crate) struct RoleField {
     /// The field's identifier (raw identifiers keep their `r#`).
     pub ident: Ident,
     /// Its type, as written.
@@ -29,7 +29,7 @@ pub struct RoleField {
 
 /// Everything codegen and SQL need.
 #[derive(Debug, Clone)]
-pub struct ReplicableDef {
+pub(crate) struct ReplicableDef {
     pub vis: syn::Visibility,
     pub ident: Ident,
     /// Path to the runtime (`::geo_runtime` or the `crate = "…"` override).

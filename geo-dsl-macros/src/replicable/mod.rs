@@ -2,9 +2,9 @@
 //! error it emits the user's struct unchanged (minus our field attributes), stub types so that
 //! code naming them does not cascade into more errors, and every error at its span.
 
-pub mod args;
-pub mod ir;
-pub mod validate;
+pub(crate) mod args;
+pub(crate) mod ir;
+pub(crate) mod validate;
 
 use darling::FromMeta;
 use darling::ast::NestedMeta;
@@ -15,7 +15,7 @@ use self::args::{FieldArgs, ReplicableArgs};
 use self::validate::FieldInfo;
 
 /// Expands `#[replicable(args)] item`.
-pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
+pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut input: syn::DeriveInput = match syn::parse2(item.clone()) {
         Ok(input) => input,
         Err(e) => {
@@ -46,7 +46,10 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
 
 /// The validated definition, or every error (for tests of the SQL).
 #[cfg(test)]
-pub fn validated(args: TokenStream, item: TokenStream) -> darling::Result<ir::ReplicableDef> {
+pub(crate) fn validated(
+    args: TokenStream,
+    item: TokenStream,
+) -> darling::Result<ir::ReplicableDef> {
     let mut input: syn::DeriveInput = syn::parse2(item)?;
     match analyse(args, &mut input) {
         (Ok(()), Some(def)) => Ok(def),

@@ -15,13 +15,13 @@ use super::ir::{ReplicableDef, RoleField, Strategy, Verification};
 const MAX_IDENT: usize = 63;
 
 /// One named field and its parsed `#[replicable(...)]` roles.
-pub struct FieldInfo {
+pub(crate) struct FieldInfo {
     pub field: syn::Field,
     pub args: FieldArgs,
 }
 
 /// Why a name is not a safe SQL identifier, or `None` when it is one.
-pub fn identifier_problem(s: &str) -> Option<&'static str> {
+pub(crate) fn identifier_problem(s: &str) -> Option<&'static str> {
     let b = s.as_bytes();
     if b.is_empty() {
         Some("it is empty")
@@ -56,7 +56,7 @@ fn check_identifier(errors: &mut Accumulator, what: &str, value: &str, span: Spa
 }
 
 /// `PackageFile` → `package_file`, `HTTPFile` → `http_file`.
-pub fn snake_case(ident: &str) -> String {
+pub(crate) fn snake_case(ident: &str) -> String {
     let chars: Vec<char> = ident.trim_start_matches("r#").chars().collect();
     let mut out = String::with_capacity(chars.len() + 4);
     for (i, &c) in chars.iter().enumerate() {
@@ -80,7 +80,7 @@ pub fn snake_case(ident: &str) -> String {
 }
 
 /// English plural of a snake_case name, for the default table name and `…_plural`.
-pub fn plural(name: &str) -> String {
+pub(crate) fn plural(name: &str) -> String {
     let consonant_y = name.ends_with('y')
         && !name
             .chars()
@@ -100,7 +100,7 @@ pub fn plural(name: &str) -> String {
 }
 
 /// Parses `#[replicable(...)]` on a field and reports what is not a role.
-pub fn parse_field_attr(attr: &syn::Attribute, errors: &mut Accumulator) -> FieldArgs {
+pub(crate) fn parse_field_attr(attr: &syn::Attribute, errors: &mut Accumulator) -> FieldArgs {
     const HINT: &str = "expected one of `#[replicable(id)]`, `#[replicable(blob)]`, `#[replicable(file_store)]`, `#[replicable(selective_sync)]`";
     match &attr.meta {
         syn::Meta::List(list) => {
@@ -190,7 +190,7 @@ fn single_role(
 }
 
 /// Checks the struct shape, the arguments and the fields; `None` when codegen cannot run.
-pub fn validate(
+pub(crate) fn validate(
     input: &syn::DeriveInput,
     args: Option<ReplicableArgs>,
     fields: Option<Vec<FieldInfo>>,
@@ -411,7 +411,10 @@ pub fn validate(
 }
 
 /// The struct's named fields, or an error at the part of the item that is not one.
-pub fn named_fields(input: &syn::DeriveInput, errors: &mut Accumulator) -> Option<Vec<syn::Field>> {
+pub(crate) fn named_fields(
+    input: &syn::DeriveInput,
+    errors: &mut Accumulator,
+) -> Option<Vec<syn::Field>> {
     let what = |kind: &str| {
         format!(
             "#[replicable] applies to a struct with named fields, and `{}` is {kind}",

@@ -9,7 +9,7 @@
 
 mod dialect;
 
-pub use dialect::Dialect;
+pub(crate) use dialect::Dialect;
 
 use crate::replicable::ir::{ReplicableDef, Verification};
 
@@ -20,7 +20,7 @@ fn q(ident: &str) -> String {
 
 /// An index name of at most 63 bytes: `index_<table>_on_<what>`, shortened with a hash of the
 /// full name when too long, so PostgreSQL never truncates two names into one.
-pub fn index_name(table: &str, what: &str) -> String {
+pub(crate) fn index_name(table: &str, what: &str) -> String {
     let full = format!("index_{table}_on_{what}");
     if full.len() <= 63 {
         return full;
@@ -139,7 +139,7 @@ fn registry_indexes(def: &ReplicableDef) -> String {
 }
 
 /// Migration 1 of the secondary: the registry table and its indexes.
-pub fn registry_migration(def: &ReplicableDef, d: Dialect) -> String {
+pub(crate) fn registry_migration(def: &ReplicableDef, d: Dialect) -> String {
     format!(
         "CREATE TABLE {} (\n{}\n){};\n{}",
         q(&def.registry_table),
@@ -154,7 +154,7 @@ pub fn registry_migration(def: &ReplicableDef, d: Dialect) -> String {
 /// (the sweepers select by it), a verification `succeeded` with no time (re-verification selects
 /// by it), and a synced copy whose verification failed (a failed verification always sends the
 /// row back to the sync).
-pub const REGISTRY_INVARIANTS: [(&str, &str); 4] = [
+pub(crate) const REGISTRY_INVARIANTS: [(&str, &str); 4] = [
     (
         "started_has_start_time",
         "\"state\" <> 1 OR \"last_synced_at\" IS NOT NULL",
@@ -174,7 +174,7 @@ pub const REGISTRY_INVARIANTS: [(&str, &str); 4] = [
 ];
 
 /// A constraint name of at most 63 bytes, shortened as [`index_name`] does.
-pub fn constraint_name(table: &str, what: &str) -> String {
+pub(crate) fn constraint_name(table: &str, what: &str) -> String {
     index_name(table, what).replacen("index_", "check_", 1)
 }
 
@@ -183,7 +183,7 @@ pub fn constraint_name(table: &str, what: &str) -> String {
 /// verifications without their time back to pending, a synced copy that failed verification
 /// back to the sync). PostgreSQL adds the constraints; SQLite, which cannot add one to a table,
 /// rebuilds the table with them (its AUTOINCREMENT position kept, so no row id is reused).
-pub fn registry_invariants_migration(def: &ReplicableDef, d: Dialect) -> String {
+pub(crate) fn registry_invariants_migration(def: &ReplicableDef, d: Dialect) -> String {
     let t = &def.registry_table;
     let tq = q(t);
     let repair = format!(
@@ -248,7 +248,7 @@ fn verification_indexes(table: &str) -> String {
 }
 
 /// Migration 1 of the primary: the verification state, in a state table or inline.
-pub fn verification_migration(def: &ReplicableDef, d: Dialect) -> String {
+pub(crate) fn verification_migration(def: &ReplicableDef, d: Dialect) -> String {
     let model = q(&def.model_table);
     match &def.verification {
         Verification::SeparateTable { table } => {

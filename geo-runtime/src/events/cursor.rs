@@ -37,9 +37,9 @@ use crate::registry::store::{
 use crate::telemetry::Metrics;
 
 /// The lease name of the event cursor.
-pub const CURSOR_LEASE: &str = "geo_event_cursor";
+pub(super) const CURSOR_LEASE: &str = "geo_event_cursor";
 /// Gaps wider than this are not tracked id by id (a sequence jump, not a late commit).
-pub const MAX_GAP_WIDTH: i64 = 10_000;
+pub(super) const MAX_GAP_WIDTH: i64 = 10_000;
 
 /// Where a cursor with no stored position starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
