@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use chrono::TimeDelta;
 use common::WidgetReplicator;
 use geo_runtime::db::dialect::now;
-use geo_runtime::registry::store::{delete_many, reset_pending_many};
 use geo_runtime::registry::{ClaimedRow, Registry, SyncState};
 use geo_runtime::{Database, Replicator};
 use proptest::prelude::*;
@@ -75,11 +74,7 @@ async fn run(db: &Database, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::Updated(id) => {
-                let mut tx = db.begin_write().await.expect("begin");
-                reset_pending_many(tx.conn(), r.sql(), &[id], now())
-                    .await
-                    .expect("reset");
-                tx.commit().await.expect("commit");
+                r.reset_pending(&[id], now()).await.expect("reset");
                 match m.rows.get_mut(&id) {
                     Some(row) => row.1 = SyncState::Pending,
                     None => {
@@ -89,11 +84,7 @@ async fn run(db: &Database, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::Deleted(id) => {
-                let mut tx = db.begin_write().await.expect("begin");
-                delete_many(tx.conn(), r.sql(), &[id])
-                    .await
-                    .expect("delete");
-                tx.commit().await.expect("commit");
+                r.delete(&[id]).await.expect("delete");
                 m.rows.remove(&id);
             }
             Op::Claim(n) => {

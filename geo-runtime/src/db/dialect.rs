@@ -3,6 +3,11 @@
 //!
 //! Timestamps: PostgreSQL `timestamptz`; SQLite `INTEGER` microseconds since the Unix epoch, which
 //! compare and index as plain numbers.
+//!
+//! Public for writing your own SQL against a node's tables: [`now`] (the time as both databases
+//! store it), [`Ts`] (binds a timestamp in the dialect's encoding), [`param`] and [`quote`], and
+//! [`RowReader`] (reads a row the same way on both). The statement fragments the runtime builds
+//! its own SQL from stay inside the crate.
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -84,12 +89,12 @@ impl RowReader for SqliteRow {
 }
 
 /// A timestamp as SQLite stores it.
-pub fn timestamp_to_micros(t: DateTime<Utc>) -> i64 {
+pub(crate) fn timestamp_to_micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
 /// A SQLite-stored timestamp back to a `DateTime`.
-pub fn micros_to_timestamp(column: &str, micros: i64) -> Result<DateTime<Utc>, DbError> {
+pub(crate) fn micros_to_timestamp(column: &str, micros: i64) -> Result<DateTime<Utc>, DbError> {
     DateTime::from_timestamp_micros(micros).ok_or_else(|| DbError::InvalidValue {
         column: column.to_owned(),
         what: "timestamp (microseconds since the Unix epoch)",
@@ -159,7 +164,7 @@ impl Encode<'_, Sqlite> for Ts {
 /// A list of ids bound as `bigint[]` on PostgreSQL (`= ANY($n)`, `unnest($n)`) and as a JSON
 /// array on SQLite (`json_each(?n)`): one parameter, however many ids.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct IdList(pub Vec<i64>);
+pub(crate) struct IdList(pub(crate) Vec<i64>);
 
 impl Type<Postgres> for IdList {
     fn type_info() -> PgTypeInfo {
@@ -196,7 +201,7 @@ impl Encode<'_, Sqlite> for IdList {
 
 /// A list of optional texts bound as `text[]` on PostgreSQL and as a JSON array on SQLite.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct TextList(pub Vec<Option<String>>);
+pub(crate) struct TextList(pub(crate) Vec<Option<String>>);
 
 impl Type<Postgres> for TextList {
     fn type_info() -> PgTypeInfo {
@@ -236,7 +241,7 @@ pub fn param(dialect: super::Dialect, n: usize) -> String {
 }
 
 /// `FALSE` (PostgreSQL) / `0` (SQLite).
-pub fn false_literal(dialect: super::Dialect) -> &'static str {
+pub(crate) fn false_literal(dialect: super::Dialect) -> &'static str {
     match dialect {
         super::Dialect::Postgres => "FALSE",
         super::Dialect::Sqlite => "0",
@@ -244,7 +249,7 @@ pub fn false_literal(dialect: super::Dialect) -> &'static str {
 }
 
 /// `TRUE` (PostgreSQL) / `1` (SQLite).
-pub fn true_literal(dialect: super::Dialect) -> &'static str {
+pub(crate) fn true_literal(dialect: super::Dialect) -> &'static str {
     match dialect {
         super::Dialect::Postgres => "TRUE",
         super::Dialect::Sqlite => "1",
@@ -253,7 +258,7 @@ pub fn true_literal(dialect: super::Dialect) -> &'static str {
 
 /// The row-locking clause of a claim: `FOR UPDATE SKIP LOCKED` on PostgreSQL (concurrent
 /// claimers skip each other's rows); nothing on SQLite, whose single writer serialises claims.
-pub fn skip_locked(dialect: super::Dialect) -> &'static str {
+pub(crate) fn skip_locked(dialect: super::Dialect) -> &'static str {
     match dialect {
         super::Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
         super::Dialect::Sqlite => "",
@@ -262,7 +267,7 @@ pub fn skip_locked(dialect: super::Dialect) -> &'static str {
 
 /// ` FOR UPDATE` on PostgreSQL: the rows read stay locked until the transaction ends. Nothing on
 /// SQLite, whose write transaction already holds the single writer lock.
-pub fn for_update(dialect: super::Dialect) -> &'static str {
+pub(crate) fn for_update(dialect: super::Dialect) -> &'static str {
     match dialect {
         super::Dialect::Postgres => " FOR UPDATE",
         super::Dialect::Sqlite => "",
@@ -270,7 +275,7 @@ pub fn for_update(dialect: super::Dialect) -> &'static str {
 }
 
 /// The timestamp expression `base` plus a random delay below `max_secs` seconds, drawn per row.
-pub fn plus_random_secs(dialect: super::Dialect, base: &str, max_secs: u32) -> String {
+pub(crate) fn plus_random_secs(dialect: super::Dialect, base: &str, max_secs: u32) -> String {
     match dialect {
         super::Dialect::Postgres => format!("{base} + random() * interval '{max_secs} seconds'"),
         super::Dialect::Sqlite => {
@@ -283,7 +288,7 @@ pub fn plus_random_secs(dialect: super::Dialect, base: &str, max_secs: u32) -> S
 }
 
 /// `column` is one of the ids in the [`IdList`] bound as parameter `n`.
-pub fn in_id_list(dialect: super::Dialect, column: &str, n: usize) -> String {
+pub(crate) fn in_id_list(dialect: super::Dialect, column: &str, n: usize) -> String {
     match dialect {
         super::Dialect::Postgres => format!("{column} = ANY(${n})"),
         super::Dialect::Sqlite => format!("{column} IN (SELECT value FROM json_each(?{n}))"),
@@ -291,7 +296,7 @@ pub fn in_id_list(dialect: super::Dialect, column: &str, n: usize) -> String {
 }
 
 /// A row source of the ids in the [`IdList`] parameter `n`, as a column named `id`.
-pub fn id_list_rows(dialect: super::Dialect, n: usize) -> String {
+pub(crate) fn id_list_rows(dialect: super::Dialect, n: usize) -> String {
     match dialect {
         super::Dialect::Postgres => format!("SELECT unnest(${n}::bigint[]) AS id"),
         super::Dialect::Sqlite => format!("SELECT value AS id FROM json_each(?{n})"),
@@ -302,7 +307,7 @@ pub fn id_list_rows(dialect: super::Dialect, n: usize) -> String {
 /// `$1` ids and `$2` attempts ([`IdList`]), `$3` keys ([`TextList`]), `$4` checksums
 /// ([`BlobList`]) and `$5` verification states ([`IdList`]). On SQLite the lists after the first
 /// are indexed by position (`->>`), so the zip stays linear.
-pub fn synced_rows(dialect: super::Dialect) -> String {
+pub(crate) fn synced_rows(dialect: super::Dialect) -> String {
     match dialect {
         super::Dialect::Postgres => "SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bytea[], $5::bigint[]) AS t(id, attempt, key, sum, vstate)".to_owned(),
         super::Dialect::Sqlite => "SELECT x.value AS id, jsonb(?2) ->> x.key AS attempt, jsonb(?3) ->> x.key AS key, unhex(jsonb(?4) ->> x.key) AS sum, jsonb(?5) ->> x.key AS vstate FROM json_each(?1) x".to_owned(),
@@ -312,7 +317,7 @@ pub fn synced_rows(dialect: super::Dialect) -> String {
 /// A list of optional byte strings bound as `bytea[]` on PostgreSQL and as a JSON array of hex
 /// strings on SQLite.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct BlobList(pub Vec<Option<Vec<u8>>>);
+pub(crate) struct BlobList(pub(crate) Vec<Option<Vec<u8>>>);
 
 impl Type<Postgres> for BlobList {
     fn type_info() -> PgTypeInfo {
@@ -345,7 +350,7 @@ impl Encode<'_, Sqlite> for BlobList {
 
 /// A JSON document bound as `jsonb` on PostgreSQL and as text on SQLite.
 #[derive(Debug, Clone, PartialEq)]
-pub struct JsonDoc(pub serde_json::Value);
+pub(crate) struct JsonDoc(pub(crate) serde_json::Value);
 
 impl Type<Postgres> for JsonDoc {
     fn type_info() -> PgTypeInfo {

@@ -2,9 +2,9 @@
 //! (pending 0 / started 1 / synced 2 / failed 3) and the secondary's verification columns.
 
 mod row;
-pub mod sql;
+pub(crate) mod sql;
 mod state;
-pub mod store;
+pub(crate) mod store;
 
 pub use crate::retry::{LAST_SYNC_FAILURE_MAX, truncate_failure};
 pub use row::{REGISTRY_COLUMNS, RegistryRecord};

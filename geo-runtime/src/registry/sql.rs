@@ -12,66 +12,66 @@ use crate::descriptor::ReplicatorDescriptor;
 
 /// Registry statements for one replicable and dialect. Parameters are listed per statement.
 #[derive(Debug, Clone)]
-pub struct RegistrySql {
+pub(crate) struct RegistrySql {
     /// `$1` model id.
-    pub select_by_model_id: String,
+    pub(crate) select_by_model_id: String,
     /// `$1` ids, `$2` now: new rows as pending; known ids untouched.
-    pub insert_pending_many: String,
+    pub(crate) insert_pending_many: String,
     /// `$1` ids, `$2` now: new rows as pending; known rows back to pending from any state.
-    pub reset_pending_many: String,
+    pub(crate) reset_pending_many: String,
     /// `$1` ids: synced or failed rows back to pending.
-    pub resync_many: String,
+    pub(crate) resync_many: String,
     /// `$1` ids: delete, returning the model ids deleted and their object keys.
-    pub delete_many: String,
+    pub(crate) delete_many: String,
     /// `$1` limit, `$2` now: start pending rows, oldest id first.
-    pub claim_pending: String,
+    pub(crate) claim_pending: String,
     /// `$1` limit, `$2` now: start failed rows whose retry time has come, earliest first.
-    pub claim_failed_due: String,
+    pub(crate) claim_failed_due: String,
     /// `$1` ids, `$2` attempts, `$3` object keys, `$4` checksums, `$5` verification states,
     /// `$6` now: started → synced for those attempts (with the copy's verification), returning
     /// the ids.
-    pub mark_synced_many: String,
+    pub(crate) mark_synced_many: String,
     /// The same parameters as `mark_synced_many`, then `$7` replicable name: schedules the
     /// removal of the copies those syncs supersede under another key (run first, in the same
     /// transaction).
-    pub schedule_superseded: String,
+    pub(crate) schedule_superseded: String,
     /// `$1` ids: `id`, `state` and `sync_attempt` of those rows that exist, locked until the
     /// transaction ends (PostgreSQL), so that an attempt found current stays current until its
     /// copy is published and recorded.
-    pub lock_rows: String,
+    pub(crate) lock_rows: String,
     /// `$1` model ids: locks those rows in id order until the transaction ends (PostgreSQL;
     /// nothing on SQLite). Every transaction that locks several rows takes them in id order (the
     /// sync's publish, the sweeper, and the event cursor and the consistency pass through this
     /// statement before they write), so that none waits for another in a cycle.
-    pub lock_model_ids: String,
+    pub(crate) lock_model_ids: String,
     /// `$1` model ids: the model id and `object_key` of each of those tracked.
-    pub object_keys: String,
+    pub(crate) object_keys: String,
     /// `$1` ids: `id` and `sync_attempt` of those rows that are `started`.
-    pub started_attempts: String,
+    pub(crate) started_attempts: String,
     /// `$1` id, `$2` attempt, `$3` retry_at, `$4` failure: started → failed for that attempt.
-    pub mark_failed: String,
+    pub(crate) mark_failed: String,
     /// `$1` started before, `$2` earliest retry, `$3` failure: started too long → failed.
-    pub fail_timed_out: String,
+    pub(crate) fail_timed_out: String,
     /// `$1` started before, `$2` now, `$3` message: syncs a stopped process left in `started`
     /// become failed and due at once (run when a node starts).
-    pub release_interrupted: String,
+    pub(crate) release_interrupted: String,
     /// `$1` after, `$2` high: the model id, `object_key`, `verification_checksum` and
     /// `sync_attempt` of the synced rows in `(after, high]`, ascending.
-    pub synced_copies_between: String,
+    pub(crate) synced_copies_between: String,
     /// `$1` model id, `$2` attempt: a synced row back to pending, only while it is still synced
     /// by that attempt (the consistency pass found its primary object changed).
-    pub resync_synced_attempt: String,
+    pub(crate) resync_synced_attempt: String,
     /// `$1` low, `$2` high: tracked model ids in the range, ascending.
-    pub model_ids_between: String,
+    pub(crate) model_ids_between: String,
     /// `$1` above, `$2` limit, `$3` created before: tracked model ids above, ascending.
-    pub model_ids_above: String,
+    pub(crate) model_ids_above: String,
     /// Rows per state.
-    pub count_by_state: String,
+    pub(crate) count_by_state: String,
 }
 
 impl RegistrySql {
     /// Renders the statements.
-    pub fn new(d: &ReplicatorDescriptor, dialect: Dialect) -> Self {
+    pub(crate) fn new(d: &ReplicatorDescriptor, dialect: Dialect) -> Self {
         let t = quote(d.registry_table);
         let fk = quote(d.model_foreign_key);
         let p = |n| param(dialect, n);
@@ -228,36 +228,36 @@ impl RegistrySql {
 
 /// The statements of a secondary's own verification of its copies, on the registry table.
 #[derive(Debug, Clone)]
-pub struct SecondaryVerificationSql {
+pub(crate) struct SecondaryVerificationSql {
     /// `$1` limit, `$2` now, `$3` verified before: synced rows due for (re-)verification →
     /// started, returning `id`, `model_record_id`, `object_key`, `verification_checksum`,
     /// `verification_retry_count`.
-    pub claim: String,
+    pub(crate) claim: String,
     /// `$1` id, `$2` started at, `$3` now: started → succeeded, same attempt only.
-    pub mark_succeeded: String,
+    pub(crate) mark_succeeded: String,
     /// `$1` id, `$2` started at, `$3` failure, `$4` mismatch, `$5` local checksum, `$6` now,
     /// `$7` retry at, `$8` sync failure: the verification fails and the row is resynced, its sync
     /// backoff following the verification's failure count.
-    pub mark_failed: String,
+    pub(crate) mark_failed: String,
     /// `$1` id, `$2` started at: nothing to compare with (no checksum) → disabled.
-    pub mark_disabled: String,
+    pub(crate) mark_disabled: String,
     /// `$1` started before: verifications of synced copies interrupted (a crash) or running too
     /// long go back to pending. (A row back in the sync has its verification reset when it is
     /// synced again.)
-    pub release_stuck: String,
+    pub(crate) release_stuck: String,
     /// `$1` limit, `$2` now, `$3` next check: synced copies `disabled` for want of a primary
     /// checksum, due for a look, returning `id`, `model_record_id`, `verification_checksum`.
-    pub claim_disabled: String,
+    pub(crate) claim_disabled: String,
     /// `$1` id, `$2` now: a disabled copy whose checksum the primary now confirms → succeeded.
-    pub disabled_succeeded: String,
+    pub(crate) disabled_succeeded: String,
     /// `$1` id, `$2` failure, `$3` local checksum, `$4` now, `$5` retry at, `$6` sync failure,
     /// `$7` the primary's checksum: a disabled copy that differs from the primary's → resync.
-    pub disabled_mismatch: String,
+    pub(crate) disabled_mismatch: String,
 }
 
 impl SecondaryVerificationSql {
     /// Renders the statements.
-    pub fn new(d: &ReplicatorDescriptor, dialect: Dialect) -> Self {
+    pub(crate) fn new(d: &ReplicatorDescriptor, dialect: Dialect) -> Self {
         let t = quote(d.registry_table);
         let fk = quote(d.model_foreign_key);
         let p = |n| param(dialect, n);
@@ -333,6 +333,50 @@ impl SecondaryVerificationSql {
                 retry = p(5),
                 yes = true_literal(dialect)
             ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::descriptor::{ReplicatorDescriptor, Strategy, VerificationStorage};
+
+    const WIDGET: ReplicatorDescriptor = ReplicatorDescriptor {
+        replicable_name: "widget",
+        replicable_name_plural: "widgets",
+        model_type: "Widget",
+        replicator_type: "WidgetReplicator",
+        strategy: Strategy::Blob,
+        model_table: "widgets",
+        model_id_column: "id",
+        model_foreign_key: "widget_id",
+        registry_table: "widget_registry",
+        verification: VerificationStorage::Inline,
+        feature_flag: "geo_widget_replication",
+        enabled_by_default: true,
+        blob_column: Some("file"),
+        file_store_column: None,
+        selective_sync_column: None,
+        primary_migrations: &[],
+        secondary_migrations: &[],
+    };
+
+    /// The statements that fail a copy's verification fail only synced copies, as the machine's
+    /// `FailVerification` (tests/secondary_verification.rs watches them do it on real copies;
+    /// tests/registry.rs runs the other transitions on every state).
+    #[test]
+    fn failing_a_verification_is_guarded_by_the_machine() {
+        for dialect in [Dialect::Postgres, Dialect::Sqlite] {
+            let v = SecondaryVerificationSql::new(&WIDGET, dialect);
+            let guard = SyncEvent::FailVerification.guard("\"state\"");
+            assert_eq!(guard, "\"state\" = 2");
+            for (name, sql) in [
+                ("mark_failed", &v.mark_failed),
+                ("disabled_mismatch", &v.disabled_mismatch),
+            ] {
+                assert!(sql.contains(&guard), "{name} lacks {guard}: {sql}");
+            }
         }
     }
 }

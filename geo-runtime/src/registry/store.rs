@@ -136,11 +136,6 @@ impl Registry {
         self.descriptor
     }
 
-    /// The statements, for operations inside a caller's transaction.
-    pub fn sql(&self) -> &RegistrySql {
-        &self.sql
-    }
-
     /// The row tracking `model_record_id`, if any.
     pub async fn find_by_model_id(
         &self,
@@ -174,6 +169,32 @@ impl Registry {
         let sql = AssertSqlSafe(self.sql.resync_many.as_str());
         let ids = IdList(model_record_ids.to_vec());
         on_pool!(self.db, write, pool => Ok(sqlx::query(sql).bind(ids).execute(pool).await?.rows_affected()))
+    }
+
+    /// Rows of `model_record_ids` back to pending from any state (created when missing), as an
+    /// `updated` event does; returns the rows written.
+    pub async fn reset_pending(
+        &self,
+        model_record_ids: &[i64],
+        now: DateTime<Utc>,
+    ) -> Result<u64, DbError> {
+        let mut tx = self.db.begin_write().await?;
+        let n = reset_pending_many(tx.conn(), &self.sql, model_record_ids, now).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// Deletes the rows of `model_record_ids`, as a `deleted` event does (without scheduling
+    /// the removal of their copies); returns the model ids that had a row, with their copies'
+    /// object keys.
+    pub async fn delete(
+        &self,
+        model_record_ids: &[i64],
+    ) -> Result<Vec<(i64, Option<String>)>, DbError> {
+        let mut tx = self.db.begin_write().await?;
+        let deleted = delete_many(tx.conn(), &self.sql, model_record_ids).await?;
+        tx.commit().await?;
+        Ok(deleted)
     }
 
     /// Claims up to `limit` due rows, pending first, then failed rows whose retry time has come;
@@ -484,7 +505,7 @@ async fn ids_at(
 }
 
 /// Inside a caller's transaction: new pending rows for untracked ids. Returns rows created.
-pub async fn insert_pending_many(
+pub(crate) async fn insert_pending_many(
     conn: Conn<'_>,
     sql: &RegistrySql,
     ids: &[i64],
@@ -496,7 +517,7 @@ pub async fn insert_pending_many(
 /// Inside a caller's transaction: locks the rows of `model_ids` in id order (PostgreSQL; a
 /// SQLite write transaction excludes every other writer anyway). Call it before writing several
 /// rows, so that the lock order is the one every writer uses.
-pub async fn lock_model_ids(
+pub(crate) async fn lock_model_ids(
     conn: Conn<'_>,
     sql: &RegistrySql,
     model_ids: &[i64],
@@ -511,7 +532,7 @@ pub async fn lock_model_ids(
 }
 
 /// Inside a caller's transaction: rows back to pending from any state (created when missing).
-pub async fn reset_pending_many(
+pub(crate) async fn reset_pending_many(
     conn: Conn<'_>,
     sql: &RegistrySql,
     ids: &[i64],
@@ -522,7 +543,7 @@ pub async fn reset_pending_many(
 
 /// Inside a caller's transaction: deletes rows, returning the model ids that had one and the
 /// object keys of their copies.
-pub async fn delete_many(
+pub(crate) async fn delete_many(
     conn: Conn<'_>,
     sql: &RegistrySql,
     ids: &[i64],
@@ -542,7 +563,7 @@ pub async fn delete_many(
 
 /// Inside a caller's transaction: tracked model ids in `lo..=hi` whose rows were created
 /// before `created_before`, ascending.
-pub async fn model_ids_between(
+pub(crate) async fn model_ids_between(
     conn: Conn<'_>,
     sql: &RegistrySql,
     lo: i64,
@@ -557,7 +578,7 @@ pub async fn model_ids_between(
 
 /// Inside a caller's transaction: up to `limit` tracked model ids above `above` whose rows were
 /// created before `created_before`, ascending.
-pub async fn model_ids_above(
+pub(crate) async fn model_ids_above(
     conn: Conn<'_>,
     sql: &RegistrySql,
     above: i64,

@@ -2,9 +2,9 @@
 //! failed 3 / disabled 4), and the primary's verification details.
 
 mod details;
-pub mod sql;
+pub(crate) mod sql;
 mod state;
-pub mod store;
+pub(crate) mod store;
 
 pub use details::{VERIFICATION_COLUMNS, VerificationDetails};
 pub use state::{InvalidVerificationTransition, VerificationEvent, VerificationState};

@@ -9,39 +9,39 @@ use crate::descriptor::{ReplicatorDescriptor, VerificationStorage};
 
 /// `$1` model id: verification back to pending (a new or changed object), when the record
 /// exists; run in the same transaction as the model change's event.
-pub fn mark_pending_sql(d: &ReplicatorDescriptor, dialect: Dialect) -> String {
+pub(crate) fn mark_pending_sql(d: &ReplicatorDescriptor, dialect: Dialect) -> String {
     VerificationSql::new(d, dialect).mark_pending
 }
 
 /// Verification statements for one replicable and dialect.
 #[derive(Debug, Clone)]
-pub struct VerificationSql {
+pub(crate) struct VerificationSql {
     /// `$1` limit: creates missing state rows (separate table only; `None` inline).
-    pub ensure_rows: Option<String>,
+    pub(crate) ensure_rows: Option<String>,
     /// `$1` model id: back to pending (a new or changed object), when the record exists.
-    pub mark_pending: String,
+    pub(crate) mark_pending: String,
     /// `$1` limit, `$2` now: pending → started, returning the ids.
-    pub claim_pending: String,
+    pub(crate) claim_pending: String,
     /// `$1` limit, `$2` now: failed and due → started, returning the ids and the checksum kept
     /// by a failed re-verification (to compare against again).
-    pub claim_failed_due: String,
+    pub(crate) claim_failed_due: String,
     /// `$1` limit, `$2` now, `$3` verified before: succeeded long ago → started, returning the
     /// ids and their recorded checksums.
-    pub claim_reverify: String,
+    pub(crate) claim_reverify: String,
     /// `$1` id, `$2` started at, `$3` checksum, `$4` now: started → succeeded, same attempt only.
-    pub mark_succeeded: String,
+    pub(crate) mark_succeeded: String,
     /// `$1` id, `$2` started at, `$3` failure, `$4` now, `$5` retry at, `$6` checksum to keep
     /// (a re-verification's expected one) or NULL: started → failed.
-    pub mark_failed: String,
+    pub(crate) mark_failed: String,
     /// `$1` started before, `$2` earliest retry, `$3` failure: started too long → failed.
-    pub fail_timed_out: String,
+    pub(crate) fail_timed_out: String,
     /// Rows per verification state.
-    pub count_by_state: String,
+    pub(crate) count_by_state: String,
 }
 
 impl VerificationSql {
     /// Renders the statements.
-    pub fn new(d: &ReplicatorDescriptor, dialect: Dialect) -> Self {
+    pub(crate) fn new(d: &ReplicatorDescriptor, dialect: Dialect) -> Self {
         let p = |n| param(dialect, n);
         let model = quote(d.model_table);
         let model_id = quote(d.model_id_column);

@@ -17,7 +17,7 @@ fn place(d: &ReplicatorDescriptor) -> (String, String) {
 }
 
 /// `SELECT <verification columns> … WHERE <key> = $1`.
-pub fn select_sql(d: &ReplicatorDescriptor, dialect: Dialect) -> String {
+pub(crate) fn select_sql(d: &ReplicatorDescriptor, dialect: Dialect) -> String {
     let (table, key) = place(d);
     let cols: Vec<String> = VERIFICATION_COLUMNS.iter().map(|c| quote(c)).collect();
     format!(
@@ -29,7 +29,7 @@ pub fn select_sql(d: &ReplicatorDescriptor, dialect: Dialect) -> String {
 
 /// Writes the verification columns of `$1` (`$2`… in [`VERIFICATION_COLUMNS`] order): an upsert
 /// into the state table, or an update of the model row.
-pub fn save_sql(d: &ReplicatorDescriptor, dialect: Dialect) -> String {
+pub(crate) fn save_sql(d: &ReplicatorDescriptor, dialect: Dialect) -> String {
     let (table, key) = place(d);
     let cols: Vec<String> = VERIFICATION_COLUMNS.iter().map(|c| quote(c)).collect();
     match d.verification {
