@@ -12,6 +12,7 @@
 //! every key overridable by `GEO_<KEY>` (see [`config::KEYS`]). Errors are one line on stderr
 //! and exit code 1; `check` also exits with 1 when it finds differences; usage errors exit with 2.
 
+mod commands;
 pub mod config;
 
 use std::io::Write as _;
@@ -20,18 +21,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::check::{
-    CheckError, ExtraRemoval, check_replicable, delete_extra as delete_extra_files, extra_files,
-};
-use crate::db::{Database, Dialect, NodeRole, migration_script};
+use crate::check::CheckError;
+use crate::db::{Database, NodeRole};
 use crate::error::{DbError, MigrateError, RegistrationError};
-use crate::node::nodes::{self, NodeError};
-use crate::node::{ClientError, Node, NodeConfig, NodeStartError, PrimaryClient};
-use crate::operations::{self, Selection};
+use crate::node::nodes::NodeError;
+use crate::node::{ClientError, NodeStartError, PrimaryClient};
+use crate::operations::Selection;
 use crate::registry::SyncState;
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
-use crate::status::StatusCollector;
-use crate::storage::LocalStore;
 use crate::verification::VerificationState;
 use config::{ConfigError, Settings};
 
@@ -406,289 +403,29 @@ fn out(text: &str) {
 
 /// Runs one parsed command.
 pub async fn run(cli: Cli, set: ReplicatorSet) -> Result<ExitCode, CliError> {
-    let mut settings = Settings::load(config_path(cli.config).as_deref())?;
+    let settings = Settings::load(config_path(cli.config).as_deref())?;
     match cli.command {
         Command::Primary | Command::Secondary => {
-            let primary = matches!(cli.command, Command::Primary);
-            settings.set("role", if primary { "primary" } else { "secondary" });
-            let config = if primary {
-                NodeConfig::Primary(settings.primary()?)
-            } else {
-                let c = settings.secondary()?;
-                ensure_store_is_dedicated(&settings, &c.storage_root)?;
-                NodeConfig::Secondary(c)
-            };
-            let db = connect(&settings).await?;
-            let handle = Node::start(config, &db, &set).await?;
-            if let Some(addr) = handle.local_addr() {
-                out(&format!("primary API listening on http://{addr}\n"));
-            }
-            if let Some(addr) = handle.admin_addr() {
-                out(&format!(
-                    "admin endpoint on http://{addr} (/status, /metrics, /health)\n"
-                ));
-            }
-            shutdown_signal().await;
-            tracing::info!("shutting down: letting in-flight work finish");
-            handle.shutdown().await;
-            db.close().await;
-            Ok(ExitCode::SUCCESS)
+            commands::run_node(settings, &set, matches!(cli.command, Command::Primary)).await
         }
-        Command::Status { json } => {
-            let role = role(&settings)?;
-            let db = connect(&settings).await?;
-            let name = settings
-                .get::<String>("name")?
-                .unwrap_or_else(|| role.as_str().to_owned());
-            let mut collector = StatusCollector::new(&db, role, &set, &name);
-            if role == NodeRole::Secondary {
-                collector = collector.with_primary(client(&settings)?);
-            }
-            let status = collector.refresh().await?;
-            if json {
-                out(&format!(
-                    "{}\n",
-                    serde_json::to_string_pretty(&status.to_json())
-                        .map_err(|e| CliError::Message(e.to_string()))?
-                ));
-            } else {
-                out(&status.render_table());
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Status { json } => commands::status(settings, &set, json).await,
         Command::Migrations {
             action: MigrationsAction::Print { dialect, role: r },
-        } => {
-            let role = match r {
-                Some(RoleArg::Primary) => NodeRole::Primary,
-                Some(RoleArg::Secondary) => NodeRole::Secondary,
-                None => role(&settings).map_err(|_| {
-                    CliError::Message(
-                        "say which schema: --role primary|secondary (or set role in the configuration)"
-                            .into(),
-                    )
-                })?,
-            };
-            let dialect = match dialect {
-                DialectArg::Postgres => Dialect::Postgres,
-                DialectArg::Sqlite => Dialect::Sqlite,
-            };
-            out(&migration_script(role, &set, dialect));
-            Ok(ExitCode::SUCCESS)
-        }
+        } => commands::print_migrations(settings, &set, dialect, r),
         Command::Migrations {
             action: MigrationsAction::Apply,
-        } => {
-            let role = role(&settings)?;
-            let db = connect(&settings).await?;
-            let report = crate::db::migrate(&db, role, &set).await?;
-            for m in &report.applied {
-                out(&format!(
-                    "applied {} v{}: {}\n",
-                    m.scope, m.version, m.description
-                ));
-            }
-            out(&format!(
-                "{} applied, {} already applied\n",
-                report.applied.len(),
-                report.already_applied
-            ));
-            Ok(ExitCode::SUCCESS)
-        }
+        } => commands::apply_migrations(settings, &set).await,
         Command::Check {
             replicable: only,
             delete_extra,
             confirm,
-        } => {
-            settings.set("role", "secondary");
-            let descriptors = match &only {
-                Some(name) => vec![replicable(&set, name)?],
-                None => set.descriptors().to_vec(),
-            };
-            let client = client(&settings)?;
-            let root: PathBuf =
-                settings.require("storage_root", "needed to read the local copies")?;
-            ensure_store_is_dedicated(&settings, &root)?;
-            let db = connect(&settings).await?;
-            let store = LocalStore::new(root);
-            let mut total = 0;
-            for d in descriptors {
-                let report = check_replicable(&db, d, &client, &store, |diff| {
-                    out(&format!("ERROR : {} {diff}\n", d.replicable_name));
-                })
-                .await?;
-                total += report.differences.len();
-                out(&format!(
-                    "NOTICE: {}: {} records on the primary, {} matching, {} without a primary checksum yet, {} differences\n",
-                    d.replicable_name,
-                    report.primary_records,
-                    report.matching,
-                    report.unverifiable,
-                    report.differences.len()
-                ));
-            }
-            // The store as a whole: files no row accounts for (copies that outlived their record).
-            let store_report = extra_files(&db, &set, &store).await?;
-            for key in &store_report.extra {
-                out(&format!(
-                    "ERROR : + {key}: extra on the secondary (no registry row)\n"
-                ));
-            }
-            out(&format!(
-                "NOTICE: store: {} files, {} extra, {} waiting for removal\n",
-                store_report.files,
-                store_report.extra.len(),
-                store_report.pending_removal
-            ));
-            let mut extra = store_report.extra.len();
-            if delete_extra && !store_report.extra.is_empty() {
-                if confirm {
-                    for (key, outcome) in
-                        delete_extra_files(&db, &set, &store, &store_report).await?
-                    {
-                        match outcome {
-                            ExtraRemoval::Deleted => {
-                                extra -= 1;
-                                out(&format!("NOTICE: deleted {key}\n"));
-                            }
-                            ExtraRemoval::InUse => {
-                                extra -= 1;
-                                out(&format!(
-                                    "NOTICE: kept {key}: a row is recorded with it now\n"
-                                ));
-                            }
-                            ExtraRemoval::UnsafeKey(why) => {
-                                out(&format!("ERROR : kept {key}: {why}; remove it by hand\n"))
-                            }
-                            ExtraRemoval::Failed(why) => {
-                                out(&format!("ERROR : could not delete {key}: {why}\n"))
-                            }
-                        }
-                    }
-                } else {
-                    for key in &store_report.extra {
-                        out(&format!("NOTICE: would delete {key}\n"));
-                    }
-                    out("NOTICE: a dry run: add --confirm to delete them\n");
-                }
-            }
-            total += extra;
-            if total > 0 {
-                out(&format!("{total} differences found\n"));
-                Ok(ExitCode::FAILURE)
-            } else {
-                out("0 differences found\n");
-                Ok(ExitCode::SUCCESS)
-            }
-        }
-        Command::Resync(target) => {
-            let d = replicable(&set, &target.replicable)?;
-            if role(&settings)? != NodeRole::Secondary {
-                return Err(CliError::Message(
-                    "resync acts on a secondary's registry; this configuration is a primary's"
-                        .into(),
-                ));
-            }
-            let db = connect(&settings).await?;
-            let n = operations::resync(&db, d, &selection(&target)).await?;
-            out(&format!(
-                "{}: {n} rows back to pending; the sync downloads them again\n",
-                d.replicable_name
-            ));
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Reverify(target) => {
-            let d = replicable(&set, &target.replicable)?;
-            let role = role(&settings)?;
-            if role == NodeRole::Primary && target.state.is_some() {
-                return Err(CliError::Message(
-                    "--state filters a secondary's registry; a primary has none".into(),
-                ));
-            }
-            let db = connect(&settings).await?;
-            let n = operations::reverify(&db, role, d, &selection(&target)).await?;
-            out(&format!(
-                "{}: {n} records marked for verification\n",
-                d.replicable_name
-            ));
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Nodes { action } => {
-            let db = connect(&settings).await?;
-            let enable = matches!(action, NodesAction::Enable { .. });
-            match action {
-                NodesAction::Add { name, url } => {
-                    let key = settings.get::<crate::node::SecretsKey>("secrets_key")?;
-                    let creds = nodes::register(&db, &name, &url, key.as_ref()).await?;
-                    out(&format!(
-                        "registered secondary `{name}`. Its credentials are shown this once; put them in its configuration:\n\
-                         name = \"{name}\"\naccess_key = \"{}\"\nsecret = \"{}\"\n",
-                        creds.access_key,
-                        creds.secret.expose()
-                    ));
-                }
-                NodesAction::List => {
-                    out(&format!(
-                        "{:<24} {:<8} {:<22} url\n",
-                        "name", "enabled", "access_key"
-                    ));
-                    for n in nodes::list(&db).await? {
-                        out(&format!(
-                            "{:<24} {:<8} {:<22} {}\n",
-                            n.name,
-                            if n.enabled { "yes" } else { "no" },
-                            n.access_key,
-                            n.url
-                        ));
-                    }
-                }
-                NodesAction::Remove { name } => {
-                    if !nodes::remove(&db, &name).await? {
-                        return Err(CliError::Message(format!("no secondary named `{name}`")));
-                    }
-                    out(&format!(
-                        "secondary `{name}` removed (its credentials stop working within {} s on a running primary)\n",
-                        crate::node::server::NODE_CACHE_TTL.as_secs()
-                    ));
-                }
-                NodesAction::Disable { name } | NodesAction::Enable { name } => {
-                    if !nodes::set_enabled(&db, &name, enable).await? {
-                        return Err(CliError::Message(format!("no secondary named `{name}`")));
-                    }
-                    out(&format!(
-                        "secondary `{name}` {} (within {} s on a running primary)\n",
-                        if enable { "enabled" } else { "disabled" },
-                        crate::node::server::NODE_CACHE_TTL.as_secs()
-                    ));
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => commands::check(settings, &set, only, delete_extra, confirm).await,
+        Command::Resync(target) => commands::resync(settings, &set, target).await,
+        Command::Reverify(target) => commands::reverify(settings, &set, target).await,
+        Command::Nodes { action } => commands::nodes(settings, action).await,
         #[cfg(feature = "graphql")]
-        Command::GraphqlSchema => {
-            let sdl = crate::graphql::sdl(&set)
-                .map_err(|e| CliError::Message(format!("building the GraphQL schema: {e}")))?;
-            out(&sdl);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Replicables => {
-            for d in set.descriptors() {
-                out(&format!(
-                    "{:<16} model {:<20} table {:<20} registry {:<24} flag {}{}\n",
-                    d.replicable_name,
-                    d.model_type,
-                    d.model_table,
-                    d.registry_table,
-                    d.feature_flag,
-                    if d.enabled_by_default {
-                        " (on by default)"
-                    } else {
-                        ""
-                    }
-                ));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::GraphqlSchema => commands::graphql_schema(&set),
+        Command::Replicables => commands::replicables(&set),
     }
 }
 

@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use super::source::{Answer, BlobSource, FrameSource, Incoming, Retrieved, RetrievedMany};
 use crate::descriptor::ReplicatorDescriptor;
 use crate::registry::ClaimedRow;
-use crate::storage::{BlobStore, StorageError};
+use crate::storage::{BlobStore, ObjectKey, StorageError};
 use crate::telemetry::Metrics;
 
 /// Objects up to this size are read whole and written in one step; larger ones are streamed.
@@ -95,6 +95,9 @@ pub(crate) struct FetchedMany<T> {
     pub(crate) alone: Vec<ClaimedRow>,
 }
 
+/// An object sent inline in a batch: its key, the primary's checksum, the bytes.
+type Inline = (ObjectKey, Option<[u8; 32]>, Bytes);
+
 /// Fetches from `source` into `store`.
 #[derive(Debug)]
 pub(crate) struct Fetch<'a, C, S> {
@@ -140,18 +143,31 @@ impl<C: BlobSource, S: BlobStore> Fetch<'_, C, S> {
                 .collect(),
             alone: Vec::new(),
         };
-        let mut frames = match self.source.retrieve_many(d.replicable_name, &ids).await {
+        let frames = match self.source.retrieve_many(d.replicable_name, &ids).await {
             Ok(RetrievedMany::Frames(frames)) => frames,
             Ok(RetrievedMany::Status(code)) => return fail_all(Failed::http_status(code)),
             Err(e) => return fail_all(Failed::transport(e)),
         };
+        let (mut out, inline) = self.read_frames(frames, &rows).await;
+        let took = started.elapsed().as_secs_f64();
+        out.results.extend(self.stage_inline(d, inline, took).await);
+        out
+    }
+
+    /// Reads a batch answer: each row's failure, the rows to fetch alone, and the inline
+    /// objects to stage. Rows the answer never reached (it broke, or ended early) fail.
+    async fn read_frames(
+        &self,
+        mut frames: C::Frames,
+        rows: &[ClaimedRow],
+    ) -> (FetchedMany<S::Staged>, Vec<(ClaimedRow, Inline)>) {
         let mut waiting: HashMap<i64, ClaimedRow> =
             rows.iter().map(|r| (r.model_record_id, *r)).collect();
         let mut out = FetchedMany {
             results: Vec::with_capacity(rows.len()),
             alone: Vec::new(),
         };
-        let mut to_stage = Vec::new();
+        let mut inline = Vec::new();
         let broken = loop {
             let frame = match frames.next_frame().await {
                 Ok(Some(frame)) => frame,
@@ -164,57 +180,70 @@ impl<C: BlobSource, S: BlobStore> Fetch<'_, C, S> {
                     frame.id
                 ));
             };
-            let outcome = match frame.answer {
-                Answer::Object { key, sha256, data } => self
-                    .check_size(Some(data.len() as u64))
-                    .map(|()| Some((key, sha256, data))),
-                Answer::Separately { size } => self.check_size(size).map(|()| None),
-                Answer::FileMissing => Err(Failed::file_missing()),
-                Answer::RecordMissing => Err(Failed::record_missing()),
-                Answer::Error => Err(Failed::new(
-                    "http_status",
-                    "The primary could not read the object",
-                )),
-                Answer::Malformed(e) => Err(Failed::protocol(e)),
-            };
-            match outcome {
-                Ok(Some(object)) => to_stage.push((row, object)),
+            match self.judge(frame.answer) {
+                Ok(Some(object)) => inline.push((row, object)),
                 Ok(None) => out.alone.push(row),
                 Err(f) => out.results.push((row, Err(f))),
             }
         };
-        // Rows the answer never reached: it broke, or ended early.
         let reason = broken.unwrap_or_else(|| "the primary's response ended early".into());
         for row in waiting.into_values() {
             out.results.push((row, Err(Failed::transport(&reason))));
         }
-        let (meta, items): (Vec<_>, Vec<_>) = to_stage
+        (out, inline)
+    }
+
+    /// What one frame means for its row: an inline object, `None` to fetch it alone, or why
+    /// it failed.
+    fn judge(&self, answer: Answer) -> Result<Option<Inline>, Failed> {
+        match answer {
+            Answer::Object { key, sha256, data } => self
+                .check_size(Some(data.len() as u64))
+                .map(|()| Some((key, sha256, data))),
+            Answer::Separately { size } => self.check_size(size).map(|()| None),
+            Answer::FileMissing => Err(Failed::file_missing()),
+            Answer::RecordMissing => Err(Failed::record_missing()),
+            Answer::Error => Err(Failed::new(
+                "http_status",
+                "The primary could not read the object",
+            )),
+            Answer::Malformed(e) => Err(Failed::protocol(e)),
+        }
+    }
+
+    /// Stages the inline objects of a batch in one go (`took`: the batch's download time).
+    async fn stage_inline(
+        &self,
+        d: &ReplicatorDescriptor,
+        inline: Vec<(ClaimedRow, Inline)>,
+        took: f64,
+    ) -> Vec<(ClaimedRow, Result<Fetched<S::Staged>, Failed>)> {
+        let (meta, items): (Vec<_>, Vec<_>) = inline
             .into_iter()
             .map(|(row, (key, sha, data))| {
                 let meta = (row, key.as_str().to_owned(), sha.is_some());
                 (meta, (key, data, sha))
             })
             .unzip();
-        let took = started.elapsed().as_secs_f64();
-        for ((row, key, checked), staged) in meta
-            .into_iter()
-            .zip(self.store.stage_many_bytes(items).await)
-        {
-            let result = match staged {
-                Ok(staged) => {
-                    self.observe(d, took);
-                    Ok(Fetched {
-                        row,
-                        key,
-                        staged,
-                        checked,
-                    })
-                }
-                Err(e) => Err(Failed::storage(&e)),
-            };
-            out.results.push((row, result));
-        }
-        out
+        let staged = self.store.stage_many_bytes(items).await;
+        meta.into_iter()
+            .zip(staged)
+            .map(|((row, key, checked), staged)| {
+                let result = match staged {
+                    Ok(staged) => {
+                        self.observe(d, took);
+                        Ok(Fetched {
+                            row,
+                            key,
+                            staged,
+                            checked,
+                        })
+                    }
+                    Err(e) => Err(Failed::storage(&e)),
+                };
+                (row, result)
+            })
+            .collect()
     }
 
     /// One object, staged (streamed when large).
