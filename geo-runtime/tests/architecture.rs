@@ -62,8 +62,6 @@ const PENDING_LONG_FNS: &[&str] = &[
     "geo-runtime/src/graphql.rs builder",
     "geo-runtime/src/graphql.rs registries",
     "geo-runtime/src/graphql.rs update_all",
-    "geo-runtime/src/node/runner.rs start_primary",
-    "geo-runtime/src/node/runner.rs start_secondary",
     "geo-runtime/src/status.rs refresh",
     "geo-runtime/src/status.rs render_table",
     "geo-runtime/src/testkit/mod.rs run",

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod auth;
 pub mod client;
+mod jobs;
 pub mod nodes;
 mod runner;
 pub mod server;

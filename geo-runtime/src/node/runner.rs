@@ -13,22 +13,21 @@ use tokio_util::task::TaskTracker;
 use super::admin::{self, AdminConfig};
 use super::auth::Secret;
 use super::client::{ClientError, PrimaryClient};
+use super::jobs;
 use super::server::{PrimaryApi, serve};
+use crate::db::dialect::now;
 use crate::db::{self, Database, NodeRole};
 use crate::error::MigrateError;
-use crate::events::{CursorConfig, EventCursor, prune_events};
+use crate::events::{CursorConfig, EventCursor};
 use crate::registry::Registry;
 use crate::replicator::ReplicatorSet;
 use crate::status::StatusCollector;
 use crate::storage::{BlobStore, LocalStore, StorageError};
 use crate::telemetry::Metrics;
-use crate::worker::consistency::Consistency;
-use crate::worker::removal::remove_objects;
 use crate::worker::sync::{BlobSync, SyncConfig};
 use crate::worker::verify::{
     PrimaryVerification, SecondaryVerification, SecondaryVerifyConfig, VerifyConfig,
 };
-use crate::{db::dialect::now, flags};
 
 /// A primary: serves its objects and events.
 #[derive(Debug, Clone)]
@@ -236,15 +235,11 @@ async fn start_status(
     interval: Duration,
     extra: axum::Router,
 ) -> Result<Option<SocketAddr>, NodeStartError> {
-    let collector = status.clone();
-    every(tracker, cancel, interval, move || {
-        let collector = collector.clone();
-        async move {
-            if let Err(e) = collector.refresh().await {
-                tracing::warn!(error = %e, "collecting the status failed");
-            }
-        }
-    });
+    jobs::spawn_all(
+        tracker,
+        cancel,
+        vec![jobs::status_collection(status.clone(), interval)],
+    );
     let Some(admin) = admin else {
         return Ok(None);
     };
@@ -283,24 +278,6 @@ fn admin_routes(
     {
         Ok(axum::Router::new())
     }
-}
-
-/// Runs `tick` every `interval` until cancelled.
-fn every<F, Fut>(tracker: &TaskTracker, cancel: &CancellationToken, interval: Duration, mut tick: F)
-where
-    F: FnMut() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let cancel = cancel.clone();
-    tracker.spawn(async move {
-        loop {
-            tick().await;
-            tokio::select! {
-                () = cancel.cancelled() => break,
-                () = tokio::time::sleep(interval) => {}
-            }
-        }
-    });
 }
 
 impl Node {
@@ -364,31 +341,12 @@ impl Node {
                 tracing::error!(error = %e, "the primary API stopped");
             }
         });
-        let pdb = db.clone();
         let metrics = Metrics::new();
         let verification = PrimaryVerification::new(db, set, store.clone(), c.verification.clone())
             .with_metrics(metrics.clone());
-        let token = cancel.clone();
-        let worker = verification.clone();
-        tracker.spawn(async move { worker.run(token).await });
-        every(&tracker, &cancel, Duration::from_secs(600), move || {
-            let verification = verification.clone();
-            async move {
-                match verification.fail_timed_out().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::warn!(rows = n, "failed checksums that timed out"),
-                    Err(e) => tracing::warn!(error = %e, "the verification-timeout sweep failed"),
-                }
-            }
-        });
-        every(&tracker, &cancel, c.prune_interval, move || {
-            let pdb = pdb.clone();
-            async move {
-                if let Err(e) = prune_events(&pdb, 50_000).await {
-                    tracing::warn!(error = %e, "pruning the event log failed");
-                }
-            }
-        });
+        let mut jobs = Vec::from(jobs::primary_verification(verification));
+        jobs.push(jobs::event_pruning(db, c.prune_interval));
+        jobs::spawn_all(&tracker, &cancel, jobs);
         let status = StatusCollector::new(db, NodeRole::Primary, set, &c.name);
         let admin_addr = start_status(
             &tracker,
@@ -421,23 +379,7 @@ impl Node {
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         db::migrate(db, NodeRole::Secondary, set).await?;
-        let started_at = now();
-        for d in set.descriptors() {
-            let n = Registry::new(db, d)
-                .release_interrupted(started_at, started_at)
-                .await?;
-            if n > 0 {
-                tracing::info!(
-                    replicable = d.replicable_name,
-                    rows = n,
-                    "released syncs a stopped process left in started"
-                );
-            }
-        }
-        let stale = store.remove_stale_temp_files().await?;
-        if stale > 0 {
-            tracing::info!(removed = stale, "removed temp files left by a crash");
-        }
+        recover_after_stop(db, set, &store).await?;
         let client = PrimaryClient::new(
             &c.primary_url,
             &c.access_key,
@@ -462,103 +404,27 @@ impl Node {
                 tracing::warn!(error = %e, "could not fix the cursor's start position yet; the next consistency pass covers what it misses")
             }
         }
-        let token = cancel.clone();
-        tracker.spawn(async move {
-            if let Err(e) = cursor.run(token).await {
-                tracing::error!(error = %e, "the event cursor stopped");
-            }
-        });
-
         let verification =
             SecondaryVerification::new(db, set, store.clone(), c.verification.clone())
                 .with_metrics(metrics.clone());
-        let token = cancel.clone();
-        let worker = verification.clone();
-        tracker.spawn(async move { worker.run(token).await });
-        let sweeper = verification.clone();
-        every(&tracker, &cancel, c.sweep_interval, move || {
-            let sweeper = sweeper.clone();
-            async move {
-                match sweeper.release_timed_out().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::warn!(rows = n, "released verifications that timed out"),
-                    Err(e) => tracing::warn!(error = %e, "the verification-timeout sweep failed"),
-                }
-            }
-        });
-        let (vclient, recheck) = (client.clone(), c.verification.disabled_recheck);
-        every(&tracker, &cancel, c.verification.idle_wait, move || {
-            let (verification, vclient) = (verification.clone(), vclient.clone());
-            async move {
-                if let Err(e) = verification.check_disabled(&vclient, recheck).await {
-                    tracing::warn!(error = %e, "checking disabled copies against the primary failed");
-                }
-            }
-        });
-
         let sync = BlobSync::new(db, set, client.clone(), store.clone(), c.sync.clone())
             .with_metrics(metrics.clone());
-        let token = cancel.clone();
-        tracker.spawn(async move { sync.run(token).await });
-
-        let (tdb, tset, tclient) = (db.clone(), set.clone(), client.clone());
-        every(&tracker, &cancel, c.consistency_interval, move || {
-            let pass = Consistency::new(&tdb, tclient.clone());
-            let (tdb, tset) = (tdb.clone(), tset.clone());
-            async move {
-                for d in tset.descriptors() {
-                    match flags::is_enabled(&tdb, d).await {
-                        Ok(true) => {
-                            if let Err(e) = pass.run_pass(d).await {
-                                tracing::warn!(replicable = d.replicable_name, error = %e, "consistency pass failed");
-                            }
-                        }
-                        Ok(false) => {}
-                        Err(e) => {
-                            tracing::warn!(error = %e, "reading a feature flag failed")
-                        }
-                    }
-                }
-            }
-        });
-
-        let (tdb, tset, timeout) = (db.clone(), set.clone(), c.sync_timeout);
-        every(&tracker, &cancel, c.sweep_interval, move || {
-            let (tdb, tset) = (tdb.clone(), tset.clone());
-            async move {
-                for d in tset.descriptors() {
-                    match Registry::new(&tdb, d).fail_timed_out(timeout, now()).await {
-                        Ok(0) => {}
-                        Ok(n) => tracing::warn!(
-                            replicable = d.replicable_name,
-                            rows = n,
-                            "failed syncs that timed out"
-                        ),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "the sync-timeout sweep failed")
-                        }
-                    }
-                }
-            }
-        });
-
-        let (tdb, tset, tstore) = (db.clone(), set.clone(), store.clone());
-        every(&tracker, &cancel, Duration::from_secs(1), move || {
-            let (tdb, tset, tstore) = (tdb.clone(), tset.clone(), tstore.clone());
-            async move {
-                loop {
-                    match remove_objects(&tdb, &tset, &tstore, 1000).await {
-                        // A full round of entries it could finish: there may be more.
-                        Ok(r) if r.deleted + r.kept + r.orphaned == 1000 => continue,
-                        Ok(_) => break,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "removing local objects failed");
-                            break;
-                        }
-                    }
-                }
-            }
-        });
+        let v = &c.verification;
+        let mut jobs = vec![jobs::event_cursor(cursor), jobs::blob_sync(sync)];
+        jobs.extend(jobs::secondary_verification(
+            verification,
+            client.clone(),
+            c.sweep_interval,
+            v.idle_wait,
+            v.disabled_recheck,
+        ));
+        jobs.extend([
+            jobs::consistency_pass(db, set, client.clone(), c.consistency_interval),
+            jobs::sync_timeout_sweep(db, set, c.sync_timeout, c.sweep_interval),
+            jobs::removals(db, set, store.clone()),
+            jobs::cursor_report(db, set, client.clone(), c.cursor.clone(), c.report_interval),
+        ]);
+        jobs::spawn_all(&tracker, &cancel, jobs);
 
         let status = StatusCollector::new(db, NodeRole::Secondary, set, &c.name)
             .with_primary(client.clone());
@@ -573,19 +439,6 @@ impl Node {
         )
         .await?;
 
-        let (tdb, tset, tclient, tc) = (db.clone(), set.clone(), client, c.cursor.clone());
-        every(&tracker, &cancel, c.report_interval, move || {
-            let position_reader =
-                EventCursor::new(&tdb, &tset, tclient.clone(), tc.clone(), "reporter");
-            let tclient = tclient.clone();
-            async move {
-                if let Ok(Some(p)) = position_reader.safe_position().await
-                    && let Err(e) = tclient.report_cursor(p).await
-                {
-                    tracing::debug!(error = %e, "could not report the cursor to the primary");
-                }
-            }
-        });
         tracing::info!(node = %c.name, primary = %c.primary_url, admin = ?admin_addr, "secondary started");
         Ok(NodeHandle {
             cancel,
@@ -596,4 +449,31 @@ impl Node {
             metrics,
         })
     }
+}
+
+/// What a stopped secondary process left behind, put right before the workers start: rows left
+/// `started` are released (failed, due at once) and temp files of unfinished downloads removed.
+async fn recover_after_stop<S: BlobStore>(
+    db: &Database,
+    set: &ReplicatorSet,
+    store: &S,
+) -> Result<(), NodeStartError> {
+    let started_at = now();
+    for d in set.descriptors() {
+        let n = Registry::new(db, d)
+            .release_interrupted(started_at, started_at)
+            .await?;
+        if n > 0 {
+            tracing::info!(
+                replicable = d.replicable_name,
+                rows = n,
+                "released syncs a stopped process left in started"
+            );
+        }
+    }
+    let stale = store.remove_stale_temp_files().await?;
+    if stale > 0 {
+        tracing::info!(removed = stale, "removed temp files left by a crash");
+    }
+    Ok(())
 }
