@@ -1,0 +1,342 @@
+//! The primary's verification (checksumming) worker, Geo's `VerificationBatchWorker`: claims
+//! records whose verification is pending (or failed and due) with `SKIP LOCKED` / the single
+//! writer, computes the SHA-256 of each object in constant memory off the async threads, and
+//! records it. Only the attempt that started a checksum may record it, so a record changed while
+//! it was hashed goes back to pending rather than keeping a wrong checksum.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use futures_util::StreamExt;
+use sqlx::{AssertSqlSafe, Row};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::{MIN_REVERIFY_INTERVAL, VerificationCounts, VerifyConfig, VerifyRound};
+use crate::db::dialect::{Ts, now};
+use crate::db::{Database, on_pool};
+use crate::error::DbError;
+use crate::replicator::{ReplicatorDescriptor, ReplicatorSet, model_object_keys};
+use crate::retry::{self, truncate_failure};
+use crate::storage::{BlobStore, ObjectKey};
+use crate::telemetry::Metrics;
+use crate::verification::VerificationState;
+use crate::verification::sql::VerificationSql;
+
+/// The primary's verification of every replicable in a set.
+#[derive(Debug, Clone)]
+pub struct PrimaryVerification<S> {
+    db: Database,
+    store: S,
+    config: VerifyConfig,
+    items: Arc<Vec<(&'static ReplicatorDescriptor, VerificationSql)>>,
+    metrics: Metrics,
+}
+
+/// Counts one replicable's outcomes of a round into `geo_verification_total`.
+pub(super) fn count_outcomes(
+    metrics: &Metrics,
+    d: &ReplicatorDescriptor,
+    succeeded: usize,
+    failed: usize,
+) {
+    for (outcome, n) in [("succeeded", succeeded), ("failed", failed)] {
+        metrics.add(
+            "geo_verification_total",
+            &[("replicable", d.replicable_name), ("outcome", outcome)],
+            n as u64,
+        );
+    }
+}
+
+impl<S: BlobStore> PrimaryVerification<S> {
+    /// The verification of the primary's `db` and `store`.
+    pub fn new(db: &Database, set: &ReplicatorSet, store: S, config: VerifyConfig) -> Self {
+        PrimaryVerification {
+            items: Arc::new(
+                set.descriptors()
+                    .iter()
+                    .map(|d| (*d, VerificationSql::new(d, db.dialect())))
+                    .collect(),
+            ),
+            db: db.clone(),
+            store,
+            config,
+            metrics: Metrics::default(),
+        }
+    }
+
+    /// Records checksums computed, by outcome, into `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// One round: claims a batch per replicable (pending first, then failed and due, then due
+    /// for re-verification) and checksums it, each replicable's share of the capacity at once.
+    /// Missing state rows are created when a replicable runs out of pending work.
+    pub async fn step(&self) -> Result<VerifyRound, DbError> {
+        let mut round = VerifyRound::default();
+        let share = (self.config.verification_max_capacity / self.items.len().max(1)).max(1);
+        // A batch is a few rounds of the concurrency (Geo claims 10 per job), so claims and
+        // their queries are amortised even with one worker.
+        let batch = (share * 4).max(10);
+        for (d, sql) in self.items.iter() {
+            let before = (round.succeeded, round.failed);
+            let started = now();
+            let reverify_before = started
+                .checked_sub_signed(
+                    TimeDelta::from_std(self.config.reverify_interval.max(MIN_REVERIFY_INTERVAL))
+                        .unwrap_or(TimeDelta::MAX),
+                )
+                .unwrap_or(DateTime::<Utc>::MIN_UTC);
+            let mut claimed = self.claim(&sql.claim_pending, batch, started, None).await?;
+            if claimed.len() < batch
+                && let Some(ensure) = &sql.ensure_rows
+            {
+                // Records that never published an event get their state rows now.
+                let created = on_pool!(self.db, write, pool => sqlx::query(AssertSqlSafe(ensure.as_str())).bind(10_000_i64).execute(pool).await?.rows_affected());
+                if created > 0 {
+                    claimed.extend(
+                        self.claim(&sql.claim_pending, batch - claimed.len(), started, None)
+                            .await?,
+                    );
+                }
+            }
+            for (claim, before) in [
+                (&sql.claim_failed_due, None),
+                (&sql.claim_reverify, Some(reverify_before)),
+            ] {
+                if claimed.len() < batch {
+                    claimed.extend(
+                        self.claim(claim, batch - claimed.len(), started, before)
+                            .await?,
+                    );
+                }
+            }
+            round.claimed += claimed.len();
+            // One query for the batch's object keys.
+            let ids: Vec<i64> = claimed.iter().map(|(id, _, _)| *id).collect();
+            let keys: std::collections::HashMap<i64, Option<String>> =
+                model_object_keys(&self.db, d, &ids)
+                    .await?
+                    .into_iter()
+                    .collect();
+            let outcomes: Vec<Checksummed> = futures_util::stream::iter(claimed)
+                .map(|(id, retries, expected)| {
+                    let span = tracing::info_span!("verify", replicable = d.replicable_name, id);
+                    let key = keys.get(&id).cloned();
+                    async move { (id, retries, expected, self.checksum(key).await) }
+                        .instrument(span)
+                })
+                .buffer_unordered(share)
+                .collect()
+                .await;
+            // One write transaction records the whole batch.
+            let mut tx = self.db.begin_write().await?;
+            for (id, retries, expected, outcome) in outcomes {
+                // A re-verification compares with the recorded checksum: a primary object that
+                // changed behind our back is a primary failure, never silently re-checksummed.
+                let outcome = match (outcome, &expected) {
+                    (Ok(sum), Some(want)) if want.as_slice() != sum.as_slice() => Err(format!(
+                        "The primary's copy no longer matches its checksum (recorded {}, now {})",
+                        hex::encode(want),
+                        hex::encode(sum)
+                    )),
+                    (other, _) => other,
+                };
+                let applied = match &outcome {
+                    Ok(sum) => Self::record_success(tx.conn(), sql, id, started, sum).await?,
+                    Err(reason) => {
+                        Self::record_failure(
+                            tx.conn(),
+                            sql,
+                            id,
+                            started,
+                            reason,
+                            retries,
+                            expected.as_deref(),
+                        )
+                        .await?
+                    }
+                };
+                let span = tracing::info_span!("verify", replicable = d.replicable_name, id);
+                let _entered = span.enter();
+                match (applied, outcome.is_ok()) {
+                    (false, _) => {
+                        tracing::debug!("checksum dropped: the record changed while it was hashed");
+                        round.superseded += 1;
+                    }
+                    (true, true) => {
+                        tracing::debug!("verification succeeded");
+                        round.succeeded += 1;
+                    }
+                    (true, false) => round.failed += 1,
+                }
+            }
+            tx.commit().await?;
+            count_outcomes(
+                &self.metrics,
+                d,
+                round.succeeded - before.0,
+                round.failed - before.1,
+            );
+        }
+        Ok(round)
+    }
+
+    /// Claims with `sql` (`$1` limit, `$2` now, and `$3` verified-before when given); returns
+    /// (id, failures so far, checksum to compare with).
+    async fn claim(
+        &self,
+        sql: &str,
+        limit: usize,
+        at: DateTime<Utc>,
+        before: Option<DateTime<Utc>>,
+    ) -> Result<Vec<(i64, i32, Option<Vec<u8>>)>, DbError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        on_pool!(self.db, write, pool => {
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(limit).bind(Ts(at));
+            if let Some(before) = before {
+                q = q.bind(Ts(before));
+            }
+            let rows = q.fetch_all(pool).await?;
+            rows.iter()
+                .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<i32, _>(1)?, r.try_get::<Option<Vec<u8>>, _>(2)?)))
+                .collect()
+        })
+    }
+
+    /// The SHA-256 of a record's object; `key` is the record's key as looked up for the batch
+    /// (`None`: no such record; `Some(None)`: no object key).
+    async fn checksum(&self, key: Option<Option<String>>) -> Result<[u8; 32], String> {
+        let key = match key {
+            Some(Some(key)) => key,
+            Some(None) => {
+                return Err("File is not checksummable: the record has no object key".into());
+            }
+            None => return Err("The model record is missing".into()),
+        };
+        let key = ObjectKey::parse(&key).map_err(|e| format!("File is not checksummable: {e}"))?;
+        match self.store.sha256(&key).await {
+            Ok(Some((_, sum))) => Ok(sum),
+            Ok(None) => Err("The file is missing".into()),
+            Err(e) => Err(format!("Error during verification: {e}")),
+        }
+    }
+
+    async fn record_success(
+        conn: crate::db::Conn<'_>,
+        sql: &VerificationSql,
+        id: i64,
+        started: DateTime<Utc>,
+        sum: &[u8; 32],
+    ) -> Result<bool, DbError> {
+        let n = crate::db::on_conn!(conn, c => sqlx::query(AssertSqlSafe(sql.mark_succeeded.as_str()))
+            .bind(id)
+            .bind(Ts(started))
+            .bind(sum.as_slice())
+            .bind(Ts(now()))
+            .execute(&mut *c)
+            .await?
+            .rows_affected());
+        Ok(n == 1)
+    }
+
+    async fn record_failure(
+        conn: crate::db::Conn<'_>,
+        sql: &VerificationSql,
+        id: i64,
+        started: DateTime<Utc>,
+        reason: &str,
+        retries: i32,
+        keep: Option<&[u8]>,
+    ) -> Result<bool, DbError> {
+        tracing::warn!(reason, "verification failed");
+        let at = now();
+        let retry_at = retry::next_retry_at(
+            at,
+            u32::try_from(retries.saturating_add(1)).unwrap_or(1),
+            false,
+        );
+        let n = crate::db::on_conn!(conn, c => sqlx::query(AssertSqlSafe(sql.mark_failed.as_str()))
+            .bind(id)
+            .bind(Ts(started))
+            .bind(truncate_failure(reason))
+            .bind(Ts(at))
+            .bind(Ts(retry_at))
+            .bind(keep)
+            .execute(&mut *c)
+            .await?
+            .rows_affected());
+        Ok(n == 1)
+    }
+
+    /// Checksums running longer than the timeout become failed ("Verification timed out after
+    /// …"). Returns how many.
+    pub async fn fail_timed_out(&self) -> Result<u64, DbError> {
+        let at = now();
+        let before = Ts(at
+            .checked_sub_signed(TimeDelta::from_std(self.config.timeout).unwrap_or(TimeDelta::MAX))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC));
+        let message = format!(
+            "Verification timed out after {}",
+            self.config.timeout.as_secs()
+        );
+        let mut total = 0;
+        for (_, sql) in self.items.iter() {
+            total += on_pool!(self.db, write, pool => sqlx::query(AssertSqlSafe(sql.fail_timed_out.as_str()))
+                .bind(before)
+                .bind(Ts(at + TimeDelta::seconds(16)))
+                .bind(message.as_str())
+                .execute(pool)
+                .await?
+                .rows_affected());
+        }
+        Ok(total)
+    }
+
+    /// Rows per verification state for `descriptor`.
+    pub async fn counts(
+        &self,
+        descriptor: &ReplicatorDescriptor,
+    ) -> Result<VerificationCounts, DbError> {
+        let mut counts = VerificationCounts::default();
+        let Some((_, sql)) = self
+            .items
+            .iter()
+            .find(|(d, _)| d.replicable_name == descriptor.replicable_name)
+        else {
+            return Ok(counts);
+        };
+        let rows: Vec<(i16, i64)> = on_pool!(self.db, read, pool => sqlx::query_as(AssertSqlSafe(sql.count_by_state.as_str())).fetch_all(pool).await?);
+        for (state, n) in rows {
+            match VerificationState::from_i16(state) {
+                Some(VerificationState::Pending) => counts.pending = n,
+                Some(VerificationState::Started) => counts.started = n,
+                Some(VerificationState::Succeeded) => counts.succeeded = n,
+                Some(VerificationState::Failed) => counts.failed = n,
+                Some(VerificationState::Disabled) => counts.disabled = n,
+                None => {}
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Runs rounds until cancelled.
+    pub async fn run(&self, cancel: CancellationToken) {
+        crate::worker::run_rounds(
+            &cancel,
+            self.config.idle_wait,
+            "verification round",
+            || async { self.step().await.map(|r| r.claimed > 0) },
+        )
+        .await;
+    }
+}
+
+/// A checksum attempt: id, failures so far, the checksum to compare with, and the outcome.
+type Checksummed = (i64, i32, Option<Vec<u8>>, Result<[u8; 32], String>);
