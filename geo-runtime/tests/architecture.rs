@@ -59,9 +59,6 @@ const PENDING_LONG_FNS: &[&str] = &[
     "geo-runtime/src/check.rs check_replicable",
     "geo-runtime/src/events/cursor.rs apply",
     "geo-runtime/src/events/cursor.rs step",
-    "geo-runtime/src/graphql.rs builder",
-    "geo-runtime/src/graphql.rs registries",
-    "geo-runtime/src/graphql.rs update_all",
     "geo-runtime/src/testkit/mod.rs run",
     "geo-runtime/src/worker/removal.rs remove_chunk",
     "geo-runtime/src/worker/verify/primary.rs step",
@@ -71,7 +68,6 @@ const PENDING_LONG_FNS: &[&str] = &[
 /// Files over [`MAX_FILE_LINES`] today, being split (issue 15); the list only shrinks.
 const PENDING_LONG_FILES: &[&str] = &[
     "events/cursor.rs",
-    "graphql.rs",
     "node/server.rs",
     "storage/local.rs",
     "testkit/mod.rs",

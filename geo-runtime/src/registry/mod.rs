@@ -1,6 +1,7 @@
 //! The secondary's registries: one row per replicable record, carrying Geo's sync state machine
 //! (pending 0 / started 1 / synced 2 / failed 3) and the secondary's verification columns.
 
+pub mod query;
 mod row;
 pub(crate) mod sql;
 mod state;

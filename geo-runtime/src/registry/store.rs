@@ -107,7 +107,7 @@ impl StateCounts {
 /// The registry of one replicable in one tracking database.
 #[derive(Debug, Clone)]
 pub struct Registry {
-    db: Database,
+    pub(super) db: Database,
     descriptor: &'static ReplicatorDescriptor,
     sql: Arc<RegistrySql>,
 }
