@@ -66,12 +66,7 @@ const PENDING_LONG_FNS: &[&str] = &[
 ];
 
 /// Files over [`MAX_FILE_LINES`] today, being split (issue 15); the list only shrinks.
-const PENDING_LONG_FILES: &[&str] = &[
-    "events/cursor.rs",
-    "node/server.rs",
-    "storage/local.rs",
-    "testkit/mod.rs",
-];
+const PENDING_LONG_FILES: &[&str] = &["events/cursor.rs", "node/server.rs", "testkit/mod.rs"];
 
 fn src_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
@@ -498,7 +493,8 @@ fn no_function_is_too_long() {
         let mut files = Vec::new();
         rust_files(&root.join(krate).join("src"), &mut files);
         files.sort();
-        for file in files {
+        // A `tests.rs` is a unit-test module of its own.
+        for file in files.into_iter().filter(|f| !f.ends_with("tests.rs")) {
             let text = std::fs::read_to_string(&file).expect("read source file");
             let code = without_test_modules(&blank_literals(&text));
             let rel = file
