@@ -26,23 +26,16 @@ use super::auth::SecretsKey;
 use super::auth::{AuthError, RequestScope, parse_authorization, verify};
 use super::nodes::{KnownNode, NodeError, find_by_access_key};
 use super::wire::{
-    BATCH_CONTENT_TYPE, BATCH_INLINE_MAX, FILE_NOT_FOUND, FrameStatus, HEADER_OBJECT_KEY,
-    HEADER_SHA256, MAX_BATCH, ObjectFrame, write_frame,
+    BATCH_CONTENT_TYPE, FILE_NOT_FOUND, FrameStatus, HEADER_OBJECT_KEY, HEADER_SHA256, MAX_BATCH,
+    ObjectFrame, write_frame,
 };
 use crate::db::Database;
 use crate::events::{DbEventSource, Event, EventSource, record_secondary_cursor};
 use crate::events::{DbModelIdSource, ListedVersions, ModelIdSource};
-use crate::replicator::{
-    ReplicatorDescriptor, ReplicatorSet, model_checksums, model_object, model_objects,
-    model_versions,
-};
-use crate::storage::{BlobStore, LocalStore, ObjectKey, Opened, SmallObject};
-
-/// Objects up to this size are read whole before they are sent; larger ones are streamed.
-pub const WHOLE_READ_BELOW: u64 = 256 * 1024;
-
-/// Objects of a batch read from the store in one go (and sent as one chunk).
-const READ_GROUP: usize = 32;
+use crate::replicator::{ReplicatorDescriptor, ReplicatorSet, model_checksums, model_versions};
+use crate::storage::{BlobStore, LocalStore, Opened};
+use crate::strategy::blob::serve::{self, READ_GROUP, ServeError, Served};
+use crate::strategy::blob::{Answer, Frame};
 
 /// Largest page of events or ids served at once.
 pub const MAX_PAGE: usize = 10_000;
@@ -398,29 +391,24 @@ async fn retrieve<S: BlobStore>(
         message: format!("{} #{id} file not found", d.model_type),
         geo_code: Some(FILE_NOT_FOUND),
     };
-    let (key, checksum) = match model_object(&api.db, d, id).await? {
-        None => {
+    let (key, sha256, opened) = match serve::one(&api.db, &api.store, d, id).await {
+        Ok(Served::Object { key, sha256, body }) => (key, sha256, body),
+        Ok(Served::FileMissing) => return Err(missing_file()),
+        Ok(Served::RecordMissing) => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 format!("{name} {id} not found"),
             ));
         }
-        Some((None, _)) => return Err(missing_file()),
-        Some((Some(key), checksum)) => (key, checksum.filter(|c| c.len() == 32)),
+        Err(ServeError::Db(e)) => return Err(e.into()),
+        Err(e) => {
+            tracing::error!(replicable = %name, id, error = %e, "serving an object");
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the primary could not read the object",
+            ));
+        }
     };
-    let key = ObjectKey::parse(&key).map_err(|e| {
-        tracing::error!(replicable = %name, id, error = %e, "the model's object key is not a safe path");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the object key on the primary is not a safe path")
-    })?;
-    let opened = api
-        .store
-        .read_or_open(&key, WHOLE_READ_BELOW)
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "opening an object");
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-        })?
-        .ok_or_else(missing_file)?;
     let (body, size) = match opened {
         Opened::Whole(bytes) => {
             let size = bytes.len() as u64;
@@ -438,7 +426,7 @@ async fn retrieve<S: BlobStore>(
     if let Ok(v) = header::HeaderValue::from_str(key.as_str()) {
         h.insert(HEADER_OBJECT_KEY, v);
     }
-    if let Some(sum) = checksum
+    if let Some(sum) = sha256
         && let Ok(v) = header::HeaderValue::from_str(&hex::encode(sum))
     {
         h.insert(HEADER_SHA256, v);
@@ -467,39 +455,16 @@ async fn retrieve_many<S: BlobStore>(
             format!("at most {MAX_BATCH} objects per request"),
         ));
     }
-    let known: std::collections::HashMap<i64, (Option<String>, Option<Vec<u8>>)> =
-        model_objects(&api.db, d, &ids)
-            .await?
-            .into_iter()
-            .map(|(id, key, sum)| (id, (key, sum)))
-            .collect();
-    // Each id resolved to its key (and checksum) or to the frame that answers it.
-    let plan: Vec<(i64, Resolved)> = ids
-        .iter()
-        .map(|&id| {
-            // `get`, not `remove`: an id asked for twice is answered twice.
-            let resolved = match known.get(&id) {
-                None => Err(FrameStatus::RecordMissing),
-                Some((None, _)) => Err(FrameStatus::FileMissing),
-                Some((Some(key), sum)) => ObjectKey::parse(key)
-                    .map(|key| {
-                        let sum = sum.as_deref().filter(|c| c.len() == 32).map(hex::encode);
-                        (key, sum)
-                    })
-                    .map_err(|e| {
-                        tracing::error!(replicable = %name, id, error = %e, "the model's object key is not a safe path");
-                        FrameStatus::Error
-                    }),
-            };
-            (id, resolved)
-        })
-        .collect();
+    let plan = serve::resolve(&api.db, d, &ids).await?;
     let groups: Vec<Vec<_>> = plan.chunks(READ_GROUP).map(<[_]>::to_vec).collect();
     let store = api.store.clone();
     let replicable = d.replicable_name;
     let body = futures_util::StreamExt::then(futures_util::stream::iter(groups), move |group| {
         let store = store.clone();
-        async move { Ok::<_, std::io::Error>(batch_chunk(&store, replicable, group).await) }
+        async move {
+            let frames = serve::read_group(&store, replicable, group).await;
+            Ok::<_, std::io::Error>(encode_frames(frames))
+        }
     });
     let mut response = Response::new(Body::from_stream(body));
     response.headers_mut().insert(
@@ -509,25 +474,10 @@ async fn retrieve_many<S: BlobStore>(
     Ok(response)
 }
 
-/// A requested id resolved to its key and hex checksum, or to the frame that answers it.
-type Resolved = Result<(ObjectKey, Option<String>), FrameStatus>;
-
-/// The frames of a group of objects, read from the store in one go.
-async fn batch_chunk<S: BlobStore>(
-    store: &S,
-    replicable: &'static str,
-    group: Vec<(i64, Resolved)>,
-) -> bytes::Bytes {
-    let keys = group
-        .iter()
-        .filter_map(|(_, r)| r.as_ref().ok().map(|(key, _)| key.clone()))
-        .collect();
-    let mut reads = store
-        .read_small_many(keys, BATCH_INLINE_MAX)
-        .await
-        .into_iter();
+/// Frames on the wire: a JSON line each, followed by the object's bytes when inline.
+fn encode_frames(frames: Vec<Frame>) -> bytes::Bytes {
     let mut out = Vec::new();
-    for (id, resolved) in group {
+    for Frame { id, answer } in frames {
         let mut frame = ObjectFrame {
             id,
             status: FrameStatus::Ok,
@@ -536,28 +486,24 @@ async fn batch_chunk<S: BlobStore>(
             sha256: None,
         };
         let mut data = None;
-        match resolved {
-            Err(status) => frame.status = status,
-            Ok((key, sha256)) => match reads.next() {
-                Some(Ok(SmallObject::Whole(bytes))) => {
-                    // One line per object served, as for single retrievals.
-                    tracing::debug!(replicable, id, "serving an object");
-                    frame.key = Some(key.as_str().to_owned());
-                    frame.size = Some(bytes.len() as u64);
-                    frame.sha256 = sha256;
-                    data = Some(bytes);
-                }
-                Some(Ok(SmallObject::TooLarge(size))) => {
-                    frame.status = FrameStatus::Separately;
-                    frame.size = Some(size);
-                }
-                Some(Ok(SmallObject::Missing)) => frame.status = FrameStatus::FileMissing,
-                Some(Err(e)) => {
-                    tracing::error!(replicable, id, error = %e, "reading an object");
-                    frame.status = FrameStatus::Error;
-                }
-                None => frame.status = FrameStatus::Error,
-            },
+        match answer {
+            Answer::Object {
+                key,
+                sha256,
+                data: bytes,
+            } => {
+                frame.key = Some(key.as_str().to_owned());
+                frame.size = Some(bytes.len() as u64);
+                frame.sha256 = sha256.map(hex::encode);
+                data = Some(bytes);
+            }
+            Answer::Separately { size } => {
+                frame.status = FrameStatus::Separately;
+                frame.size = size;
+            }
+            Answer::FileMissing => frame.status = FrameStatus::FileMissing,
+            Answer::RecordMissing => frame.status = FrameStatus::RecordMissing,
+            Answer::Error | Answer::Malformed(_) => frame.status = FrameStatus::Error,
         }
         write_frame(&mut out, &frame, data.as_deref());
     }

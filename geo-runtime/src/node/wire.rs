@@ -11,11 +11,7 @@ pub const HEADER_OBJECT_KEY: &str = "x-geo-object-key";
 /// `geo_code` of a 404 whose record exists but whose object does not.
 pub const FILE_NOT_FOUND: &str = "FILE_NOT_FOUND";
 
-/// Objects up to this size are sent inline in a batch response; larger ones are answered
-/// [`FrameStatus::Separately`], to be fetched on their own (streamed).
-pub const BATCH_INLINE_MAX: u64 = 64 * 1024;
-
-pub use crate::strategy::blob::MAX_BATCH;
+pub use crate::strategy::blob::{BATCH_INLINE_MAX, MAX_BATCH};
 
 /// The content type of a batch response.
 pub const BATCH_CONTENT_TYPE: &str = "application/vnd.geo-objects";

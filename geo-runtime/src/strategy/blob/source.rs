@@ -96,7 +96,7 @@ pub struct Frame {
 }
 
 /// What a frame says.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Answer {
     /// The object, inline.
     Object {
