@@ -24,8 +24,9 @@ use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::AssertSqlSafe;
 use tokio_util::sync::CancellationToken;
 
+use super::Event;
+use super::fold::{Fold, Gaps};
 use super::source::{EventSource, SourceError};
-use super::{Event, EventName};
 use crate::db::dialect::{IdList, RowReader, Ts, in_id_list, now, param};
 use crate::db::{Conn, Database, lease, on_conn, on_pool};
 use crate::descriptor::{ReplicatorDescriptor, ReplicatorSet};
@@ -38,8 +39,6 @@ use crate::telemetry::Metrics;
 
 /// The lease name of the event cursor.
 pub(super) const CURSOR_LEASE: &str = "geo_event_cursor";
-/// Gaps wider than this are not tracked id by id (a sequence jump, not a late commit).
-pub(super) const MAX_GAP_WIDTH: i64 = 10_000;
 
 /// Where a cursor with no stored position starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,18 +124,13 @@ pub struct BatchReport {
     pub position: i64,
 }
 
-/// What a batch does to one model record, after folding its events in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Action {
-    /// Make sure a row exists; leave an existing one alone.
-    Track,
-    /// Row back to pending (created when missing).
-    Reset,
-    /// Remove the row.
-    Remove,
-    /// Deleted, then created again within the batch: the old row goes (its copies retired) and
-    /// a fresh one comes, pending, recorded with no copy yet.
-    Recreate,
+/// What a step read from the primary.
+struct Read {
+    position: i64,
+    gap_rows: Vec<(i64, DateTime<Utc>)>,
+    filled: Vec<Event>,
+    batch: Vec<Event>,
+    read_at: DateTime<Utc>,
 }
 
 /// The secondary's event cursor. See the module docs.
@@ -248,50 +242,15 @@ impl<S: EventSource> EventCursor<S> {
         }
         report.held_lease = true;
 
-        let position = match self.position().await? {
-            Some(p) => p,
-            None => match self.config.start {
-                StartPosition::Latest => self.source.latest_event_id().await?,
-                StartPosition::Beginning => 0,
-            },
-        };
-        let gap_rows = self.gap_rows().await?;
-        let gap_ids: Vec<i64> = gap_rows.iter().map(|(id, _)| *id).collect();
-        let filled = self.source.events_by_ids(&gap_ids).await?;
-        let batch = self
-            .source
-            .events_after(position, self.config.batch_size)
-            .await?;
-        // Rows this step creates are stamped after the read, not at the step's start: a
-        // consistency pass whose listing began before the read (and so may lack these records)
-        // must see them as newer than its listing, never as orphans.
-        let read_at = now();
-
-        // New gaps: ids the batch skipped.
-        let mut new_gaps = Vec::new();
-        let mut expected = position + 1;
-        for e in &batch {
-            if e.id > expected {
-                let width = e.id - expected;
-                if width > MAX_GAP_WIDTH {
-                    tracing::warn!(
-                        from = expected,
-                        to = e.id - 1,
-                        width,
-                        "event id jump too wide to track id by id; the consistency pass covers it"
-                    );
-                    self.metrics.add(
-                        "geo_event_gaps_abandoned_total",
-                        &[],
-                        u64::try_from(width).unwrap_or(u64::MAX),
-                    );
-                    report.gaps_abandoned += usize::try_from(width).unwrap_or(usize::MAX);
-                } else {
-                    new_gaps.extend(expected..e.id);
-                }
-            }
-            expected = expected.max(e.id + 1);
-        }
+        let Read {
+            position,
+            gap_rows,
+            filled,
+            batch,
+            read_at,
+        } = self.read().await?;
+        let gaps = Gaps::of(position, batch.iter().map(|e| e.id));
+        report.gaps_abandoned += self.report_too_wide(&gaps);
         let filled_ids: Vec<i64> = filled.iter().map(|e| e.id).collect();
         let deadline =
             started - TimeDelta::from_std(self.config.gap_timeout).unwrap_or(TimeDelta::MAX);
@@ -318,7 +277,7 @@ impl<S: EventSource> EventCursor<S> {
         let (applied, skipped) = self.apply(tx.conn(), &events, read_at).await?;
         delete_gaps(tx.conn(), &filled_ids).await?;
         delete_gaps(tx.conn(), &abandoned).await?;
-        insert_gaps(tx.conn(), &new_gaps, started).await?;
+        insert_gaps(tx.conn(), &gaps.ids, started).await?;
         store_position(tx.conn(), new_position, started).await?;
         // The crash suite stops the process here: events applied, nothing committed.
         #[cfg(feature = "failpoints")]
@@ -327,28 +286,78 @@ impl<S: EventSource> EventCursor<S> {
         }
         tx.commit().await?;
 
-        if !abandoned.is_empty() {
-            tracing::warn!(
-                gaps = ?abandoned,
-                timeout_s = self.config.gap_timeout.as_secs(),
-                "event gaps never filled and were given up; the consistency pass will repair what they carried"
-            );
-            self.metrics.add(
-                "geo_event_gaps_abandoned_total",
-                &[],
-                abandoned.len() as u64,
-            );
-        }
+        self.report_abandoned(&abandoned);
         report.read = events.len();
         report.applied = applied;
         report.skipped = skipped;
-        report.gaps_detected = new_gaps.len();
+        report.gaps_detected = gaps.ids.len();
         report.gaps_filled = filled_ids.len();
         report.gaps_abandoned += abandoned.len();
         report.position = new_position;
         self.metrics
             .add("geo_cursor_events_applied_total", &[], applied as u64);
         Ok(report)
+    }
+
+    /// The batch a step applies: the position, the gaps known so far and the events that
+    /// filled them, the next events, and when they were read.
+    async fn read(&self) -> Result<Read, CursorError> {
+        let position = match self.position().await? {
+            Some(p) => p,
+            None => match self.config.start {
+                StartPosition::Latest => self.source.latest_event_id().await?,
+                StartPosition::Beginning => 0,
+            },
+        };
+        let gap_rows = self.gap_rows().await?;
+        let gap_ids: Vec<i64> = gap_rows.iter().map(|(id, _)| *id).collect();
+        let filled = self.source.events_by_ids(&gap_ids).await?;
+        let batch = self
+            .source
+            .events_after(position, self.config.batch_size)
+            .await?;
+        // Rows this step creates are stamped after the read, not at the step's start: a
+        // consistency pass whose listing began before the read (and so may lack these records)
+        // must see them as newer than its listing, never as orphans.
+        Ok(Read {
+            position,
+            gap_rows,
+            filled,
+            batch,
+            read_at: now(),
+        })
+    }
+
+    /// Says which id jumps were too wide to track; returns how many ids they hold.
+    fn report_too_wide(&self, gaps: &Gaps) -> usize {
+        for (from, to) in &gaps.too_wide {
+            tracing::warn!(
+                from,
+                to,
+                width = to - from + 1,
+                "event id jump too wide to track id by id; the consistency pass covers it"
+            );
+        }
+        self.metrics
+            .add("geo_event_gaps_abandoned_total", &[], gaps.abandoned());
+        usize::try_from(gaps.abandoned()).unwrap_or(usize::MAX)
+    }
+
+    /// Says which gaps were given up (the consistency pass repairs what they carried).
+    fn report_abandoned(&self, abandoned: &[i64]) {
+        if abandoned.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            gaps = ?abandoned,
+            timeout_s = self.config.gap_timeout.as_secs(),
+            "event gaps never filled and were given up; the consistency pass will repair what they carried"
+        );
+        self.metrics.add(
+            "geo_event_gaps_abandoned_total",
+            &[],
+            abandoned.len() as u64,
+        );
     }
 
     /// Runs until cancelled: steps while there is work, waits when idle or on standby, backs off
@@ -425,8 +434,7 @@ impl<S: EventSource> EventCursor<S> {
     ) -> Result<(usize, usize), CursorError> {
         let mut applied = 0;
         let mut skipped = 0;
-        // replicable -> model id -> (action, object keys to remove)
-        let mut plan: BTreeMap<&str, BTreeMap<i64, (Action, Vec<String>)>> = BTreeMap::new();
+        let mut plan: BTreeMap<&str, Fold> = BTreeMap::new();
         let mut enabled: HashMap<&str, bool> = HashMap::new();
         for e in events {
             let Some((d, _)) = self.replicators.get(e.replicable_name.as_str()) else {
@@ -447,101 +455,42 @@ impl<S: EventSource> EventCursor<S> {
                 continue;
             }
             applied += 1;
-            let entry = plan.entry(d.replicable_name).or_default();
-            let key = e.payload.object_key.clone();
-            match (entry.get_mut(&e.model_record_id), e.event_name) {
-                (None, EventName::Created) => {
-                    entry.insert(e.model_record_id, (Action::Track, Vec::new()));
-                }
-                (None, EventName::Updated) => {
-                    entry.insert(e.model_record_id, (Action::Reset, Vec::new()));
-                }
-                (None, EventName::Deleted) => {
-                    entry.insert(
-                        e.model_record_id,
-                        (Action::Remove, key.into_iter().collect()),
-                    );
-                }
-                (Some(slot), EventName::Created | EventName::Updated) => {
-                    // After a delete in the same batch the record is new: its old row and every
-                    // copy retired on the way go (even under the key it uses again: the new
-                    // version is synced afresh), and a fresh row tracks it.
-                    slot.0 = match (&slot.0, e.event_name) {
-                        (Action::Remove | Action::Recreate, _) => Action::Recreate,
-                        (Action::Track, EventName::Created) => Action::Track,
-                        _ => Action::Reset,
-                    };
-                }
-                (Some(slot), EventName::Deleted) => {
-                    slot.0 = Action::Remove;
-                    if let Some(k) = key
-                        && !slot.1.contains(&k)
-                    {
-                        slot.1.push(k);
-                    }
-                }
-            }
+            plan.entry(d.replicable_name).or_default().add(
+                e.model_record_id,
+                e.event_name,
+                e.payload.object_key.clone(),
+            );
         }
-        for (name, records) in plan {
+        for (name, fold) in plan {
             let Some((d, sql)) = self.replicators.get(name) else {
                 continue;
             };
-            let mut track = Vec::new();
-            let mut reset = Vec::new();
-            let mut remove = Vec::new();
-            let mut removals: BTreeMap<i64, Vec<String>> = BTreeMap::new();
-            for (id, (action, keys)) in records {
+            for (id, action) in fold.records() {
                 tracing::debug!(
                     replicable = d.replicable_name,
                     id,
-                    action = match action {
-                        Action::Track => "tracked (pending when new)",
-                        Action::Reset => "back to pending",
-                        Action::Remove => "removed",
-                        Action::Recreate => "removed, then tracked afresh",
-                    },
+                    action = action.describe(),
                     "registry row from events"
                 );
-                match action {
-                    Action::Track => track.push(id),
-                    Action::Reset => reset.push(id),
-                    Action::Remove => remove.push(id),
-                    Action::Recreate => {
-                        remove.push(id);
-                        track.push(id);
-                    }
-                }
-                if matches!(action, Action::Remove | Action::Recreate) || !keys.is_empty() {
-                    removals.insert(id, keys);
-                }
             }
+            let mut changes = fold.changes();
             // Existing rows are locked in id order first, as every writer of several rows does.
-            let touched: Vec<i64> = reset.iter().chain(&remove).copied().collect();
+            let touched: Vec<i64> = changes
+                .reset
+                .iter()
+                .chain(&changes.remove)
+                .copied()
+                .collect();
             lock_model_ids(conn.reborrow(), sql, &touched).await?;
             // The copy the registry recorded goes too, whatever key the event names: the
             // record may have moved without an event reaching us.
-            let deleted = delete_many(conn.reborrow(), sql, &remove).await?;
-            insert_pending_many(conn.reborrow(), sql, &track, now).await?;
-            reset_pending_many(conn.reborrow(), sql, &reset, now).await?;
+            let deleted = delete_many(conn.reborrow(), sql, &changes.remove).await?;
+            insert_pending_many(conn.reborrow(), sql, &changes.track, now).await?;
+            reset_pending_many(conn.reborrow(), sql, &changes.reset, now).await?;
             for (id, stored_key) in deleted {
-                if let Some(k) = stored_key {
-                    let keys = removals.entry(id).or_default();
-                    if !keys.contains(&k) {
-                        keys.push(k);
-                    }
-                }
+                changes.retire_stored(id, stored_key);
             }
-            let removals: Vec<(i64, Option<String>)> = removals
-                .into_iter()
-                .flat_map(|(id, keys)| {
-                    if keys.is_empty() {
-                        // No key known anywhere: the removal worker says so.
-                        vec![(id, None)]
-                    } else {
-                        keys.into_iter().map(|k| (id, Some(k))).collect()
-                    }
-                })
-                .collect();
+            let removals = changes.removal_list();
             schedule_removals(conn.reborrow(), d.replicable_name, &removals, now).await?;
         }
         Ok((applied, skipped))

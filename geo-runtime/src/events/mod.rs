@@ -6,6 +6,7 @@
 //! (backfill), and a gap in the ids is tracked until it fills or is given up loudly.
 
 mod cursor;
+mod fold;
 mod ids;
 mod source;
 
