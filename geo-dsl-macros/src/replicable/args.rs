@@ -4,7 +4,7 @@ use darling::FromMeta;
 use darling::util::{Flag, SpannedValue};
 
 /// `#[replicable(strategy = "blob", registry = "…", …)]` on the struct.
-#[derive(Debug, FromMeta)]
+#[derive(Debug, Default, FromMeta)]
 pub(crate) struct ReplicableArgs {
     /// Checked in `validate` so that a missing strategy gets a message that says what to write.
     #[darling(default)]

@@ -197,6 +197,45 @@ pub(crate) fn validate(
     errors: &mut Accumulator,
 ) -> Option<ReplicableDef> {
     let ident = &input.ident;
+    check_not_generic(input, errors);
+    if let Some(fields) = &fields {
+        check_one_role_per_field(fields, errors);
+    }
+    // Without arguments (darling reported why), no follow-on error about a missing strategy.
+    let parsed = args.is_some();
+    let args = args.unwrap_or_default();
+    let strategy = match parsed {
+        true => check_strategy(args.strategy.as_ref(), errors),
+        false => None,
+    };
+    let names = check_names(ident, &args, errors);
+    check_distinct_tables(&names, &args, errors);
+    let fields = fields?;
+    let roles = check_roles(&fields, strategy, ident, errors);
+    Some(ReplicableDef {
+        vis: input.vis.clone(),
+        ident: ident.clone(),
+        krate: args
+            .krate
+            .unwrap_or_else(|| syn::parse_quote!(::geo_runtime)),
+        strategy: strategy?,
+        feature_flag: format!("geo_{}_replication", names.name),
+        name: names.name,
+        name_plural: names.name_plural,
+        model_table: names.model_table,
+        registry_table: names.registry_table,
+        foreign_key: names.foreign_key,
+        verification: names.verification,
+        enabled_by_default: args.enabled_by_default.unwrap_or(false),
+        id: roles.id?,
+        blob: roles.blob,
+        file_store: roles.file_store,
+        selective_sync: roles.selective_sync,
+    })
+}
+
+/// A replicable's tables and SQL are fixed at compile time: no generics.
+fn check_not_generic(input: &syn::DeriveInput, errors: &mut Accumulator) {
     if !input.generics.params.is_empty() || input.generics.where_clause.is_some() {
         errors.push(
             Error::custom(
@@ -205,64 +244,137 @@ pub(crate) fn validate(
             .with_span(&input.generics),
         );
     }
+}
 
-    // Per field: roles that exclude each other.
-    if let Some(fields) = &fields {
-        for f in fields {
-            let roles = role_of(&f.args);
-            for (name, flag) in roles.iter().skip(1) {
-                errors.push(
-                    Error::custom(format!(
-                        "a field has one role: this one is already `{}`, it cannot also be `{name}`",
-                        roles[0].0
-                    ))
-                    .with_span(&flag.span()),
-                );
-            }
+/// A field has one role: `id`, `blob`, `file_store` and `selective_sync` exclude each other.
+fn check_one_role_per_field(fields: &[FieldInfo], errors: &mut Accumulator) {
+    for f in fields {
+        let roles = role_of(&f.args);
+        for (name, flag) in roles.iter().skip(1) {
+            errors.push(
+                Error::custom(format!(
+                    "a field has one role: this one is already `{}`, it cannot also be `{name}`",
+                    roles[0].0
+                ))
+                .with_span(&flag.span()),
+            );
         }
     }
+}
 
-    let (strategy, registry_arg, table_arg, name_arg, verification_arg, enabled_by_default, krate) =
-        match args {
-            Some(a) => {
-                let strategy = match a.strategy {
-                    None => {
-                        errors.push(
-                            Error::custom(
-                                "missing `strategy`: write `#[replicable(strategy = \"blob\", …)]`",
-                            )
-                            .with_span(&Span::call_site()),
-                        );
-                        None
-                    }
-                    Some(s) => match *s {
-                        StrategyArg::Blob => Some(Strategy::Blob),
-                        StrategyArg::Repository => {
-                            errors.push(
-                                Error::custom(
-                                    "strategy `repository` is not implemented yet; the available strategy is `blob`",
-                                )
-                                .with_span(&s.span()),
-                            );
-                            None
-                        }
-                    },
-                };
-                (
-                    strategy,
-                    a.registry,
-                    a.table,
-                    a.name,
-                    a.verification,
-                    a.enabled_by_default.unwrap_or(false),
-                    a.krate,
+/// `strategy` is required, and names an implemented strategy.
+fn check_strategy(
+    strategy: Option<&darling::util::SpannedValue<StrategyArg>>,
+    errors: &mut Accumulator,
+) -> Option<Strategy> {
+    let Some(s) = strategy else {
+        errors.push(
+            Error::custom("missing `strategy`: write `#[replicable(strategy = \"blob\", …)]`")
+                .with_span(&Span::call_site()),
+        );
+        return None;
+    };
+    match **s {
+        StrategyArg::Blob => Some(Strategy::Blob),
+        StrategyArg::Repository => {
+            errors.push(
+                Error::custom(
+                    "strategy `repository` is not implemented yet; the available strategy is `blob`",
                 )
-            }
-            None => (None, None, None, None, None, false, None),
-        };
+                .with_span(&s.span()),
+            );
+            None
+        }
+    }
+}
 
-    // Names.
-    let (name, name_ok) = match &name_arg {
+/// The names a replicable's SQL uses, given or derived from the struct's name.
+struct Names {
+    name: String,
+    name_plural: String,
+    /// Where the name comes from (the `name` key, or the struct's ident).
+    name_span: Span,
+    model_table: String,
+    registry_table: String,
+    foreign_key: String,
+    verification: Verification,
+}
+
+/// The replicable's name, its tables and foreign key: each given one is a valid identifier, and
+/// each derived one is too (reported once when the name itself is not).
+fn check_names(ident: &syn::Ident, args: &ReplicableArgs, errors: &mut Accumulator) -> Names {
+    let (name, name_ok) = check_name(ident, args, errors);
+    let name_span = args
+        .name
+        .as_ref()
+        .map_or_else(|| ident.span(), |n| n.span());
+    let name_plural = plural(&name);
+    // Names derived from `name`; when `name` itself is invalid it was reported once already.
+    let derived_ident = |errors: &mut Accumulator, what: &str, value: String, key: Option<&str>| {
+        if let (true, Some(problem)) = (name_ok, identifier_problem(&value)) {
+            let fix = match key {
+                Some(key) => format!("set `{key} = \"…\"` or a shorter `name`"),
+                None => "set a shorter `name`".to_owned(),
+            };
+            errors.push(
+                Error::custom(format!(
+                    "the default {what} `{value}` is not valid ({problem}); {fix}"
+                ))
+                .with_span(&name_span),
+            );
+        }
+        value
+    };
+    let model_table = match &args.table {
+        Some(t) => {
+            check_identifier(errors, "table name", t, t.span());
+            t.to_string()
+        }
+        None => derived_ident(errors, "table name", name_plural.clone(), Some("table")),
+    };
+    let registry_table = match &args.registry {
+        Some(r) => {
+            check_identifier(errors, "registry table name", r, r.span());
+            r.to_string()
+        }
+        None => derived_ident(
+            errors,
+            "registry table name",
+            format!("{name}_registry"),
+            Some("registry"),
+        ),
+    };
+    let foreign_key = derived_ident(errors, "registry foreign key", format!("{name}_id"), None);
+    let verification = match args.verification.as_deref() {
+        Some(VerificationArg::Inline) => Verification::Inline,
+        Some(VerificationArg::SeparateTable) | None => Verification::SeparateTable {
+            table: derived_ident(
+                errors,
+                "verification state table",
+                format!("{name}_states"),
+                None,
+            ),
+        },
+    };
+    Names {
+        name,
+        name_plural,
+        name_span,
+        model_table,
+        registry_table,
+        foreign_key,
+        verification,
+    }
+}
+
+/// The replicable name: the `name` key, or the struct's name in snake case. Returns it and
+/// whether it is a valid identifier.
+fn check_name(
+    ident: &syn::Ident,
+    args: &ReplicableArgs,
+    errors: &mut Accumulator,
+) -> (String, bool) {
+    match &args.name {
         Some(n) => {
             let ok = check_identifier(errors, "replicable name", n, n.span());
             (n.to_string(), ok)
@@ -280,87 +392,54 @@ pub(crate) fn validate(
             }
             (derived, problem.is_none())
         }
-    };
-    let name_span = name_arg.as_ref().map_or_else(|| ident.span(), |n| n.span());
-    let name_plural = plural(&name);
+    }
+}
 
-    // Names derived from `name`; when `name` itself is invalid it was reported once already.
-    let derived_ident = |errors: &mut Accumulator, what: &str, value: String, key: Option<&str>| {
-        if let (true, Some(problem)) = (name_ok, identifier_problem(&value)) {
-            let fix = match key {
-                Some(key) => format!("set `{key} = \"…\"` or a shorter `name`"),
-                None => "set a shorter `name`".to_owned(),
-            };
-            errors.push(
-                Error::custom(format!(
-                    "the default {what} `{value}` is not valid ({problem}); {fix}"
-                ))
-                .with_span(&name_span),
-            );
-        }
-        value
-    };
-
-    let model_table = match &table_arg {
-        Some(t) => {
-            check_identifier(errors, "table name", t, t.span());
-            t.to_string()
-        }
-        None => derived_ident(errors, "table name", name_plural.clone(), Some("table")),
-    };
-    let registry_table = match &registry_arg {
-        Some(r) => {
-            check_identifier(errors, "registry table name", r, r.span());
-            r.to_string()
-        }
-        None => derived_ident(
-            errors,
-            "registry table name",
-            format!("{name}_registry"),
-            Some("registry"),
-        ),
-    };
-    let foreign_key = derived_ident(errors, "registry foreign key", format!("{name}_id"), None);
-    let verification = match verification_arg.as_deref() {
-        Some(VerificationArg::Inline) => Verification::Inline,
-        Some(VerificationArg::SeparateTable) | None => Verification::SeparateTable {
-            table: derived_ident(
-                errors,
-                "verification state table",
-                format!("{name}_states"),
-                None,
-            ),
-        },
-    };
-
-    if registry_table == model_table {
-        let span = registry_arg
+/// The model, registry and verification tables are three tables.
+fn check_distinct_tables(names: &Names, args: &ReplicableArgs, errors: &mut Accumulator) {
+    if names.registry_table == names.model_table {
+        let span = args
+            .registry
             .as_ref()
-            .map_or_else(|| name_span, |r| r.span());
+            .map_or_else(|| names.name_span, |r| r.span());
         errors.push(
             Error::custom(format!(
-                "the registry table and the model table are both `{model_table}`: the registry lives in the secondary's tracking database and needs its own name"
+                "the registry table and the model table are both `{}`: the registry lives in the secondary's tracking database and needs its own name",
+                names.model_table
             ))
             .with_span(&span),
         );
     }
-    if let Verification::SeparateTable { table } = &verification
-        && (table == &model_table || table == &registry_table)
+    if let Verification::SeparateTable { table } = &names.verification
+        && (table == &names.model_table || table == &names.registry_table)
     {
-        {
-            errors.push(
-                Error::custom(format!(
-                    "the verification state table `{table}` would be the same table as the model or the registry; choose another `table`/`registry`, or `verification = \"inline\"`"
-                ))
-                .with_span(&name_span),
-            );
-        }
+        errors.push(
+            Error::custom(format!(
+                "the verification state table `{table}` would be the same table as the model or the registry; choose another `table`/`registry`, or `verification = \"inline\"`"
+            ))
+            .with_span(&names.name_span),
+        );
     }
+}
 
-    // Fields and their roles.
-    let fields = fields?;
+/// The fields that carry a role.
+struct Roles {
+    id: Option<RoleField>,
+    blob: Option<RoleField>,
+    file_store: Option<RoleField>,
+    selective_sync: Option<RoleField>,
+}
+
+/// One `id` field, and the fields the strategy needs (a `blob` field for the blob strategy);
+/// at most one field per optional role.
+fn check_roles(
+    fields: &[FieldInfo],
+    strategy: Option<Strategy>,
+    ident: &syn::Ident,
+    errors: &mut Accumulator,
+) -> Roles {
     let id = single_role(
-        &fields,
+        fields,
         "id",
         |a| &a.id,
         Some("`{}` has no `#[replicable(id)]` field: mark the model's `i64` primary key with it"),
@@ -371,43 +450,22 @@ pub(crate) fn validate(
     let blob_required = strategy.map(|Strategy::Blob| {
         "the blob strategy needs a `#[replicable(blob)]` field on `{}`: mark the `String` field that holds the object key"
     });
-    let blob = single_role(&fields, "blob", |a| &a.blob, blob_required, ident, errors);
-    let file_store = single_role(
-        &fields,
-        "file_store",
-        |a| &a.file_store,
-        None,
-        ident,
-        errors,
-    );
+    let blob = single_role(fields, "blob", |a| &a.blob, blob_required, ident, errors);
+    let file_store = single_role(fields, "file_store", |a| &a.file_store, None, ident, errors);
     let selective_sync = single_role(
-        &fields,
+        fields,
         "selective_sync",
         |a| &a.selective_sync,
         None,
         ident,
         errors,
     );
-
-    let krate = krate.unwrap_or_else(|| syn::parse_quote!(::geo_runtime));
-    Some(ReplicableDef {
-        vis: input.vis.clone(),
-        ident: ident.clone(),
-        krate,
-        strategy: strategy?,
-        feature_flag: format!("geo_{name}_replication"),
-        name,
-        name_plural,
-        model_table,
-        registry_table,
-        foreign_key,
-        verification,
-        enabled_by_default,
-        id: id?,
+    Roles {
+        id,
         blob,
         file_store,
         selective_sync,
-    })
+    }
 }
 
 /// The struct's named fields, or an error at the part of the item that is not one.
