@@ -15,6 +15,7 @@
 //! fixture and judges the result by the bytes on both sides and the rows in both databases, never
 //! by what the secondary says about itself.
 
+mod checks;
 mod factory;
 
 use std::future::Future;
@@ -39,7 +40,6 @@ use crate::replicator::{
 };
 use crate::storage::{LocalStore, ObjectKey};
 use crate::testing::{self, TestDatabase};
-use crate::verification::VerificationState;
 use crate::worker::sync::SyncConfig;
 use crate::worker::verify::{SecondaryVerifyConfig, VerifyConfig};
 
@@ -453,242 +453,23 @@ impl<'a> Sites<'a> {
 
     async fn run<F: Fixture>(&mut self, check: Check, fixture: &F) -> Outcome {
         match check {
-            Check::CreatedEventsReplicate => {
-                self.start_secondary().await?;
-                let models = self.create_all(fixture).await?;
-                self.published("created", &models).await?;
-                self.eventually("created records reach the secondary", || {
-                    self.converged(&models)
-                })
-                .await
-            }
-            Check::UpdatedEventsReplicate => {
-                self.start_secondary().await?;
-                let models = self.create_all(fixture).await?;
-                self.eventually("created records reach the secondary", || {
-                    self.converged(&models)
-                })
-                .await?;
-                let updated: Vec<_> = models.iter().step_by(2).cloned().collect();
-                for m in &updated {
-                    fixture.update(&self.app, m, 1).await.map_err(|e| {
-                        format!("the fixture could not update {}: {e}", m.model_record_id())
-                    })?;
-                }
-                self.published("updated", &updated).await?;
-                self.eventually("updated bytes reach the secondary", || {
-                    self.converged(&models)
-                })
-                .await
-            }
-            Check::DeletedEventsReplicate => {
-                self.start_secondary().await?;
-                let models = self.create_all(fixture).await?;
-                self.eventually("created records reach the secondary", || {
-                    self.converged(&models)
-                })
-                .await?;
-                let (gone, kept): (Vec<_>, Vec<_>) = models
-                    .into_iter()
-                    .partition(|m| m.model_record_id() % 3 == 0);
-                let mut paths = Vec::new();
-                for m in &gone {
-                    paths.push(
-                        self.secondary_path(&ObjectKey::parse(&Self::key_of(m)?).map_err(err)?),
-                    );
-                    fixture.delete(&self.app, m).await.map_err(|e| {
-                        format!("the fixture could not delete {}: {e}", m.model_record_id())
-                    })?;
-                }
-                self.published("deleted", &gone).await?;
-                let registry = Registry::new(&self.secondary_db, self.d);
-                self.eventually("deleted records leave the secondary", || async {
-                    for (m, path) in gone.iter().zip(&paths) {
-                        let id = m.model_record_id();
-                        if registry.find_by_model_id(id).await.map_err(err)?.is_some() {
-                            return Err(format!("deleted record {id} still has a registry row"));
-                        }
-                        if path.exists() {
-                            return Err(format!(
-                                "deleted record {id} still has its copy at {}",
-                                path.display()
-                            ));
-                        }
-                    }
-                    self.converged(&kept).await
-                })
-                .await
-            }
+            Check::CreatedEventsReplicate => self.created_events_replicate(fixture).await,
+            Check::UpdatedEventsReplicate => self.updated_events_replicate(fixture).await,
+            Check::DeletedEventsReplicate => self.deleted_events_replicate(fixture).await,
             Check::BackfillPicksUpExistingRecords => {
-                let models = self.create_all(fixture).await?;
-                self.start_secondary().await?;
-                self.eventually("existing records are backfilled", || {
-                    self.converged(&models)
-                })
-                .await
+                self.backfill_picks_up_existing_records(fixture).await
             }
             Check::FailedDownloadIsRetriedWithBackoff => {
-                let models = self.create_all(fixture).await?;
-                let victim = models
-                    .iter()
-                    .find(|m| m.model_record_id() == 1)
-                    .ok_or("no record 1")?;
-                let key = ObjectKey::parse(&Self::key_of(victim)?).map_err(err)?;
-                let path = self.app.store.path(&key);
-                let aside = path.with_extension("conformance-aside");
-                std::fs::rename(&path, &aside).map_err(err)?;
-                let failed_at = now();
-                self.start_secondary().await?;
-                let registry = Registry::new(&self.secondary_db, self.d);
-                self.eventually("the download fails and backs off", || async {
-                    let row = registry
-                        .find_by_model_id(1)
-                        .await
-                        .map_err(err)?
-                        .ok_or("no registry row yet")?;
-                    if row.state != SyncState::Failed {
-                        return Err(format!("record 1 is {}", row.state.as_str()));
-                    }
-                    let retry_at = row.retry_at.ok_or("a failed row without retry_at")?;
-                    if row.retry_count < 1 || retry_at < failed_at + TimeDelta::seconds(15) {
-                        return Err(format!(
-                            "no backoff: retry_count {}, retry_at {retry_at}",
-                            row.retry_count
-                        ));
-                    }
-                    if row
-                        .last_sync_failure
-                        .as_deref()
-                        .unwrap_or_default()
-                        .is_empty()
-                    {
-                        return Err("no failure reason recorded".into());
-                    }
-                    Ok(())
-                })
-                .await?;
-                std::fs::rename(&aside, &path).map_err(err)?;
-                // The backoff elapses.
-                self.backdate("retry_at", "\"state\" = 3", TimeDelta::seconds(1))
-                    .await?;
-                self.eventually("the retry succeeds", || self.converged(&models))
-                    .await
+                self.failed_download_is_retried_with_backoff(fixture).await
             }
             Check::VerificationSucceedsOnBothSides => {
-                self.start_secondary().await?;
-                let models = self.create_all(fixture).await?;
-                self.eventually("every copy is synced", || self.converged(&models))
-                    .await?;
-                let registry = Registry::new(&self.secondary_db, self.d);
-                self.eventually("both sides verify every object", || async {
-                    for m in &models {
-                        let id = m.model_record_id();
-                        let details = crate::verification::store::load(&self.app.db, self.d, id)
-                            .await
-                            .map_err(err)?;
-                        let key = ObjectKey::parse(&Self::key_of(m)?).map_err(err)?;
-                        let want = sha(&self.app.store.path(&key)).ok_or("no primary object")?;
-                        if details.verification_state != VerificationState::Succeeded {
-                            return Err(format!(
-                                "record {id} is {} on the primary",
-                                details.verification_state.as_str()
-                            ));
-                        }
-                        if details.verification_checksum.as_deref() != Some(want.as_slice()) {
-                            return Err(format!(
-                                "the primary's checksum of {id} is not the SHA-256 of its object"
-                            ));
-                        }
-                        let row = registry
-                            .find_by_model_id(id)
-                            .await
-                            .map_err(err)?
-                            .ok_or("no registry row")?;
-                        if row.verification_state != VerificationState::Succeeded {
-                            return Err(format!(
-                                "record {id} is {} on the secondary",
-                                row.verification_state.as_str()
-                            ));
-                        }
-                    }
-                    Ok(())
-                })
-                .await
+                self.verification_succeeds_on_both_sides(fixture).await
             }
             Check::CorruptedCopyIsDetectedAndHealed => {
-                self.start_secondary().await?;
-                let models = self.create_all(fixture).await?;
-                self.eventually("every copy is verified", || async {
-                    self.converged(&models).await?;
-                    let registry = Registry::new(&self.secondary_db, self.d);
-                    for m in &models {
-                        let row = registry
-                            .find_by_model_id(m.model_record_id())
-                            .await
-                            .map_err(err)?
-                            .ok_or("no row")?;
-                        if row.verification_state != VerificationState::Succeeded {
-                            return Err(format!("{} not verified yet", m.model_record_id()));
-                        }
-                    }
-                    Ok(())
-                })
-                .await?;
-                let victim = models
-                    .iter()
-                    .find(|m| m.model_record_id() % 10 != 0)
-                    .ok_or("no non-empty record")?;
-                let path =
-                    self.secondary_path(&ObjectKey::parse(&Self::key_of(victim)?).map_err(err)?);
-                let mut bytes = std::fs::read(&path).map_err(err)?;
-                bytes[0] ^= 0x80;
-                std::fs::write(&path, &bytes).map_err(err)?;
-                // A week passes: the copies are due for the secondary's re-verification.
-                self.backdate("verified_at", "\"state\" = 2", TimeDelta::days(8))
-                    .await?;
-                let registry = Registry::new(&self.secondary_db, self.d);
-                let id = victim.model_record_id();
-                self.eventually("the corruption is detected", || async {
-                    let row = registry
-                        .find_by_model_id(id)
-                        .await
-                        .map_err(err)?
-                        .ok_or("no row")?;
-                    if row.state == SyncState::Failed && row.checksum_mismatch {
-                        Ok(())
-                    } else {
-                        Err(format!(
-                            "record {id} is {} / {}",
-                            row.state.as_str(),
-                            row.verification_state.as_str()
-                        ))
-                    }
-                })
-                .await?;
-                // Its resync backoff elapses.
-                self.backdate("retry_at", "\"state\" = 3", TimeDelta::seconds(1))
-                    .await?;
-                self.eventually("the copy is healed", || self.converged(&models))
-                    .await
+                self.corrupted_copy_is_detected_and_healed(fixture).await
             }
             Check::FeatureFlagOffPublishesNothing => {
-                flags::set_enabled(&self.app.db, self.d, false)
-                    .await
-                    .map_err(err)?;
-                let before = self.events().await?;
-                let models = self.create_all(fixture).await?;
-                if let Some(m) = models.first() {
-                    fixture.update(&self.app, m, 1).await.map_err(err)?;
-                    fixture.delete(&self.app, m).await.map_err(err)?;
-                }
-                let after = self.events().await?;
-                if after != before {
-                    return Err(format!(
-                        "{} events published with the flag off",
-                        after - before
-                    ));
-                }
-                Ok(())
+                self.feature_flag_off_publishes_nothing(fixture).await
             }
         }
     }
