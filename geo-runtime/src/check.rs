@@ -177,63 +177,86 @@ pub async fn check_replicable<S: BlobStore, C: ModelIdSource + BlobSource>(
                 local.insert(id, (state, key));
             }
         }
-        let hashed: Vec<Hashed> = futures_util::stream::iter(ids.iter().copied())
-            .map(|id| {
-                let row = local.get(&id).cloned();
-                async move {
-                    match row {
-                        None => (id, None, Err("no registry row".to_owned())),
-                        Some((state, key)) if state != SyncState::Synced as i16 => {
-                            let state =
-                                SyncState::from_i16(state).map_or("unknown", SyncState::as_str);
-                            (id, key, Err(format!("not synced (state {state})")))
-                        }
-                        Some((_, None)) => (id, None, Err("synced without a key".to_owned())),
-                        Some((_, Some(key))) => {
-                            let sum = match ObjectKey::parse(&key) {
-                                Ok(k) => store
-                                    .sha256(&k)
-                                    .await
-                                    .map(|s| s.map(|(_, sum)| sum))
-                                    .map_err(|e| e.to_string()),
-                                Err(e) => Err(e.to_string()),
-                            };
-                            (id, Some(key), sum)
-                        }
-                    }
-                }
-            })
-            .buffered(HASHING)
-            .collect()
-            .await;
+        let hashed = hash_local_copies(store, &ids, &local).await;
         for (id, key, sum) in hashed {
-            match (sum, checksums.get(&id).copied().flatten()) {
-                (Err(reason), _) => found(&mut report, Difference::Missing { id, key, reason }),
-                (Ok(None), _) => found(
-                    &mut report,
-                    Difference::Missing {
-                        id,
-                        key,
-                        reason: "the file is gone".into(),
-                    },
-                ),
-                (Ok(Some(_)), None) => report.unverifiable += 1,
-                (Ok(Some(local)), Some(primary)) if local == primary => report.matching += 1,
-                (Ok(Some(local)), Some(primary)) => found(
-                    &mut report,
-                    Difference::Differs {
-                        id,
-                        key: key.unwrap_or_default(),
-                        primary: hex::encode(primary),
-                        local: hex::encode(local),
-                    },
-                ),
+            let primary = checksums.get(&id).copied().flatten();
+            if let Some(diff) = compare(&mut report, id, key, sum, primary) {
+                found(&mut report, diff);
             }
         }
         if last_page {
             return Ok(report);
         }
         after = upto;
+    }
+}
+
+/// The local copy of each of `ids` hashed, `HASHING` at once, or why there is none to hash.
+async fn hash_local_copies<S: BlobStore>(
+    store: &S,
+    ids: &[i64],
+    local: &HashMap<i64, (i16, Option<String>)>,
+) -> Vec<Hashed> {
+    futures_util::stream::iter(ids.iter().copied())
+        .map(|id| {
+            let row = local.get(&id).cloned();
+            async move {
+                match row {
+                    None => (id, None, Err("no registry row".to_owned())),
+                    Some((state, key)) if state != SyncState::Synced as i16 => {
+                        let state = SyncState::from_i16(state).map_or("unknown", SyncState::as_str);
+                        (id, key, Err(format!("not synced (state {state})")))
+                    }
+                    Some((_, None)) => (id, None, Err("synced without a key".to_owned())),
+                    Some((_, Some(key))) => {
+                        let sum = match ObjectKey::parse(&key) {
+                            Ok(k) => store
+                                .sha256(&k)
+                                .await
+                                .map(|s| s.map(|(_, sum)| sum))
+                                .map_err(|e| e.to_string()),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        (id, Some(key), sum)
+                    }
+                }
+            }
+        })
+        .buffered(HASHING)
+        .collect()
+        .await
+}
+
+/// A copy against the primary's checksum: a difference, or counted as matching or not yet
+/// verifiable.
+fn compare(
+    report: &mut CheckReport,
+    id: i64,
+    key: Option<String>,
+    sum: Result<Option<[u8; 32]>, String>,
+    primary: Option<[u8; 32]>,
+) -> Option<Difference> {
+    match (sum, primary) {
+        (Err(reason), _) => Some(Difference::Missing { id, key, reason }),
+        (Ok(None), _) => Some(Difference::Missing {
+            id,
+            key,
+            reason: "the file is gone".into(),
+        }),
+        (Ok(Some(_)), None) => {
+            report.unverifiable += 1;
+            None
+        }
+        (Ok(Some(local)), Some(primary)) if local == primary => {
+            report.matching += 1;
+            None
+        }
+        (Ok(Some(local)), Some(primary)) => Some(Difference::Differs {
+            id,
+            key: key.unwrap_or_default(),
+            primary: hex::encode(primary),
+            local: hex::encode(local),
+        }),
     }
 }
 

@@ -34,15 +34,11 @@ const SAME_LAYER: &[(&str, &str)] = &[
     ("cli", "testing"),
 ];
 
-/// Imports that break the layering today and are being moved (issue 15). The test fails when
-/// one of them is gone, so that the list only shrinks, and when a new one appears.
-const PENDING: &[(&str, &str)] = &[];
-
-/// Source files longer than this are split (issue 15).
+/// Source files longer than this are split by concern.
 const MAX_FILE_LINES: usize = 600;
 
 /// Functions longer than this (signature to closing brace, outside unit tests) are split into
-/// named steps (issue 15).
+/// named steps.
 const MAX_FN_LINES: usize = 80;
 
 /// Functions that are one code template (a `quote!` or a table of SQL statements rendered in one
@@ -52,17 +48,6 @@ const TEMPLATES: &[&str] = &[
     "geo-dsl-macros/src/codegen/replicator.rs expand",
     "geo-runtime/src/registry/sql.rs new",
 ];
-
-/// Functions over [`MAX_FN_LINES`] today, being split (issue 15); the list only shrinks.
-const PENDING_LONG_FNS: &[&str] = &[
-    "geo-runtime/src/check.rs check_replicable",
-    "geo-runtime/src/worker/removal.rs remove_chunk",
-    "geo-runtime/src/worker/verify/primary.rs step",
-    "geo-runtime/src/worker/verify/secondary.rs step_before",
-];
-
-/// Files over [`MAX_FILE_LINES`] today, being split (issue 15); the list only shrinks.
-const PENDING_LONG_FILES: &[&str] = &[];
 
 fn src_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
@@ -308,25 +293,12 @@ fn modules_import_only_lower_layers() {
         .edges
         .iter()
         .filter(|((from, to), _)| !allowed(from, to))
-        .filter(|((from, to), _)| !PENDING.contains(&(from.as_str(), to.as_str())))
         .map(|((from, to), files)| format!("{from} -> {to} (in {files:?})"))
         .collect();
     assert!(
         wrong.is_empty(),
         "imports against the layering of docs/architecture.md:\n{}",
         wrong.join("\n")
-    );
-    let fixed: Vec<_> = PENDING
-        .iter()
-        .filter(|(from, to)| {
-            !source
-                .edges
-                .contains_key(&((*from).to_owned(), (*to).to_owned()))
-        })
-        .collect();
-    assert!(
-        fixed.is_empty(),
-        "these pending imports are gone: take them off PENDING: {fixed:?}"
     );
 }
 
@@ -336,21 +308,13 @@ fn no_source_file_is_too_long() {
     let long: Vec<String> = source
         .lines
         .iter()
-        .filter(|(file, n)| **n > MAX_FILE_LINES && !PENDING_LONG_FILES.contains(&file.as_str()))
+        .filter(|(_, n)| **n > MAX_FILE_LINES)
         .map(|(file, n)| format!("{file}: {n} lines"))
         .collect();
     assert!(
         long.is_empty(),
         "files over {MAX_FILE_LINES} lines (split them by concern):\n{}",
         long.join("\n")
-    );
-    let fixed: Vec<_> = PENDING_LONG_FILES
-        .iter()
-        .filter(|f| source.lines.get(**f).is_some_and(|n| *n <= MAX_FILE_LINES))
-        .collect();
-    assert!(
-        fixed.is_empty(),
-        "these files are short now: take them off PENDING_LONG_FILES: {fixed:?}"
     );
 }
 
@@ -505,23 +469,13 @@ fn no_function_is_too_long() {
     }
     let long: Vec<String> = found
         .iter()
-        .filter(|(f, _)| {
-            !TEMPLATES.contains(&f.as_str()) && !PENDING_LONG_FNS.contains(&f.as_str())
-        })
+        .filter(|(f, _)| !TEMPLATES.contains(&f.as_str()))
         .map(|(f, n)| format!("{f}: {n} lines"))
         .collect();
     assert!(
         long.is_empty(),
         "functions over {MAX_FN_LINES} lines (name their steps):\n{}",
         long.join("\n")
-    );
-    let fixed: Vec<_> = PENDING_LONG_FNS
-        .iter()
-        .filter(|p| !found.iter().any(|(f, _)| f == *p))
-        .collect();
-    assert!(
-        fixed.is_empty(),
-        "these functions are short now: take them off PENDING_LONG_FNS: {fixed:?}"
     );
 }
 

@@ -14,7 +14,7 @@ use sqlx::AssertSqlSafe;
 
 use crate::db::dialect::{IdList, in_id_list, param};
 use crate::db::lock::lock_object_keys;
-use crate::db::{Database, on_conn, on_pool};
+use crate::db::{Conn, Database, on_conn, on_pool};
 use crate::error::DbError;
 use crate::registry::Registry;
 use crate::replicator::ReplicatorSet;
@@ -72,6 +72,34 @@ pub async fn remove_objects<S: BlobStore>(
     Ok(round)
 }
 
+/// The key each entry's record is recorded with now, per replicable, read under the locks.
+async fn recorded_keys<'e>(
+    tracking: &Database,
+    set: &ReplicatorSet,
+    mut conn: Conn<'_>,
+    chunk: &'e [Entry],
+) -> Result<HashMap<(&'e str, i64), Option<String>>, DbError> {
+    let mut recorded = HashMap::new();
+    let mut by_replicable: HashMap<&str, Vec<i64>> = HashMap::new();
+    for e in chunk {
+        by_replicable
+            .entry(e.replicable.as_str())
+            .or_default()
+            .push(e.model_id);
+    }
+    for (name, ids) in by_replicable {
+        if let Some(d) = set.get(name) {
+            for (id, key) in Registry::new(tracking, d)
+                .object_keys_in(conn.reborrow(), &ids)
+                .await?
+            {
+                recorded.insert((name, id), key);
+            }
+        }
+    }
+    Ok(recorded)
+}
+
 /// Decides, deletes and forgets one chunk of entries in one write transaction.
 async fn remove_chunk<S: BlobStore>(
     tracking: &Database,
@@ -83,25 +111,7 @@ async fn remove_chunk<S: BlobStore>(
     let mut tx = tracking.begin_write().await?;
     let keys: Vec<&str> = chunk.iter().filter_map(|e| e.key.as_deref()).collect();
     lock_object_keys(tx.conn(), keys).await?;
-    // The key each entry's record is recorded with now, per replicable, read under the locks.
-    let mut recorded: HashMap<(&str, i64), Option<String>> = HashMap::new();
-    let mut by_replicable: HashMap<&str, Vec<i64>> = HashMap::new();
-    for e in chunk {
-        by_replicable
-            .entry(e.replicable.as_str())
-            .or_default()
-            .push(e.model_id);
-    }
-    for (name, ids) in by_replicable {
-        if let Some(d) = set.get(name) {
-            for (id, key) in Registry::new(tracking, d)
-                .object_keys_in(tx.conn(), &ids)
-                .await?
-            {
-                recorded.insert((name, id), key);
-            }
-        }
-    }
+    let recorded = recorded_keys(tracking, set, tx.conn(), chunk).await?;
     let mut forget = Vec::with_capacity(chunk.len());
     let mut to_delete: Vec<(&Entry, ObjectKey)> = Vec::new();
     for e in chunk {

@@ -84,97 +84,11 @@ impl<S: BlobStore> PrimaryVerification<S> {
         for (d, sql) in self.items.iter() {
             let before = (round.succeeded, round.failed);
             let started = now();
-            let reverify_before = started
-                .checked_sub_signed(
-                    TimeDelta::from_std(self.config.reverify_interval.max(MIN_REVERIFY_INTERVAL))
-                        .unwrap_or(TimeDelta::MAX),
-                )
-                .unwrap_or(DateTime::<Utc>::MIN_UTC);
-            let mut claimed = self.claim(&sql.claim_pending, batch, started, None).await?;
-            if claimed.len() < batch
-                && let Some(ensure) = &sql.ensure_rows
-            {
-                // Records that never published an event get their state rows now.
-                let created = on_pool!(self.db, write, pool => sqlx::query(AssertSqlSafe(ensure.as_str())).bind(10_000_i64).execute(pool).await?.rows_affected());
-                if created > 0 {
-                    claimed.extend(
-                        self.claim(&sql.claim_pending, batch - claimed.len(), started, None)
-                            .await?,
-                    );
-                }
-            }
-            for (claim, before) in [
-                (&sql.claim_failed_due, None),
-                (&sql.claim_reverify, Some(reverify_before)),
-            ] {
-                if claimed.len() < batch {
-                    claimed.extend(
-                        self.claim(claim, batch - claimed.len(), started, before)
-                            .await?,
-                    );
-                }
-            }
+            let claimed = self.claim_batch(sql, batch, started).await?;
             round.claimed += claimed.len();
-            // One query for the batch's object keys.
-            let ids: Vec<i64> = claimed.iter().map(|(id, _, _)| *id).collect();
-            let keys: std::collections::HashMap<i64, Option<String>> =
-                model_object_keys(&self.db, d, &ids)
-                    .await?
-                    .into_iter()
-                    .collect();
-            let outcomes: Vec<Checksummed> = futures_util::stream::iter(claimed)
-                .map(|(id, retries, expected)| {
-                    let span = tracing::info_span!("verify", replicable = d.replicable_name, id);
-                    let key = keys.get(&id).cloned();
-                    async move { (id, retries, expected, self.checksum(key).await) }
-                        .instrument(span)
-                })
-                .buffer_unordered(share)
-                .collect()
-                .await;
-            // One write transaction records the whole batch.
-            let mut tx = self.db.begin_write().await?;
-            for (id, retries, expected, outcome) in outcomes {
-                // A re-verification compares with the recorded checksum: a primary object that
-                // changed behind our back is a primary failure, never silently re-checksummed.
-                let outcome = match (outcome, &expected) {
-                    (Ok(sum), Some(want)) if want.as_slice() != sum.as_slice() => Err(format!(
-                        "The primary's copy no longer matches its checksum (recorded {}, now {})",
-                        hex::encode(want),
-                        hex::encode(sum)
-                    )),
-                    (other, _) => other,
-                };
-                let applied = match &outcome {
-                    Ok(sum) => Self::record_success(tx.conn(), sql, id, started, sum).await?,
-                    Err(reason) => {
-                        Self::record_failure(
-                            tx.conn(),
-                            sql,
-                            id,
-                            started,
-                            reason,
-                            retries,
-                            expected.as_deref(),
-                        )
-                        .await?
-                    }
-                };
-                let span = tracing::info_span!("verify", replicable = d.replicable_name, id);
-                let _entered = span.enter();
-                match (applied, outcome.is_ok()) {
-                    (false, _) => {
-                        tracing::debug!("checksum dropped: the record changed while it was hashed");
-                        round.superseded += 1;
-                    }
-                    (true, true) => {
-                        tracing::debug!("verification succeeded");
-                        round.succeeded += 1;
-                    }
-                    (true, false) => round.failed += 1,
-                }
-            }
-            tx.commit().await?;
+            let outcomes = self.checksum_all(d, claimed, share).await?;
+            self.record_all(d, sql, outcomes, started, &mut round)
+                .await?;
             count_outcomes(
                 &self.metrics,
                 d,
@@ -183,6 +97,128 @@ impl<S: BlobStore> PrimaryVerification<S> {
             );
         }
         Ok(round)
+    }
+
+    /// Up to `batch` records due: pending first (records that never published an event get
+    /// their state rows on the way), then failed and due, then due for re-verification.
+    async fn claim_batch(
+        &self,
+        sql: &VerificationSql,
+        batch: usize,
+        started: DateTime<Utc>,
+    ) -> Result<Vec<(i64, i32, Option<Vec<u8>>)>, DbError> {
+        let reverify_before = started
+            .checked_sub_signed(
+                TimeDelta::from_std(self.config.reverify_interval.max(MIN_REVERIFY_INTERVAL))
+                    .unwrap_or(TimeDelta::MAX),
+            )
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let mut claimed = self.claim(&sql.claim_pending, batch, started, None).await?;
+        if claimed.len() < batch
+            && let Some(ensure) = &sql.ensure_rows
+        {
+            let created = on_pool!(self.db, write, pool => sqlx::query(AssertSqlSafe(ensure.as_str())).bind(10_000_i64).execute(pool).await?.rows_affected());
+            if created > 0 {
+                claimed.extend(
+                    self.claim(&sql.claim_pending, batch - claimed.len(), started, None)
+                        .await?,
+                );
+            }
+        }
+        for (claim, before) in [
+            (&sql.claim_failed_due, None),
+            (&sql.claim_reverify, Some(reverify_before)),
+        ] {
+            if claimed.len() < batch {
+                claimed.extend(
+                    self.claim(claim, batch - claimed.len(), started, before)
+                        .await?,
+                );
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// Checksums the claimed records' objects, `share` at once. A re-verification compares
+    /// with the recorded checksum: a primary object that changed behind our back is a primary
+    /// failure, never silently re-checksummed.
+    async fn checksum_all(
+        &self,
+        d: &ReplicatorDescriptor,
+        claimed: Vec<(i64, i32, Option<Vec<u8>>)>,
+        share: usize,
+    ) -> Result<Vec<Checksummed>, DbError> {
+        // One query for the batch's object keys.
+        let ids: Vec<i64> = claimed.iter().map(|(id, _, _)| *id).collect();
+        let keys: std::collections::HashMap<i64, Option<String>> =
+            model_object_keys(&self.db, d, &ids)
+                .await?
+                .into_iter()
+                .collect();
+        Ok(futures_util::stream::iter(claimed)
+            .map(|(id, retries, expected)| {
+                let span = tracing::info_span!("verify", replicable = d.replicable_name, id);
+                let key = keys.get(&id).cloned();
+                async move {
+                    let outcome = match (self.checksum(key).await, &expected) {
+                        (Ok(sum), Some(want)) if want.as_slice() != sum.as_slice() => Err(format!(
+                            "The primary's copy no longer matches its checksum (recorded {}, now {})",
+                            hex::encode(want),
+                            hex::encode(sum)
+                        )),
+                        (other, _) => other,
+                    };
+                    (id, retries, expected, outcome)
+                }
+                .instrument(span)
+            })
+            .buffer_unordered(share)
+            .collect()
+            .await)
+    }
+
+    /// Records a batch's outcomes in one write transaction (each only for the attempt that
+    /// started it).
+    async fn record_all(
+        &self,
+        d: &ReplicatorDescriptor,
+        sql: &VerificationSql,
+        outcomes: Vec<Checksummed>,
+        started: DateTime<Utc>,
+        round: &mut VerifyRound,
+    ) -> Result<(), DbError> {
+        let mut tx = self.db.begin_write().await?;
+        for (id, retries, expected, outcome) in outcomes {
+            let applied = match &outcome {
+                Ok(sum) => Self::record_success(tx.conn(), sql, id, started, sum).await?,
+                Err(reason) => {
+                    Self::record_failure(
+                        tx.conn(),
+                        sql,
+                        id,
+                        started,
+                        reason,
+                        retries,
+                        expected.as_deref(),
+                    )
+                    .await?
+                }
+            };
+            let span = tracing::info_span!("verify", replicable = d.replicable_name, id);
+            let _entered = span.enter();
+            match (applied, outcome.is_ok()) {
+                (false, _) => {
+                    tracing::debug!("checksum dropped: the record changed while it was hashed");
+                    round.superseded += 1;
+                }
+                (true, true) => {
+                    tracing::debug!("verification succeeded");
+                    round.succeeded += 1;
+                }
+                (true, false) => round.failed += 1,
+            }
+        }
+        tx.commit().await
     }
 
     /// Claims with `sql` (`$1` limit, `$2` now, and `$3` verified-before when given); returns

@@ -19,6 +19,16 @@ use crate::storage::{BlobStore, ObjectKey};
 use crate::strategy::blob::BlobSource;
 use crate::telemetry::Metrics;
 
+/// A copy that failed its verification: why, when, its checksum if it has one, and when to
+/// sync it again.
+struct FailedCopy {
+    reason: String,
+    mismatch: bool,
+    got: Option<Vec<u8>>,
+    at: DateTime<Utc>,
+    retry_at: DateTime<Utc>,
+}
+
 /// A copy claimed for verification: registry id, object key, expected checksum, failures.
 type ClaimedCopy = (i64, Option<String>, Option<Vec<u8>>, i32);
 
@@ -148,56 +158,17 @@ impl<S: BlobStore> SecondaryVerification<S> {
                     (None, _) => self.exec(&sql.mark_disabled, id, started).await?,
                     (Some(want), Ok(Some((_, got)))) if want.as_slice() == got.as_slice() => {
                         let n = on_pool!(self.tracking, write, pool => sqlx::query(AssertSqlSafe(sql.mark_succeeded.as_str())).bind(id).bind(Ts(started)).bind(Ts(now())).execute(pool).await?.rows_affected());
-                        if n == 1 {
-                            round.succeeded += 1;
-                        }
+                        round.succeeded += usize::from(n == 1);
                         n == 1
                     }
                     (Some(want), local) => {
-                        let (reason, mismatch, got) = match local {
-                            Ok(Some((_, got))) => (
-                                format!(
-                                    "Checksum does not match the primary checksum (primary {}, local {})",
-                                    hex::encode(&want),
-                                    hex::encode(got)
-                                ),
-                                true,
-                                Some(got.to_vec()),
-                            ),
-                            Ok(None) => ("The local copy is missing".to_owned(), false, None),
-                            Err(e) => (format!("Error during verification: {e}"), false, None),
-                        };
-                        tracing::warn!(registry_id = id, reason = %reason, "a local copy failed verification; resyncing it");
-                        let at = now();
-                        let retry_at = retry::next_retry_at(
-                            at,
-                            u32::try_from(retries.saturating_add(1)).unwrap_or(1),
-                            false,
-                        );
-                        let failure = truncate_failure(&reason);
-                        let sync_failure =
-                            truncate_failure(&format!("Verification failed with: {reason}"));
-                        let n = on_pool!(self.tracking, write, pool => sqlx::query(AssertSqlSafe(sql.mark_failed.as_str()))
-                            .bind(id)
-                            .bind(Ts(started))
-                            .bind(failure)
-                            .bind(mismatch)
-                            .bind(got)
-                            .bind(Ts(at))
-                            .bind(Ts(retry_at))
-                            .bind(sync_failure)
-                            .execute(pool)
-                            .await?
-                            .rows_affected());
-                        if n == 1 {
-                            round.failed += 1;
-                        }
-                        n == 1
+                        let failed = Self::copy_failed(&want, local, retries);
+                        let applied = self.record_failed_copy(sql, id, started, failed).await?;
+                        round.failed += usize::from(applied);
+                        applied
                     }
                 };
-                if !applied {
-                    round.superseded += 1;
-                }
+                round.superseded += usize::from(!applied);
             }
             count_outcomes(
                 &self.metrics,
@@ -207,6 +178,67 @@ impl<S: BlobStore> SecondaryVerification<S> {
             );
         }
         Ok(round)
+    }
+
+    /// Why a copy failed its verification (`local`: its checksum, missing, or unreadable) and
+    /// when to sync it again: the backoff follows the verification's failure count.
+    fn copy_failed(
+        want: &[u8],
+        local: Result<Option<(u64, [u8; 32])>, String>,
+        retries: i32,
+    ) -> FailedCopy {
+        let (reason, mismatch, got) = match local {
+            Ok(Some((_, got))) => (
+                format!(
+                    "Checksum does not match the primary checksum (primary {}, local {})",
+                    hex::encode(want),
+                    hex::encode(got)
+                ),
+                true,
+                Some(got.to_vec()),
+            ),
+            Ok(None) => ("The local copy is missing".to_owned(), false, None),
+            Err(e) => (format!("Error during verification: {e}"), false, None),
+        };
+        let at = now();
+        FailedCopy {
+            retry_at: retry::next_retry_at(
+                at,
+                u32::try_from(retries.saturating_add(1)).unwrap_or(1),
+                false,
+            ),
+            at,
+            reason,
+            mismatch,
+            got,
+        }
+    }
+
+    /// Records a failed verification and puts the row back to the sync; false when the attempt
+    /// is no longer the running one.
+    async fn record_failed_copy(
+        &self,
+        sql: &crate::registry::sql::SecondaryVerificationSql,
+        id: i64,
+        started: DateTime<Utc>,
+        f: FailedCopy,
+    ) -> Result<bool, DbError> {
+        tracing::warn!(registry_id = id, reason = %f.reason, "a local copy failed verification; resyncing it");
+        let failure = truncate_failure(&f.reason);
+        let sync_failure = truncate_failure(&format!("Verification failed with: {}", f.reason));
+        let n = on_pool!(self.tracking, write, pool => sqlx::query(AssertSqlSafe(sql.mark_failed.as_str()))
+            .bind(id)
+            .bind(Ts(started))
+            .bind(failure)
+            .bind(f.mismatch)
+            .bind(f.got)
+            .bind(Ts(f.at))
+            .bind(Ts(f.retry_at))
+            .bind(sync_failure)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(n == 1)
     }
 
     async fn exec(&self, sql: &str, id: i64, started: DateTime<Utc>) -> Result<bool, DbError> {
