@@ -22,36 +22,8 @@ use geo_runtime::worker::consistency::Consistency;
 use geo_runtime::{Database, NodeRole, Replicator, ReplicatorSet};
 use sqlx::AssertSqlSafe;
 
-#[geo_runtime::replicable(strategy = "blob", table = "widgets", enabled_by_default = true)]
-#[derive(Debug, Clone)]
-pub struct Widget {
-    #[replicable(id)]
-    pub id: i64,
-    #[replicable(blob)]
-    pub file: String,
-}
-
-fn scale(n: i64) -> i64 {
-    let f: f64 = std::env::var("GEO_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
-    ((n as f64) * f).max(1000.0) as i64
-}
-
-async fn exec(db: &Database, sql: &str) {
-    let r = match db.dialect() {
-        Dialect::Postgres => sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
-            .execute(db.as_postgres().expect("pg"))
-            .await
-            .map(|_| ()),
-        Dialect::Sqlite => sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
-            .execute(db.as_sqlite_writer().expect("sqlite"))
-            .await
-            .map(|_| ()),
-    };
-    r.unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
+mod common;
+use common::{WidgetReplicator, exec, scale};
 
 /// `SELECT i FROM <1..=n>` for either dialect.
 fn series(d: Dialect, n: i64) -> String {

@@ -9,24 +9,17 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use geo_runtime::db::{self, Dialect};
+use geo_runtime::db::{self};
 use geo_runtime::node::nodes::add_secondary;
 use geo_runtime::node::{Node, NodeConfig, PrimaryClient, PrimaryConfig};
 use geo_runtime::registry::Registry;
 use geo_runtime::storage::LocalStore;
 use geo_runtime::testing::{self, TestDatabase};
 use geo_runtime::worker::sync::{BlobSync, SyncConfig};
-use geo_runtime::{Database, NodeRole, Replicator, ReplicatorSet};
-use sqlx::AssertSqlSafe;
+use geo_runtime::{NodeRole, Replicator, ReplicatorSet};
 
-#[geo_runtime::replicable(strategy = "blob", table = "widgets", enabled_by_default = true)]
-#[derive(Debug, Clone)]
-pub struct Widget {
-    #[replicable(id)]
-    pub id: i64,
-    #[replicable(blob)]
-    pub file: String,
-}
+mod common;
+use common::{WidgetReplicator, env, exec};
 
 /// A directory for one tree, under GEO_BENCH_DIR when set (another file system), else the
 /// system's temp directory.
@@ -36,27 +29,6 @@ fn tree_dir() -> tempfile::TempDir {
         None => tempfile::tempdir(),
     }
     .expect("tempdir")
-}
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-async fn exec(db: &Database, sql: &str) {
-    let r = match db.dialect() {
-        Dialect::Postgres => sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
-            .execute(db.as_postgres().expect("pg"))
-            .await
-            .map(|_| ()),
-        Dialect::Sqlite => sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
-            .execute(db.as_sqlite_writer().expect("sqlite"))
-            .await
-            .map(|_| ()),
-    };
-    r.unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 fn peak_rss_mib() -> f64 {

@@ -16,21 +16,8 @@ use geo_runtime::{NodeRole, ReplicatorSet};
 use sha2::{Digest, Sha256};
 use sqlx::AssertSqlSafe;
 
-#[geo_runtime::replicable(strategy = "blob", table = "widgets")]
-#[derive(Debug, Clone)]
-pub struct Widget {
-    #[replicable(id)]
-    pub id: i64,
-    #[replicable(blob)]
-    pub file: String,
-}
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
+use common::env;
 
 fn write_files(root: &Path, count: usize, size: usize) {
     let piece: Vec<u8> = (0..size.min(1 << 20)).map(|i| (i * 31 + 7) as u8).collect();

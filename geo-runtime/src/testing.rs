@@ -15,6 +15,9 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
 
 use crate::db::Database;
+use crate::events::{CursorConfig, StartPosition};
+use crate::node::SecondaryConfig;
+use crate::worker::sync::SyncConfig;
 
 /// The environment variable naming the test PostgreSQL server.
 pub const DATABASE_URL_VAR: &str = "GEO_TEST_DATABASE_URL";
@@ -181,4 +184,25 @@ pub async fn all() -> Vec<TestDatabase> {
     let mut dbs = vec![sqlite().await];
     dbs.extend(postgres().await);
     dbs
+}
+
+/// Short waits everywhere, so a test's secondary converges in moments: the sync, the cursor and
+/// the consistency pass poll every few tens of milliseconds, a transfer's supersession is looked
+/// at every 200 ms, a stalled transfer fails after 5 s. A test then sets what it is about.
+pub fn fast_secondary(config: &mut SecondaryConfig) {
+    config.sync = SyncConfig {
+        files_max_capacity: 10,
+        idle_wait: std::time::Duration::from_millis(20),
+        max_object_size: None,
+        supersede_check: std::time::Duration::from_millis(200),
+        ..SyncConfig::default()
+    };
+    config.cursor = CursorConfig {
+        idle_wait: std::time::Duration::from_millis(20),
+        start: StartPosition::Latest,
+        ..CursorConfig::default()
+    };
+    config.consistency_interval = std::time::Duration::from_millis(300);
+    config.report_interval = std::time::Duration::from_millis(200);
+    config.idle_timeout = std::time::Duration::from_secs(5);
 }

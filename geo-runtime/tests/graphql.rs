@@ -9,12 +9,10 @@ use std::time::Duration;
 
 use common::{WidgetRegistry, exec};
 use geo_runtime::db::Dialect;
-use geo_runtime::events::{CursorConfig, StartPosition};
 use geo_runtime::node::nodes::add_secondary;
 use geo_runtime::node::{AdminConfig, Node, NodeConfig, PrimaryConfig, SecondaryConfig, Secret};
 use geo_runtime::storage::{LocalStore, ObjectKey};
 use geo_runtime::testkit::RegistryFactoryExt;
-use geo_runtime::worker::sync::SyncConfig;
 use geo_runtime::worker::verify::SecondaryVerifyConfig;
 use geo_runtime::{ReplicableModel, Replicator, SyncState};
 use serde_json::{Value, json};
@@ -212,17 +210,8 @@ async fn registries_over_graphql() {
         let sdir = tempfile::tempdir().expect("tempdir");
         let mut config =
             SecondaryConfig::new("west", &url, &creds.access_key, creds.secret, sdir.path());
-        config.sync = SyncConfig {
-            files_max_capacity: 4,
-            idle_wait: Duration::from_millis(20),
-            max_object_size: None,
-            ..SyncConfig::default()
-        };
-        config.cursor = CursorConfig {
-            idle_wait: Duration::from_millis(20),
-            start: StartPosition::Latest,
-            ..CursorConfig::default()
-        };
+        geo_runtime::testing::fast_secondary(&mut config);
+        config.sync.files_max_capacity = 4;
         // Nothing re-verifies on its own during the test: the bulk reverify's effect stays.
         config.verification = SecondaryVerifyConfig {
             idle_wait: Duration::from_secs(3600),

@@ -30,7 +30,6 @@ pub use factory::{RegistryFactory, RegistryFactoryExt, verification};
 
 use crate::db::dialect::{Ts, now, param, quote};
 use crate::db::{Database, NodeRole, on_pool};
-use crate::events::{CursorConfig, StartPosition};
 use crate::flags;
 use crate::node::nodes::add_secondary;
 use crate::node::{Node, NodeConfig, NodeHandle, PrimaryConfig, SecondaryConfig};
@@ -40,7 +39,6 @@ use crate::replicator::{
 };
 use crate::storage::{LocalStore, ObjectKey};
 use crate::testing::{self, TestDatabase};
-use crate::worker::sync::SyncConfig;
 use crate::worker::verify::{SecondaryVerifyConfig, VerifyConfig};
 
 /// What a fixture's steps may fail with.
@@ -309,17 +307,8 @@ impl<'a> Sites<'a> {
             creds.secret,
             &self.secondary_root,
         );
-        config.sync = SyncConfig {
-            files_max_capacity: 8,
-            idle_wait: Duration::from_millis(20),
-            max_object_size: None,
-            ..SyncConfig::default()
-        };
-        config.cursor = CursorConfig {
-            idle_wait: Duration::from_millis(20),
-            start: StartPosition::Latest,
-            ..CursorConfig::default()
-        };
+        testing::fast_secondary(&mut config);
+        config.sync.files_max_capacity = 8;
         // One consistency pass at start (the backfill); after that, changes must arrive by
         // their events, so a replicable that forgets to publish one is caught.
         config.consistency_interval = Duration::from_secs(3600);

@@ -6,12 +6,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use geo_runtime::db::Conn;
-use geo_runtime::events::{CursorConfig, StartPosition};
 use geo_runtime::node::nodes::add_secondary;
 use geo_runtime::node::{Node, NodeConfig, NodeHandle, PrimaryConfig, SecondaryConfig};
 use geo_runtime::storage::{LocalStore, ObjectKey};
 use geo_runtime::testing::TestDatabase;
-use geo_runtime::worker::sync::SyncConfig;
 use geo_runtime::{Database, ReplicableModel};
 
 use super::{Widget, WidgetReplicator, eventually, exec, scalar_i64};
@@ -49,21 +47,7 @@ pub async fn start_primary(db: TestDatabase) -> Primary {
 
 /// Short waits everywhere, so tests converge in moments.
 pub fn fast(config: &mut SecondaryConfig) {
-    config.sync = SyncConfig {
-        files_max_capacity: 10,
-        idle_wait: Duration::from_millis(20),
-        max_object_size: None,
-        supersede_check: Duration::from_millis(200),
-        ..SyncConfig::default()
-    };
-    config.cursor = CursorConfig {
-        idle_wait: Duration::from_millis(20),
-        start: StartPosition::Latest,
-        ..CursorConfig::default()
-    };
-    config.consistency_interval = Duration::from_millis(300);
-    config.report_interval = Duration::from_millis(200);
-    config.idle_timeout = Duration::from_secs(5);
+    geo_runtime::testing::fast_secondary(config);
 }
 
 /// Registers a secondary `name` on `primary` and starts it against `url` (the primary's, or a
