@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use geo_runtime::db::{self};
+use geo_runtime::db;
 use geo_runtime::node::nodes::add_secondary;
 use geo_runtime::node::{Node, NodeConfig, PrimaryClient, PrimaryConfig};
 use geo_runtime::registry::Registry;

@@ -23,6 +23,7 @@ use crate::error::DbError;
 use crate::events::ModelIdSource;
 use crate::events::SourceError;
 use crate::registry::SyncState;
+use crate::removals;
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
 use crate::storage::{BlobStore, ObjectKey, StorageError};
 use crate::strategy::blob::BlobSource;
@@ -292,11 +293,7 @@ async fn accounted_for(
         let found: Vec<String> = on_conn!(conn.reborrow(), c => sqlx::query_scalar(AssertSqlSafe(sql)).bind(list.clone()).fetch_all(&mut *c).await?);
         recorded.extend(found);
     }
-    let sql = format!(
-        "SELECT \"object_key\" FROM \"geo_blob_removals\" WHERE {}",
-        in_id_list(d, "\"object_key\"", 1)
-    );
-    let waiting: Vec<String> = on_conn!(conn, c => sqlx::query_scalar(AssertSqlSafe(sql)).bind(list).fetch_all(&mut *c).await?);
+    let waiting = removals::waiting_among(conn, list).await?;
     Ok((recorded, waiting.into_iter().collect()))
 }
 
@@ -323,13 +320,8 @@ pub async fn extra_files<S: BlobStore>(
         let found: Vec<String> = on_pool!(tracking, read, pool => sqlx::query_scalar(AssertSqlSafe(sql)).fetch_all(pool).await.map_err(DbError::from)?);
         recorded.extend(found);
     }
-    let waiting: HashSet<String> =
-        on_pool!(tracking, read, pool => sqlx::query_scalar::<_, String>(
-        "SELECT \"object_key\" FROM \"geo_blob_removals\" WHERE \"object_key\" IS NOT NULL",
-    )
-    .fetch_all(pool)
-    .await
-    .map_err(DbError::from)?)
+    let waiting: HashSet<String> = removals::waiting_keys(tracking)
+        .await?
         .into_iter()
         .collect();
     let mut report = StoreReport {

@@ -5,21 +5,39 @@
 use sqlx::AssertSqlSafe;
 
 use crate::db::dialect::{Ts, now, param};
-use crate::db::{Database, on_pool};
+use crate::db::{Conn, Database, Dialect, on_conn, on_pool};
 use crate::descriptor::ReplicatorDescriptor;
 use crate::error::DbError;
 
 /// Whether replication of `descriptor` is on in `db`.
 pub async fn is_enabled(db: &Database, descriptor: &ReplicatorDescriptor) -> Result<bool, DbError> {
-    let sql = format!(
-        "SELECT \"enabled\" FROM \"geo_feature_flags\" WHERE \"name\" = {}",
-        param(db.dialect(), 1)
-    );
+    let sql = select_sql(db.dialect());
     let stored: Option<bool> = on_pool!(db, read, pool => sqlx::query_scalar(AssertSqlSafe(sql))
         .bind(descriptor.feature_flag)
         .fetch_optional(pool)
         .await?);
     Ok(stored.unwrap_or(descriptor.enabled_by_default))
+}
+
+/// [`is_enabled`] in a caller's transaction (the event cursor reads it with the batch it
+/// applies).
+pub(crate) async fn is_enabled_in(
+    conn: Conn<'_>,
+    descriptor: &ReplicatorDescriptor,
+) -> Result<bool, DbError> {
+    let sql = select_sql(conn.dialect());
+    let stored: Option<bool> = on_conn!(conn, c => sqlx::query_scalar(AssertSqlSafe(sql))
+        .bind(descriptor.feature_flag)
+        .fetch_optional(&mut *c)
+        .await?);
+    Ok(stored.unwrap_or(descriptor.enabled_by_default))
+}
+
+fn select_sql(dialect: Dialect) -> String {
+    format!(
+        "SELECT \"enabled\" FROM \"geo_feature_flags\" WHERE \"name\" = {}",
+        param(dialect, 1)
+    )
 }
 
 /// Switches replication of `descriptor` on or off in `db`, for every process using it.

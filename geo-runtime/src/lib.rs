@@ -49,6 +49,7 @@ mod model;
 pub mod node;
 pub mod operations;
 pub mod registry;
+mod removals;
 pub mod replicator;
 pub mod retry;
 pub mod status;

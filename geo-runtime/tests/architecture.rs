@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["error", "descriptor", "retry", "telemetry"],
     &["db", "storage"],
-    &["verification", "flags", "model"],
+    &["verification", "flags", "model", "removals"],
     &["registry"],
     &["events"],
     &["replicator"],

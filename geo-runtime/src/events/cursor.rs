@@ -31,10 +31,12 @@ use crate::db::dialect::{IdList, RowReader, Ts, in_id_list, now, param};
 use crate::db::{Conn, Database, lease, on_conn, on_pool};
 use crate::descriptor::{ReplicatorDescriptor, ReplicatorSet};
 use crate::error::DbError;
+use crate::flags;
 use crate::registry::sql::RegistrySql;
 use crate::registry::store::{
     delete_many, insert_pending_many, lock_model_ids, reset_pending_many,
 };
+use crate::removals;
 use crate::telemetry::Metrics;
 
 /// The lease name of the event cursor.
@@ -445,7 +447,7 @@ impl<S: EventSource> EventCursor<S> {
             let on = match enabled.get(d.replicable_name) {
                 Some(on) => *on,
                 None => {
-                    let on = flag_enabled(conn.reborrow(), d).await?;
+                    let on = flags::is_enabled_in(conn.reborrow(), d).await?;
                     enabled.insert(d.replicable_name, on);
                     on
                 }
@@ -491,51 +493,26 @@ impl<S: EventSource> EventCursor<S> {
                 changes.retire_stored(id, stored_key);
             }
             let removals = changes.removal_list();
-            schedule_removals(conn.reborrow(), d.replicable_name, &removals, now).await?;
+            removals::schedule(conn.reborrow(), d.replicable_name, &removals, now).await?;
         }
         Ok((applied, skipped))
     }
 }
 
-async fn flag_enabled(conn: Conn<'_>, d: &ReplicatorDescriptor) -> Result<bool, DbError> {
-    let sql = format!(
-        "SELECT \"enabled\" FROM \"geo_feature_flags\" WHERE \"name\" = {}",
-        param(conn.dialect(), 1)
-    );
-    let stored: Option<bool> = on_conn!(conn, c => sqlx::query_scalar(AssertSqlSafe(sql)).bind(d.feature_flag).fetch_optional(&mut *c).await?);
-    Ok(stored.unwrap_or(d.enabled_by_default))
+/// The stored cursor: the position and when it was stored (for the status).
+pub(crate) async fn stored_cursor(db: &Database) -> Result<Option<(i64, DateTime<Utc>)>, DbError> {
+    on_pool!(db, read, pool => {
+        let row = sqlx::query("SELECT \"last_event_id\", \"updated_at\" FROM \"geo_event_cursor\" WHERE \"id\" = 1").fetch_optional(pool).await?;
+        row.map(|r| Ok::<_, DbError>((r.i64("last_event_id")?, r.timestamp("updated_at")?))).transpose()
+    })
 }
 
-/// Records objects to remove (`geo_blob_removals`), for the removal worker.
-pub(crate) async fn schedule_removals(
-    conn: Conn<'_>,
-    replicable: &str,
-    removals: &[(i64, Option<String>)],
-    now: DateTime<Utc>,
-) -> Result<(), DbError> {
-    if removals.is_empty() {
-        return Ok(());
-    }
-    let d = conn.dialect();
-    let sql = format!(
-        "INSERT INTO \"geo_blob_removals\" (\"replicable_name\", \"model_record_id\", \"object_key\", \"created_at\") VALUES ({}, {}, {}, {})",
-        param(d, 1),
-        param(d, 2),
-        param(d, 3),
-        param(d, 4)
-    );
-    on_conn!(conn, c => {
-        for (id, key) in removals {
-            sqlx::query(AssertSqlSafe(sql.as_str()))
-                .bind(replicable)
-                .bind(*id)
-                .bind(key.as_deref())
-                .bind(Ts(now))
-                .execute(&mut *c)
-                .await?;
-        }
-    });
-    Ok(())
+/// How many gaps the cursor waits for, and since when the oldest (for the status).
+pub(crate) async fn gap_summary(db: &Database) -> Result<(i64, Option<DateTime<Utc>>), DbError> {
+    on_pool!(db, read, pool => {
+        let r = sqlx::query("SELECT COUNT(*) AS \"n\", MIN(\"detected_at\") AS \"oldest\" FROM \"geo_event_gaps\"").fetch_one(pool).await?;
+        Ok((r.i64("n")?, r.opt_timestamp("oldest")?))
+    })
 }
 
 async fn delete_gaps(conn: Conn<'_>, ids: &[i64]) -> Result<(), DbError> {

@@ -17,10 +17,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::AssertSqlSafe;
 
-pub(crate) use cursor::schedule_removals;
 pub use cursor::{BatchReport, CursorConfig, CursorError, EventCursor, StartPosition};
+pub(crate) use cursor::{gap_summary, stored_cursor};
 pub use ids::{DbModelIdSource, ListedVersions, Listing, ModelIdSource};
 pub use source::{DbEventSource, EventSource, SourceError, prune_events, record_secondary_cursor};
+pub(crate) use source::{forget_secondary_cursor, secondary_cursors};
 
 use crate::db::dialect::{JsonDoc, Ts, now, param};
 use crate::db::{Conn, on_conn};

@@ -9,7 +9,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::{Event, EventName, EventPayload};
 use crate::db::dialect::{IdList, RowReader, Ts, in_id_list, now, param};
-use crate::db::{Database, Dialect, on_pool};
+use crate::db::{Conn, Database, Dialect, on_conn, on_pool};
 use crate::error::DbError;
 
 /// Reading events failed.
@@ -217,6 +217,32 @@ pub async fn record_secondary_cursor(
         .await?
         .rows_affected());
     Ok(())
+}
+
+/// Forgets a secondary's reported cursor (it was removed), in the caller's transaction, so it
+/// no longer holds back the pruning of the log.
+pub(crate) async fn forget_secondary_cursor(
+    conn: Conn<'_>,
+    node_name: &str,
+) -> Result<(), DbError> {
+    let sql = format!(
+        "DELETE FROM \"geo_secondary_cursors\" WHERE \"node_name\" = {}",
+        param(conn.dialect(), 1)
+    );
+    on_conn!(conn, c => sqlx::query(AssertSqlSafe(sql)).bind(node_name).execute(&mut *c).await?.rows_affected());
+    Ok(())
+}
+
+/// The secondaries' reported cursors, by name (for the primary's status).
+pub(crate) async fn secondary_cursors(
+    primary: &Database,
+) -> Result<Vec<(String, i64, chrono::DateTime<chrono::Utc>)>, DbError> {
+    on_pool!(primary, read, pool => {
+        let rows = sqlx::query("SELECT \"node_name\", \"last_event_id\", \"updated_at\" FROM \"geo_secondary_cursors\" ORDER BY \"node_name\"").fetch_all(pool).await?;
+        rows.iter()
+            .map(|r| Ok((r.opt_string("node_name")?.unwrap_or_default(), r.i64("last_event_id")?, r.timestamp("updated_at")?)))
+            .collect()
+    })
 }
 
 /// On the primary: deletes up to `limit` events below the lowest cursor of all known

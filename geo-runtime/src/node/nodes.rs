@@ -255,14 +255,7 @@ pub async fn remove(primary: &Database, name: &str) -> Result<bool, DbError> {
         .execute(&mut *c)
         .await?
         .rows_affected());
-    on_conn!(tx.conn(), c => sqlx::query(AssertSqlSafe(format!(
-            "DELETE FROM \"geo_secondary_cursors\" WHERE \"node_name\" = {}",
-            param(d, 1)
-        )))
-        .bind(name)
-        .execute(&mut *c)
-        .await?
-        .rows_affected());
+    crate::events::forget_secondary_cursor(tx.conn(), name).await?;
     tx.commit().await?;
     if removed > 0 {
         tracing::info!(node = name, "secondary removed");

@@ -128,32 +128,26 @@ impl StatusCollector {
             status.last_event_id = Some(id);
             status.last_event_date = Some(at);
         }
-        status.secondaries = on_pool!(self.db, read, pool => {
-            let rows = sqlx::query("SELECT \"node_name\", \"last_event_id\", \"updated_at\" FROM \"geo_secondary_cursors\" ORDER BY \"node_name\"").fetch_all(pool).await?;
-            rows.iter().map(|r| Ok::<_, DbError>(SecondaryCursor {
-                name: r.opt_string("node_name")?.unwrap_or_default(),
-                last_event_id: r.i64("last_event_id")?,
-                updated_at: r.timestamp("updated_at")?,
-            })).collect::<Result<Vec<_>, _>>()?
-        });
+        status.secondaries = crate::events::secondary_cursors(&self.db)
+            .await?
+            .into_iter()
+            .map(|(name, last_event_id, updated_at)| SecondaryCursor {
+                name,
+                last_event_id,
+                updated_at,
+            })
+            .collect();
         Ok(())
     }
 
     /// A secondary's own figures (cursor, gaps, removals, the store check), then the
     /// primary's newest event for the lag.
     async fn collect_secondary(&self, status: &mut NodeStatus) -> Result<(), DbError> {
-        let cursor = on_pool!(self.db, read, pool => {
-            let row = sqlx::query("SELECT \"last_event_id\", \"updated_at\" FROM \"geo_event_cursor\" WHERE \"id\" = 1").fetch_optional(pool).await?;
-            row.map(|r| Ok::<_, DbError>((r.i64("last_event_id")?, r.timestamp("updated_at")?))).transpose()?
-        });
-        let (gaps, oldest_gap) = on_pool!(self.db, read, pool => {
-            let r = sqlx::query("SELECT COUNT(*) AS \"n\", MIN(\"detected_at\") AS \"oldest\" FROM \"geo_event_gaps\"").fetch_one(pool).await?;
-            (r.i64("n")?, r.opt_timestamp("oldest")?)
-        });
+        let cursor = crate::events::stored_cursor(&self.db).await?;
+        let (gaps, oldest_gap) = crate::events::gap_summary(&self.db).await?;
         status.cursor_gaps_count = Some(gaps);
         status.cursor_oldest_gap_at = oldest_gap;
-        let removals: i64 = on_pool!(self.db, read, pool => sqlx::query_scalar("SELECT COUNT(*) FROM \"geo_blob_removals\"").fetch_one(pool).await?);
-        status.removals_pending = Some(removals);
+        status.removals_pending = Some(crate::removals::count(&self.db).await?);
         let store_check = on_pool!(self.db, read, pool => {
             let row = sqlx::query("SELECT \"checked_at\", \"extra_files\" FROM \"geo_store_checks\" WHERE \"id\" = 1").fetch_optional(pool).await?;
             row.map(|r| Ok::<_, DbError>((r.timestamp("checked_at")?, r.i64("extra_files")?))).transpose()?

@@ -372,7 +372,7 @@ async fn remove_orphans(
         return Ok(0);
     }
     let deleted = delete_many(conn.reborrow(), sql, orphans).await?;
-    crate::events::schedule_removals(conn, descriptor.replicable_name, &deleted, at).await?;
+    crate::removals::schedule(conn, descriptor.replicable_name, &deleted, at).await?;
     Ok(deleted.len() as u64)
 }
 

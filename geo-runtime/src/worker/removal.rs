@@ -10,11 +10,8 @@
 
 use std::collections::HashMap;
 
-use sqlx::AssertSqlSafe;
-
-use crate::db::dialect::{IdList, in_id_list, param};
 use crate::db::lock::lock_object_keys;
-use crate::db::{Conn, Database, on_conn, on_pool};
+use crate::db::{Conn, Database};
 use crate::error::DbError;
 use crate::registry::Registry;
 use crate::replicator::ReplicatorSet;
@@ -36,13 +33,7 @@ pub struct RemovalRound {
     pub retried: usize,
 }
 
-/// One entry of `geo_blob_removals`.
-struct Entry {
-    id: i64,
-    replicable: String,
-    model_id: i64,
-    key: Option<String>,
-}
+use crate::removals::{self, Removal as Entry};
 
 /// Processes up to `limit` pending removals.
 pub async fn remove_objects<S: BlobStore>(
@@ -51,20 +42,7 @@ pub async fn remove_objects<S: BlobStore>(
     store: &S,
     limit: i64,
 ) -> Result<RemovalRound, DbError> {
-    let sql = format!(
-        "SELECT \"id\", \"replicable_name\", \"model_record_id\", \"object_key\" FROM \"geo_blob_removals\" ORDER BY \"id\" LIMIT {}",
-        param(tracking.dialect(), 1)
-    );
-    let rows: Vec<(i64, String, i64, Option<String>)> = on_pool!(tracking, read, pool => sqlx::query_as(AssertSqlSafe(sql)).bind(limit).fetch_all(pool).await?);
-    let entries: Vec<Entry> = rows
-        .into_iter()
-        .map(|(id, replicable, model_id, key)| Entry {
-            id,
-            replicable,
-            model_id,
-            key,
-        })
-        .collect();
+    let entries = removals::due(tracking, limit).await?;
     let mut round = RemovalRound::default();
     for chunk in entries.chunks(PER_TRANSACTION) {
         remove_chunk(tracking, set, store, chunk, &mut round).await?;
@@ -155,13 +133,7 @@ async fn remove_chunk<S: BlobStore>(
             }
         }
     }
-    if !forget.is_empty() {
-        let sql = format!(
-            "DELETE FROM \"geo_blob_removals\" WHERE {}",
-            in_id_list(tx.conn().dialect(), "\"id\"", 1)
-        );
-        on_conn!(tx.conn(), c => sqlx::query(AssertSqlSafe(sql)).bind(IdList(forget)).execute(&mut *c).await?.rows_affected());
-    }
+    removals::forget(tx.conn(), forget).await?;
     tx.commit().await?;
     Ok(())
 }
