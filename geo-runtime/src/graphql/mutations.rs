@@ -5,11 +5,10 @@ use std::sync::atomic::Ordering;
 
 use async_graphql::dynamic::{FieldValue, ResolverContext};
 use async_graphql::{Error, Value};
-use sqlx::AssertSqlSafe;
 
-use crate::db::dialect::{param, quote};
-use crate::db::{Database, NodeRole, on_pool};
+use crate::db::{Database, NodeRole};
 use crate::operations::{self, Selection};
+use crate::registry::Registry;
 use crate::replicator::ReplicatorDescriptor;
 use std::sync::Arc;
 
@@ -34,13 +33,9 @@ pub(super) async fn update_one<'a>(
     let d = descriptor_of(shared, c.args.try_get("registryClass")?.enum_name()?)?;
     require_enabled(shared, d).await?;
     let registry_id = parse_id(c.args.try_get("registryId")?.string()?)?;
-    let sql = format!(
-        "SELECT {} FROM {} WHERE \"id\" = {}",
-        quote(d.model_foreign_key),
-        quote(d.registry_table),
-        param(shared.db.dialect(), 1)
-    );
-    let model_id: Option<i64> = on_pool!(shared.db, read, pool => sqlx::query_scalar(AssertSqlSafe(sql)).bind(registry_id).fetch_optional(pool).await.map_err(crate::DbError::from)?);
+    let model_id = Registry::new(&shared.db, d)
+        .model_id_of(registry_id)
+        .await?;
     let Some(model_id) = model_id else {
         return Ok(Some(FieldValue::value(object([
             (

@@ -15,6 +15,8 @@ use crate::descriptor::ReplicatorDescriptor;
 pub(crate) struct RegistrySql {
     /// `$1` model id.
     pub(crate) select_by_model_id: String,
+    /// `$1` registry id: the model id the row tracks.
+    pub(crate) model_id_of: String,
     /// `$1` ids, `$2` now: new rows as pending; known ids untouched.
     pub(crate) insert_pending_many: String,
     /// `$1` ids, `$2` now: new rows as pending; known rows back to pending from any state.
@@ -100,6 +102,7 @@ impl RegistrySql {
         let fail = SyncEvent::Fail.guard(state);
         RegistrySql {
             select_by_model_id: format!("SELECT {columns} FROM {t} WHERE {fk} = {}", p(1)),
+            model_id_of: format!("SELECT {fk} FROM {t} WHERE \"id\" = {}", p(1)),
             insert_pending_many: format!(
                 "INSERT INTO {t} ({fk}, \"created_at\") SELECT \"id\", {} FROM ({}) AS ids WHERE true ON CONFLICT ({fk}) DO NOTHING",
                 p(2),

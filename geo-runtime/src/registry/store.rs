@@ -136,6 +136,14 @@ impl Registry {
         self.descriptor
     }
 
+    /// The model id a registry row tracks, if the row exists.
+    pub async fn model_id_of(&self, registry_id: i64) -> Result<Option<i64>, DbError> {
+        let sql = AssertSqlSafe(self.sql.model_id_of.as_str());
+        Ok(
+            on_pool!(self.db, read, pool => sqlx::query_scalar(sql).bind(registry_id).fetch_optional(pool).await?),
+        )
+    }
+
     /// The row tracking `model_record_id`, if any.
     pub async fn find_by_model_id(
         &self,
