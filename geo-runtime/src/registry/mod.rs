@@ -1,6 +1,7 @@
 //! The secondary's registries: one row per replicable record, carrying Geo's sync state machine
 //! (pending 0 / started 1 / synced 2 / failed 3) and the secondary's verification columns.
 
+mod copies;
 pub mod query;
 mod row;
 pub(crate) mod sql;
@@ -8,6 +9,7 @@ mod state;
 pub(crate) mod store;
 
 pub use crate::retry::{LAST_SYNC_FAILURE_MAX, truncate_failure};
+pub(crate) use copies::{Copies, CopyFailure};
 pub use row::{REGISTRY_COLUMNS, RegistryRecord};
 pub use state::{InvalidTransition, SyncEvent, SyncState};
 pub use store::{ClaimedRow, Registry, StateCounts, SyncFailure, SyncedCopy};

@@ -5,32 +5,19 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use futures_util::StreamExt;
-use sqlx::{AssertSqlSafe, Row};
 use tokio_util::sync::CancellationToken;
 
 use super::primary::count_outcomes;
 use super::{MIN_REVERIFY_INTERVAL, VerifyRound};
-use crate::db::dialect::{Ts, now};
-use crate::db::{Database, on_pool};
+use crate::db::Database;
+use crate::db::dialect::now;
 use crate::error::DbError;
+use crate::registry::{Copies, CopyFailure};
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
-use crate::retry::{self, truncate_failure};
+use crate::retry::{self};
 use crate::storage::{BlobStore, ObjectKey};
 use crate::strategy::blob::BlobSource;
 use crate::telemetry::Metrics;
-
-/// A copy that failed its verification: why, when, its checksum if it has one, and when to
-/// sync it again.
-struct FailedCopy {
-    reason: String,
-    mismatch: bool,
-    got: Option<Vec<u8>>,
-    at: DateTime<Utc>,
-    retry_at: DateTime<Utc>,
-}
-
-/// A copy claimed for verification: registry id, object key, expected checksum, failures.
-type ClaimedCopy = (i64, Option<String>, Option<Vec<u8>>, i32);
 
 /// A secondary's verification of its own copies, on its own schedule (Geo's secondaries verify
 /// only when the primary publishes `checksum_succeeded`): synced rows whose copy was verified
@@ -41,15 +28,9 @@ type ClaimedCopy = (i64, Option<String>, Option<Vec<u8>>, i32);
 /// copied).
 #[derive(Debug, Clone)]
 pub struct SecondaryVerification<S> {
-    tracking: Database,
     store: S,
     config: SecondaryVerifyConfig,
-    items: Arc<
-        Vec<(
-            &'static ReplicatorDescriptor,
-            crate::registry::sql::SecondaryVerificationSql,
-        )>,
-    >,
+    items: Arc<Vec<(&'static ReplicatorDescriptor, Copies)>>,
     metrics: Metrics,
 }
 
@@ -94,18 +75,9 @@ impl<S: BlobStore> SecondaryVerification<S> {
             items: Arc::new(
                 set.descriptors()
                     .iter()
-                    .map(|d| {
-                        (
-                            *d,
-                            crate::registry::sql::SecondaryVerificationSql::new(
-                                d,
-                                tracking.dialect(),
-                            ),
-                        )
-                    })
+                    .map(|d| (*d, Copies::new(tracking, d)))
                     .collect(),
             ),
-            tracking: tracking.clone(),
             store,
             config,
             metrics: Metrics::default(),
@@ -126,20 +98,10 @@ impl<S: BlobStore> SecondaryVerification<S> {
     ) -> Result<VerifyRound, DbError> {
         let mut round = VerifyRound::default();
         let share = (self.config.verification_max_capacity / self.items.len().max(1)).max(1);
-        for (d, sql) in self.items.iter() {
+        for (d, copies) in self.items.iter() {
             let before = (round.succeeded, round.failed);
             let started = now();
-            let claimed: Vec<ClaimedCopy> = on_pool!(self.tracking, write, pool => {
-                let rows = sqlx::query(AssertSqlSafe(sql.claim.as_str()))
-                    .bind(i64::try_from(share).unwrap_or(i64::MAX))
-                    .bind(Ts(started))
-                    .bind(Ts(verified_before))
-                    .fetch_all(pool)
-                    .await?;
-                rows.iter()
-                    .map(|r| Ok((r.try_get::<i64, _>("id")?, r.try_get::<Option<String>, _>("object_key")?, r.try_get::<Option<Vec<u8>>, _>("verification_checksum")?, r.try_get::<i32, _>("verification_retry_count")?)))
-                    .collect::<Result<Vec<_>, DbError>>()?
-            });
+            let claimed = copies.claim(share, started, verified_before).await?;
             round.claimed += claimed.len();
             let outcomes: Vec<_> = futures_util::stream::iter(claimed)
                 .map(|(id, key, expected, retries)| async move {
@@ -155,15 +117,16 @@ impl<S: BlobStore> SecondaryVerification<S> {
                 .await;
             for (id, expected, retries, local) in outcomes {
                 let applied = match (expected, local) {
-                    (None, _) => self.exec(&sql.mark_disabled, id, started).await?,
+                    (None, _) => copies.disabled(id, started).await?,
                     (Some(want), Ok(Some((_, got)))) if want.as_slice() == got.as_slice() => {
-                        let n = on_pool!(self.tracking, write, pool => sqlx::query(AssertSqlSafe(sql.mark_succeeded.as_str())).bind(id).bind(Ts(started)).bind(Ts(now())).execute(pool).await?.rows_affected());
-                        round.succeeded += usize::from(n == 1);
-                        n == 1
+                        let ok = copies.succeeded(id, started, now()).await?;
+                        round.succeeded += usize::from(ok);
+                        ok
                     }
                     (Some(want), local) => {
                         let failed = Self::copy_failed(&want, local, retries);
-                        let applied = self.record_failed_copy(sql, id, started, failed).await?;
+                        tracing::warn!(registry_id = id, reason = %failed.reason, "a local copy failed verification; resyncing it");
+                        let applied = copies.failed(id, started, failed).await?;
                         round.failed += usize::from(applied);
                         applied
                     }
@@ -186,7 +149,7 @@ impl<S: BlobStore> SecondaryVerification<S> {
         want: &[u8],
         local: Result<Option<(u64, [u8; 32])>, String>,
         retries: i32,
-    ) -> FailedCopy {
+    ) -> CopyFailure {
         let (reason, mismatch, got) = match local {
             Ok(Some((_, got))) => (
                 format!(
@@ -201,7 +164,7 @@ impl<S: BlobStore> SecondaryVerification<S> {
             Err(e) => (format!("Error during verification: {e}"), false, None),
         };
         let at = now();
-        FailedCopy {
+        CopyFailure {
             retry_at: retry::next_retry_at(
                 at,
                 u32::try_from(retries.saturating_add(1)).unwrap_or(1),
@@ -214,46 +177,14 @@ impl<S: BlobStore> SecondaryVerification<S> {
         }
     }
 
-    /// Records a failed verification and puts the row back to the sync; false when the attempt
-    /// is no longer the running one.
-    async fn record_failed_copy(
-        &self,
-        sql: &crate::registry::sql::SecondaryVerificationSql,
-        id: i64,
-        started: DateTime<Utc>,
-        f: FailedCopy,
-    ) -> Result<bool, DbError> {
-        tracing::warn!(registry_id = id, reason = %f.reason, "a local copy failed verification; resyncing it");
-        let failure = truncate_failure(&f.reason);
-        let sync_failure = truncate_failure(&format!("Verification failed with: {}", f.reason));
-        let n = on_pool!(self.tracking, write, pool => sqlx::query(AssertSqlSafe(sql.mark_failed.as_str()))
-            .bind(id)
-            .bind(Ts(started))
-            .bind(failure)
-            .bind(f.mismatch)
-            .bind(f.got)
-            .bind(Ts(f.at))
-            .bind(Ts(f.retry_at))
-            .bind(sync_failure)
-            .execute(pool)
-            .await?
-            .rows_affected());
-        Ok(n == 1)
-    }
-
-    async fn exec(&self, sql: &str, id: i64, started: DateTime<Utc>) -> Result<bool, DbError> {
-        let n = on_pool!(self.tracking, write, pool => sqlx::query(AssertSqlSafe(sql)).bind(id).bind(Ts(started)).execute(pool).await?.rows_affected());
-        Ok(n == 1)
-    }
-
     /// Verifications of synced copies started before `before` and never finished (the process
     /// died, or the check hangs) go back to pending, so no copy is left out of verification.
     /// Returns how many. A node runs it at start (for checks started an hour before) and with
     /// the sync sweeper (for checks older than [`SecondaryVerifyConfig::timeout`]).
     pub async fn release_stuck(&self, before: DateTime<Utc>) -> Result<u64, DbError> {
         let mut total = 0;
-        for (_, sql) in self.items.iter() {
-            total += on_pool!(self.tracking, write, pool => sqlx::query(AssertSqlSafe(sql.release_stuck.as_str())).bind(Ts(before)).execute(pool).await?.rows_affected());
+        for (_, copies) in self.items.iter() {
+            total += copies.release_stuck(before).await?;
         }
         Ok(total)
     }
@@ -278,20 +209,9 @@ impl<S: BlobStore> SecondaryVerification<S> {
         at: DateTime<Utc>,
     ) -> Result<VerifyRound, crate::events::SourceError> {
         let mut round = VerifyRound::default();
-        for (d, sql) in self.items.iter() {
+        for (d, copies) in self.items.iter() {
             let next = at + TimeDelta::from_std(recheck).unwrap_or(TimeDelta::MAX);
-            let claimed: Vec<(i64, i64, Option<Vec<u8>>)> = on_pool!(self.tracking, write, pool => {
-                let rows = sqlx::query(AssertSqlSafe(sql.claim_disabled.as_str()))
-                    .bind(1000_i64)
-                    .bind(Ts(at))
-                    .bind(Ts(next))
-                    .fetch_all(pool)
-                    .await
-                    .map_err(DbError::from)?;
-                rows.iter()
-                    .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?, r.try_get::<Option<Vec<u8>>, _>(2)?)))
-                    .collect::<Result<Vec<_>, DbError>>()?
-            });
+            let claimed = copies.claim_disabled(1000, at, next).await?;
             if claimed.is_empty() {
                 continue;
             }
@@ -306,15 +226,9 @@ impl<S: BlobStore> SecondaryVerification<S> {
                 let Some(Some(want)) = primary.get(&model_id) else {
                     continue;
                 };
-                let n = if local.as_deref() == Some(want.as_slice()) {
+                let applied = if local.as_deref() == Some(want.as_slice()) {
                     round.succeeded += 1;
-                    on_pool!(self.tracking, write, pool => sqlx::query(AssertSqlSafe(sql.disabled_succeeded.as_str()))
-                        .bind(id)
-                        .bind(Ts(now()))
-                        .execute(pool)
-                        .await
-                        .map_err(DbError::from)?
-                        .rows_affected())
+                    copies.disabled_succeeded(id, now()).await?
                 } else {
                     round.failed += 1;
                     let reason = format!(
@@ -324,23 +238,18 @@ impl<S: BlobStore> SecondaryVerification<S> {
                     );
                     tracing::warn!(replicable = d.replicable_name, model_id, reason = %reason, "a copy differs from the primary's now-known checksum; resyncing it");
                     let at = now();
-                    let retry_at = retry::next_retry_at(at, 1, false);
-                    on_pool!(self.tracking, write, pool => sqlx::query(AssertSqlSafe(sql.disabled_mismatch.as_str()))
-                        .bind(id)
-                        .bind(truncate_failure(&reason))
-                        .bind(local.as_deref())
-                        .bind(Ts(at))
-                        .bind(Ts(retry_at))
-                        .bind(truncate_failure(&format!("Verification failed with: {reason}")))
-                        .bind(want.as_slice())
-                        .execute(pool)
-                        .await
-                        .map_err(DbError::from)?
-                        .rows_affected())
+                    let failure = CopyFailure {
+                        reason,
+                        mismatch: true,
+                        got: local,
+                        at,
+                        retry_at: retry::next_retry_at(at, 1, false),
+                    };
+                    copies
+                        .disabled_mismatch(id, failure, want.as_slice())
+                        .await?
                 };
-                if n == 0 {
-                    round.superseded += 1;
-                }
+                round.superseded += usize::from(!applied);
             }
         }
         Ok(round)
