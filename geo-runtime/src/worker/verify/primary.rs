@@ -8,20 +8,19 @@ use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use futures_util::StreamExt;
-use sqlx::{AssertSqlSafe, Row};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{MIN_REVERIFY_INTERVAL, VerificationCounts, VerifyConfig, VerifyRound};
-use crate::db::dialect::{Ts, now};
-use crate::db::{Database, on_pool};
+use crate::db::Database;
+use crate::db::dialect::now;
 use crate::error::DbError;
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet, model_object_keys};
-use crate::retry::{self, truncate_failure};
+use crate::retry::{self};
 use crate::storage::{BlobStore, ObjectKey};
 use crate::telemetry::Metrics;
 use crate::verification::VerificationState;
-use crate::verification::sql::VerificationSql;
+use crate::verification::{Checksums, ClaimedRecord, Due};
 
 /// The primary's verification of every replicable in a set.
 #[derive(Debug, Clone)]
@@ -29,7 +28,7 @@ pub struct PrimaryVerification<S> {
     db: Database,
     store: S,
     config: VerifyConfig,
-    items: Arc<Vec<(&'static ReplicatorDescriptor, VerificationSql)>>,
+    items: Arc<Vec<(&'static ReplicatorDescriptor, Checksums)>>,
     metrics: Metrics,
 }
 
@@ -56,7 +55,7 @@ impl<S: BlobStore> PrimaryVerification<S> {
             items: Arc::new(
                 set.descriptors()
                     .iter()
-                    .map(|d| (*d, VerificationSql::new(d, db.dialect())))
+                    .map(|d| (*d, Checksums::new(db, d)))
                     .collect(),
             ),
             db: db.clone(),
@@ -81,13 +80,13 @@ impl<S: BlobStore> PrimaryVerification<S> {
         // A batch is a few rounds of the concurrency (Geo claims 10 per job), so claims and
         // their queries are amortised even with one worker.
         let batch = (share * 4).max(10);
-        for (d, sql) in self.items.iter() {
+        for (d, checksums) in self.items.iter() {
             let before = (round.succeeded, round.failed);
             let started = now();
-            let claimed = self.claim_batch(sql, batch, started).await?;
+            let claimed = self.claim_batch(checksums, batch, started).await?;
             round.claimed += claimed.len();
             let outcomes = self.checksum_all(d, claimed, share).await?;
-            self.record_all(d, sql, outcomes, started, &mut round)
+            self.record_all(d, checksums, outcomes, started, &mut round)
                 .await?;
             count_outcomes(
                 &self.metrics,
@@ -103,37 +102,28 @@ impl<S: BlobStore> PrimaryVerification<S> {
     /// their state rows on the way), then failed and due, then due for re-verification.
     async fn claim_batch(
         &self,
-        sql: &VerificationSql,
+        checksums: &Checksums,
         batch: usize,
         started: DateTime<Utc>,
-    ) -> Result<Vec<(i64, i32, Option<Vec<u8>>)>, DbError> {
+    ) -> Result<Vec<ClaimedRecord>, DbError> {
         let reverify_before = started
             .checked_sub_signed(
                 TimeDelta::from_std(self.config.reverify_interval.max(MIN_REVERIFY_INTERVAL))
                     .unwrap_or(TimeDelta::MAX),
             )
             .unwrap_or(DateTime::<Utc>::MIN_UTC);
-        let mut claimed = self.claim(&sql.claim_pending, batch, started, None).await?;
-        if claimed.len() < batch
-            && let Some(ensure) = &sql.ensure_rows
-        {
-            let created = on_pool!(self.db, write, pool => sqlx::query(AssertSqlSafe(ensure.as_str())).bind(10_000_i64).execute(pool).await?.rows_affected());
-            if created > 0 {
-                claimed.extend(
-                    self.claim(&sql.claim_pending, batch - claimed.len(), started, None)
-                        .await?,
-                );
-            }
+        let mut claimed = checksums.claim(Due::Pending, batch, started).await?;
+        // Records that never published an event get their state rows now.
+        if claimed.len() < batch && checksums.ensure_rows(10_000).await? > 0 {
+            let more = checksums
+                .claim(Due::Pending, batch - claimed.len(), started)
+                .await?;
+            claimed.extend(more);
         }
-        for (claim, before) in [
-            (&sql.claim_failed_due, None),
-            (&sql.claim_reverify, Some(reverify_before)),
-        ] {
+        for due in [Due::Retry, Due::VerifiedBefore(reverify_before)] {
             if claimed.len() < batch {
-                claimed.extend(
-                    self.claim(claim, batch - claimed.len(), started, before)
-                        .await?,
-                );
+                let more = checksums.claim(due, batch - claimed.len(), started).await?;
+                claimed.extend(more);
             }
         }
         Ok(claimed)
@@ -145,7 +135,7 @@ impl<S: BlobStore> PrimaryVerification<S> {
     async fn checksum_all(
         &self,
         d: &ReplicatorDescriptor,
-        claimed: Vec<(i64, i32, Option<Vec<u8>>)>,
+        claimed: Vec<ClaimedRecord>,
         share: usize,
     ) -> Result<Vec<Checksummed>, DbError> {
         // One query for the batch's object keys.
@@ -182,7 +172,7 @@ impl<S: BlobStore> PrimaryVerification<S> {
     async fn record_all(
         &self,
         d: &ReplicatorDescriptor,
-        sql: &VerificationSql,
+        checksums: &Checksums,
         outcomes: Vec<Checksummed>,
         started: DateTime<Utc>,
         round: &mut VerifyRound,
@@ -190,11 +180,15 @@ impl<S: BlobStore> PrimaryVerification<S> {
         let mut tx = self.db.begin_write().await?;
         for (id, retries, expected, outcome) in outcomes {
             let applied = match &outcome {
-                Ok(sum) => Self::record_success(tx.conn(), sql, id, started, sum).await?,
+                Ok(sum) => {
+                    checksums
+                        .succeeded_in(tx.conn(), id, started, sum, now())
+                        .await?
+                }
                 Err(reason) => {
                     Self::record_failure(
                         tx.conn(),
-                        sql,
+                        checksums,
                         id,
                         started,
                         reason,
@@ -221,31 +215,6 @@ impl<S: BlobStore> PrimaryVerification<S> {
         tx.commit().await
     }
 
-    /// Claims with `sql` (`$1` limit, `$2` now, and `$3` verified-before when given); returns
-    /// (id, failures so far, checksum to compare with).
-    async fn claim(
-        &self,
-        sql: &str,
-        limit: usize,
-        at: DateTime<Utc>,
-        before: Option<DateTime<Utc>>,
-    ) -> Result<Vec<(i64, i32, Option<Vec<u8>>)>, DbError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        on_pool!(self.db, write, pool => {
-            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(limit).bind(Ts(at));
-            if let Some(before) = before {
-                q = q.bind(Ts(before));
-            }
-            let rows = q.fetch_all(pool).await?;
-            rows.iter()
-                .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<i32, _>(1)?, r.try_get::<Option<Vec<u8>>, _>(2)?)))
-                .collect()
-        })
-    }
-
     /// The SHA-256 of a record's object; `key` is the record's key as looked up for the batch
     /// (`None`: no such record; `Some(None)`: no object key).
     async fn checksum(&self, key: Option<Option<String>>) -> Result<[u8; 32], String> {
@@ -264,27 +233,10 @@ impl<S: BlobStore> PrimaryVerification<S> {
         }
     }
 
-    async fn record_success(
-        conn: crate::db::Conn<'_>,
-        sql: &VerificationSql,
-        id: i64,
-        started: DateTime<Utc>,
-        sum: &[u8; 32],
-    ) -> Result<bool, DbError> {
-        let n = crate::db::on_conn!(conn, c => sqlx::query(AssertSqlSafe(sql.mark_succeeded.as_str()))
-            .bind(id)
-            .bind(Ts(started))
-            .bind(sum.as_slice())
-            .bind(Ts(now()))
-            .execute(&mut *c)
-            .await?
-            .rows_affected());
-        Ok(n == 1)
-    }
-
+    /// Records a failed checksum with the backoff after `retries` failures.
     async fn record_failure(
         conn: crate::db::Conn<'_>,
-        sql: &VerificationSql,
+        checksums: &Checksums,
         id: i64,
         started: DateTime<Utc>,
         reason: &str,
@@ -298,39 +250,27 @@ impl<S: BlobStore> PrimaryVerification<S> {
             u32::try_from(retries.saturating_add(1)).unwrap_or(1),
             false,
         );
-        let n = crate::db::on_conn!(conn, c => sqlx::query(AssertSqlSafe(sql.mark_failed.as_str()))
-            .bind(id)
-            .bind(Ts(started))
-            .bind(truncate_failure(reason))
-            .bind(Ts(at))
-            .bind(Ts(retry_at))
-            .bind(keep)
-            .execute(&mut *c)
-            .await?
-            .rows_affected());
-        Ok(n == 1)
+        checksums
+            .failed_in(conn, id, started, reason, at, retry_at, keep)
+            .await
     }
 
     /// Checksums running longer than the timeout become failed ("Verification timed out after
     /// …"). Returns how many.
     pub async fn fail_timed_out(&self) -> Result<u64, DbError> {
         let at = now();
-        let before = Ts(at
+        let before = at
             .checked_sub_signed(TimeDelta::from_std(self.config.timeout).unwrap_or(TimeDelta::MAX))
-            .unwrap_or(DateTime::<Utc>::MIN_UTC));
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
         let message = format!(
             "Verification timed out after {}",
             self.config.timeout.as_secs()
         );
         let mut total = 0;
-        for (_, sql) in self.items.iter() {
-            total += on_pool!(self.db, write, pool => sqlx::query(AssertSqlSafe(sql.fail_timed_out.as_str()))
-                .bind(before)
-                .bind(Ts(at + TimeDelta::seconds(16)))
-                .bind(message.as_str())
-                .execute(pool)
-                .await?
-                .rows_affected());
+        for (_, checksums) in self.items.iter() {
+            total += checksums
+                .fail_timed_out(before, at + TimeDelta::seconds(16), &message)
+                .await?;
         }
         Ok(total)
     }
@@ -341,14 +281,14 @@ impl<S: BlobStore> PrimaryVerification<S> {
         descriptor: &ReplicatorDescriptor,
     ) -> Result<VerificationCounts, DbError> {
         let mut counts = VerificationCounts::default();
-        let Some((_, sql)) = self
+        let Some((_, checksums)) = self
             .items
             .iter()
             .find(|(d, _)| d.replicable_name == descriptor.replicable_name)
         else {
             return Ok(counts);
         };
-        let rows: Vec<(i16, i64)> = on_pool!(self.db, read, pool => sqlx::query_as(AssertSqlSafe(sql.count_by_state.as_str())).fetch_all(pool).await?);
+        let rows = checksums.count_by_state().await?;
         for (state, n) in rows {
             match VerificationState::from_i16(state) {
                 Some(VerificationState::Pending) => counts.pending = n,
