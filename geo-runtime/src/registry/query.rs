@@ -9,7 +9,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sqlx::AssertSqlSafe;
 
-use super::{REGISTRY_COLUMNS, Registry, RegistryRecord, SyncState};
+use super::sql::row_columns;
+use super::{Registry, RegistryRecord, SyncState};
 use crate::db::dialect::{IdList, in_id_list, param, quote};
 use crate::db::{Dialect, on_pool};
 use crate::error::DbError;
@@ -277,12 +278,7 @@ impl Registry {
             );
         }
         let limit = st.bind(Bind::I64(size + 1));
-        let columns = ["id", d.model_foreign_key]
-            .into_iter()
-            .chain(REGISTRY_COLUMNS)
-            .map(quote)
-            .collect::<Vec<_>>()
-            .join(", ");
+        let columns = row_columns(d);
         let direction = if descending { "DESC" } else { "ASC" };
         let order = match &key_sql {
             None => format!("\"id\" {direction}"),

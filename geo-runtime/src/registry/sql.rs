@@ -10,6 +10,16 @@ use crate::db::dialect::{
 };
 use crate::descriptor::ReplicatorDescriptor;
 
+/// A registry row's columns, as `RegistryRecord::decode` reads them: `"id", "<fk>", "state", ...`.
+pub(crate) fn row_columns(d: &ReplicatorDescriptor) -> String {
+    ["id", d.model_foreign_key]
+        .into_iter()
+        .chain(REGISTRY_COLUMNS)
+        .map(quote)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Registry statements for one replicable and dialect. Parameters are listed per statement.
 #[derive(Debug, Clone)]
 pub(crate) struct RegistrySql {
@@ -77,12 +87,7 @@ impl RegistrySql {
         let t = quote(d.registry_table);
         let fk = quote(d.model_foreign_key);
         let p = |n| param(dialect, n);
-        let columns = ["id", d.model_foreign_key]
-            .into_iter()
-            .chain(REGISTRY_COLUMNS)
-            .map(quote)
-            .collect::<Vec<_>>()
-            .join(", ");
+        let columns = row_columns(d);
         // State numbers come from the enum; each transition's condition on the state from the
         // state machine (`SyncEvent::guard`).
         let state = "\"state\"";
