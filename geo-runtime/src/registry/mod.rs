@@ -7,6 +7,7 @@ mod row;
 pub(crate) mod sql;
 mod state;
 pub(crate) mod store;
+pub(crate) mod synced;
 
 pub use crate::retry::{LAST_SYNC_FAILURE_MAX, truncate_failure};
 pub(crate) use copies::{Copies, CopyFailure};

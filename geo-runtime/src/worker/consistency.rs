@@ -19,6 +19,7 @@ use crate::registry::sql::RegistrySql;
 use crate::registry::store::{
     delete_many, insert_pending_many, lock_model_ids, model_ids_above, model_ids_between,
 };
+use crate::registry::synced::{RecordedCopy, resync_changed, synced_copies};
 use crate::replicator::ReplicatorDescriptor;
 
 /// Ids per range (Geo's `BATCH_SIZE`).
@@ -234,8 +235,8 @@ impl<S: ModelIdSource> Consistency<S> {
         hi: i64,
         ids: &[i64],
         listed: &ListedVersions,
-    ) -> Result<Vec<Copy>, SourceError> {
-        let copies: HashMap<i64, Copy> = synced_copies(&self.tracking, sql, after, hi)
+    ) -> Result<Vec<RecordedCopy>, SourceError> {
+        let copies: HashMap<i64, RecordedCopy> = synced_copies(&self.tracking, sql, after, hi)
             .await?
             .into_iter()
             .map(|c| (c.model_id, c))
@@ -273,60 +274,6 @@ impl<S: ModelIdSource> Consistency<S> {
             })
             .collect())
     }
-}
-
-/// A synced copy as the registry records it.
-#[derive(Debug, Clone)]
-struct Copy {
-    model_id: i64,
-    key: Option<String>,
-    sha256: Option<[u8; 32]>,
-    attempt: i64,
-}
-
-/// The synced copies of `(after, hi]`, ascending.
-async fn synced_copies(
-    tracking: &Database,
-    sql: &RegistrySql,
-    after: i64,
-    hi: i64,
-) -> Result<Vec<Copy>, DbError> {
-    let q = AssertSqlSafe(sql.synced_copies_between.as_str());
-    type CopyRow = (i64, Option<String>, Option<Vec<u8>>, i64);
-    let rows: Vec<CopyRow> = on_pool!(tracking, read, pool => sqlx::query_as(q)
-        .bind(after)
-        .bind(hi)
-        .fetch_all(pool)
-        .await?);
-    Ok(rows
-        .into_iter()
-        .map(|(model_id, key, sum, attempt)| Copy {
-            model_id,
-            key,
-            sha256: sum.and_then(|s| <[u8; 32]>::try_from(s.as_slice()).ok()),
-            attempt,
-        })
-        .collect())
-}
-
-/// Puts the `changed` copies back to pending, each only while it is still the copy that was
-/// compared (synced by the same attempt): one synced again meanwhile is left alone.
-async fn resync_changed(
-    mut conn: Conn<'_>,
-    sql: &RegistrySql,
-    changed: &[Copy],
-) -> Result<u64, DbError> {
-    let mut n = 0;
-    for c in changed {
-        let q = AssertSqlSafe(sql.resync_synced_attempt.as_str());
-        n += on_conn!(conn.reborrow(), conn => sqlx::query(q)
-            .bind(c.model_id)
-            .bind(c.attempt)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected());
-    }
-    Ok(n)
 }
 
 /// (in `source` but not `tracked`, in `tracked` but not `source`); both sorted ascending.
