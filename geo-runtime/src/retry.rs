@@ -94,7 +94,13 @@ mod tests {
         let mut at: Vec<_> = (0..100).map(|_| next_retry_at(now, 3, false)).collect();
         at.sort();
         at.dedup();
-        assert_eq!(at.len(), 100, "two of 100 failures share a retry time");
+        // Two of 100 microsecond draws coincide about once in 6,000 runs: a few shared times are
+        // chance, lockstep would share nearly all.
+        assert!(
+            at.len() >= 98,
+            "failures share retry times: {} distinct",
+            at.len()
+        );
         let spread = *at.last().expect("100") - at[0];
         assert!(spread > TimeDelta::seconds(30), "spread only {spread}");
     }

@@ -257,10 +257,18 @@ async fn failures_spread_their_retry_times() {
             let row = r.find_by_model_id(id).await.expect("find").expect("row");
             retry.insert(row.retry_at.expect("retry_at").timestamp_micros());
         }
-        assert_eq!(
-            retry.len(),
-            100,
-            "{}: failures share retry times",
+        // Random jitter in microseconds: two of 100 draws coincide about once in 6,000 runs,
+        // so a few shared times are chance; lockstep would share nearly all.
+        assert!(
+            retry.len() >= 98,
+            "{}: failures share retry times ({} distinct of 100)",
+            db.label(),
+            retry.len()
+        );
+        let spread = retry.iter().max().expect("100") - retry.iter().min().expect("100");
+        assert!(
+            spread > 30_000_000,
+            "{}: retry times spread over only {spread} µs",
             db.label()
         );
     }
