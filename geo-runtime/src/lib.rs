@@ -31,6 +31,11 @@
 //! - [`registry`]: the secondary's sync state machine and registry rows.
 //! - [`verification`]: the checksum state machine shared by both sides.
 //! - [`db`]: one [`Database`] type over PostgreSQL and SQLite, and the migration runner.
+//! - [`strategy`]: what is particular to a kind of data (`strategy::blob`: fetch, commit, serve).
+//! - [`worker`], [`node`], [`status`]: the workers, the HTTP API and its client, the status.
+//!
+//! `docs/architecture.md` lists every module, its layer and which may import which (a test
+//! keeps it true).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, unreachable_pub)]
