@@ -13,7 +13,7 @@
 //!
 //! Mutations: `geoRegistriesUpdate` resyncs or reverifies one registry row;
 //! `geoRegistriesBulkUpdate` resyncs or reverifies every row (optionally in one state) in the
-//! background, in batches of [`operations::BATCH`]. Progress is read with `geoBulkUpdateJob(id)`.
+//! background, in batches of [`operations::BATCH`](crate::operations::BATCH). Progress is read with `geoBulkUpdateJob(id)`.
 //! Both only move rows back to pending, so running them twice is harmless.
 //!
 //! A replicable whose feature flag is off refuses with a clear message, as Geo does. Queries are
