@@ -340,8 +340,10 @@ impl<S: EventSource> EventCursor<S> {
                 "event id jump too wide to track id by id; the consistency pass covers it"
             );
         }
-        self.metrics
-            .add("geo_event_gaps_abandoned_total", &[], gaps.abandoned());
+        if !gaps.too_wide.is_empty() {
+            self.metrics
+                .add("geo_event_gaps_abandoned_total", &[], gaps.abandoned());
+        }
         usize::try_from(gaps.abandoned()).unwrap_or(usize::MAX)
     }
 

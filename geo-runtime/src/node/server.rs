@@ -403,10 +403,11 @@ async fn retrieve<S: BlobStore>(
         Err(ServeError::Db(e)) => return Err(e.into()),
         Err(e) => {
             tracing::error!(replicable = %name, id, error = %e, "serving an object");
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the primary could not read the object",
-            ));
+            let message = match e {
+                ServeError::UnsafeKey(_) => "the object key on the primary is not a safe path",
+                _ => "internal error",
+            };
+            return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message));
         }
     };
     let (body, size) = match opened {
