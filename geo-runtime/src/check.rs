@@ -14,18 +14,18 @@
 use std::collections::{HashMap, HashSet};
 
 use futures_util::StreamExt;
-use sqlx::AssertSqlSafe;
 
-use crate::db::dialect::{TextList, Ts, in_id_list, now, param, quote};
+use crate::db::Database;
+use crate::db::dialect::TextList;
 use crate::db::lock::lock_object_keys;
-use crate::db::{Database, on_conn, on_pool};
 use crate::error::DbError;
 use crate::events::ModelIdSource;
 use crate::events::SourceError;
-use crate::registry::SyncState;
+use crate::registry::{Registry, SyncState};
 use crate::removals;
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
 use crate::storage::{BlobStore, ObjectKey, StorageError};
+use crate::store_checks;
 use crate::strategy::blob::BlobSource;
 
 /// Primary ids read per page.
@@ -121,9 +121,6 @@ pub struct CheckReport {
     pub differences: Vec<Difference>,
 }
 
-/// A registry row: (model id, state, object key).
-type Row = (i64, i16, Option<String>);
-
 /// A local copy looked at: (model id, object key, its SHA-256 or why there is none).
 type Hashed = (i64, Option<String>, Result<Option<[u8; 32]>, String>);
 
@@ -142,13 +139,7 @@ pub async fn check_replicable<S: BlobStore, C: ModelIdSource + BlobSource>(
         on_difference(&diff);
         report.differences.push(diff);
     };
-    let sql = format!(
-        "SELECT {fk}, \"state\", \"object_key\" FROM {t} WHERE {fk} > {} AND {fk} <= {} ORDER BY {fk}",
-        param(tracking.dialect(), 1),
-        param(tracking.dialect(), 2),
-        fk = quote(d.model_foreign_key),
-        t = quote(d.registry_table),
-    );
+    let registry = Registry::new(tracking, d);
     let mut after = i64::MIN;
     loop {
         let ids = client.model_ids_after(d, after, PAGE).await?;
@@ -158,19 +149,15 @@ pub async fn check_replicable<S: BlobStore, C: ModelIdSource + BlobSource>(
         } else {
             ids.last().copied().unwrap_or(i64::MAX)
         };
-        let rows: Vec<Row> = on_pool!(tracking, read, pool => sqlx::query_as(AssertSqlSafe(sql.as_str()))
-            .bind(after)
-            .bind(upto)
-            .fetch_all(pool)
-            .await
-            .map_err(DbError::from)?);
+        let rows = registry.rows_between(after, upto).await?;
         let checksums: HashMap<i64, Option<[u8; 32]>> = client
             .primary_checksums(d.replicable_name, &ids)
             .await?
             .into_iter()
             .collect();
         report.primary_records += ids.len() as u64;
-        let mut local: HashMap<i64, (i16, Option<String>)> = HashMap::with_capacity(rows.len());
+        let mut local: HashMap<i64, (SyncState, Option<String>)> =
+            HashMap::with_capacity(rows.len());
         for (id, state, key) in rows {
             if ids.binary_search(&id).is_err() {
                 found(&mut report, Difference::Extra { id, key });
@@ -196,7 +183,7 @@ pub async fn check_replicable<S: BlobStore, C: ModelIdSource + BlobSource>(
 async fn hash_local_copies<S: BlobStore>(
     store: &S,
     ids: &[i64],
-    local: &HashMap<i64, (i16, Option<String>)>,
+    local: &HashMap<i64, (SyncState, Option<String>)>,
 ) -> Vec<Hashed> {
     futures_util::stream::iter(ids.iter().copied())
         .map(|id| {
@@ -204,8 +191,7 @@ async fn hash_local_copies<S: BlobStore>(
             async move {
                 match row {
                     None => (id, None, Err("no registry row".to_owned())),
-                    Some((state, key)) if state != SyncState::Synced as i16 => {
-                        let state = SyncState::from_i16(state).map_or("unknown", SyncState::as_str);
+                    Some((state, key)) if state != SyncState::Synced => {
                         (id, key, Err(format!("not synced (state {state})")))
                     }
                     Some((_, None)) => (id, None, Err("synced without a key".to_owned())),
@@ -277,21 +263,16 @@ pub struct StoreReport {
 /// Keys out of `keys` that some registry row of `set` is recorded with, or that wait for
 /// removal, read on `conn` (a caller's transaction, to decide under its locks).
 async fn accounted_for(
+    tracking: &Database,
     mut conn: crate::db::Conn<'_>,
     set: &ReplicatorSet,
     keys: &[String],
 ) -> Result<(HashSet<String>, HashSet<String>), DbError> {
-    let d = conn.dialect();
     let list = TextList(keys.iter().cloned().map(Some).collect());
     let mut recorded = HashSet::new();
     for desc in set.descriptors() {
-        let sql = format!(
-            "SELECT \"object_key\" FROM {} WHERE {}",
-            quote(desc.registry_table),
-            in_id_list(d, "\"object_key\"", 1)
-        );
-        let found: Vec<String> = on_conn!(conn.reborrow(), c => sqlx::query_scalar(AssertSqlSafe(sql)).bind(list.clone()).fetch_all(&mut *c).await?);
-        recorded.extend(found);
+        let registry = Registry::new(tracking, desc);
+        recorded.extend(registry.object_keys_among(conn.reborrow(), &list).await?);
     }
     let waiting = removals::waiting_among(conn, list).await?;
     Ok((recorded, waiting.into_iter().collect()))
@@ -313,12 +294,7 @@ pub async fn extra_files<S: BlobStore>(
     let keys = store.list_keys().await.map_err(CheckError::Store)?;
     let mut recorded: HashSet<String> = HashSet::new();
     for d in set.descriptors() {
-        let sql = format!(
-            "SELECT \"object_key\" FROM {} WHERE \"object_key\" IS NOT NULL",
-            quote(d.registry_table)
-        );
-        let found: Vec<String> = on_pool!(tracking, read, pool => sqlx::query_scalar(AssertSqlSafe(sql)).fetch_all(pool).await.map_err(DbError::from)?);
-        recorded.extend(found);
+        recorded.extend(Registry::new(tracking, d).object_keys().await?);
     }
     let waiting: HashSet<String> = removals::waiting_keys(tracking)
         .await?
@@ -335,7 +311,7 @@ pub async fn extra_files<S: BlobStore>(
             report.extra.push(key);
         }
     }
-    record_store_check(tracking, report.files, report.extra.len() as u64).await?;
+    store_checks::record(tracking, report.files, report.extra.len() as u64).await?;
     Ok(report)
 }
 
@@ -371,7 +347,7 @@ pub async fn delete_extra<S: BlobStore>(
             chunk.iter().map(String::as_str).collect::<Vec<_>>(),
         )
         .await?;
-        let (recorded, waiting) = accounted_for(tx.conn(), set, chunk).await?;
+        let (recorded, waiting) = accounted_for(tracking, tx.conn(), set, chunk).await?;
         let mut to_delete = Vec::new();
         for key in chunk {
             if recorded.contains(key) || waiting.contains(key) {
@@ -400,28 +376,6 @@ pub async fn delete_extra<S: BlobStore>(
     let count = |what: fn(&ExtraRemoval) -> bool| out.iter().filter(|(_, r)| what(r)).count();
     let deleted = count(|r| matches!(r, ExtraRemoval::Deleted)) as u64;
     let left = count(|r| !matches!(r, ExtraRemoval::Deleted | ExtraRemoval::InUse)) as u64;
-    record_store_check(tracking, report.files.saturating_sub(deleted), left).await?;
+    store_checks::record(tracking, report.files.saturating_sub(deleted), left).await?;
     Ok(out)
-}
-
-/// Stores the outcome of a store check for the status (`extra_files_count`).
-async fn record_store_check(tracking: &Database, files: u64, extra: u64) -> Result<(), DbError> {
-    let d = tracking.dialect();
-    let sql = format!(
-        "INSERT INTO \"geo_store_checks\" (\"id\", \"checked_at\", \"files\", \"extra_files\") VALUES (1, {}, {}, {}) \
-         ON CONFLICT (\"id\") DO UPDATE SET \"checked_at\" = excluded.\"checked_at\", \"files\" = excluded.\"files\", \"extra_files\" = excluded.\"extra_files\"",
-        param(d, 1),
-        param(d, 2),
-        param(d, 3)
-    );
-    let files = i64::try_from(files).unwrap_or(i64::MAX);
-    let extra = i64::try_from(extra).unwrap_or(i64::MAX);
-    on_pool!(tracking, write, pool => sqlx::query(AssertSqlSafe(sql))
-        .bind(Ts(now()))
-        .bind(files)
-        .bind(extra)
-        .execute(pool)
-        .await?
-        .rows_affected());
-    Ok(())
 }

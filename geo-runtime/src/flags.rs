@@ -33,6 +33,15 @@ pub(crate) async fn is_enabled_in(
     Ok(stored.unwrap_or(descriptor.enabled_by_default))
 }
 
+/// The SQL expression that is replication's switch for the flag named by `name` (a
+/// parameter), `default` (a parameter) when it was never set: the application's event
+/// publishing reads it in the statement that writes the event.
+pub(crate) fn enabled_expr(name: &str, default: &str) -> String {
+    format!(
+        "COALESCE((SELECT \"enabled\" FROM \"geo_feature_flags\" WHERE \"name\" = {name}), {default})"
+    )
+}
+
 fn select_sql(dialect: Dialect) -> String {
     format!(
         "SELECT \"enabled\" FROM \"geo_feature_flags\" WHERE \"name\" = {}",

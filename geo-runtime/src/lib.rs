@@ -59,6 +59,7 @@ pub mod replicator;
 pub mod retry;
 pub mod status;
 pub mod storage;
+mod store_checks;
 pub mod strategy;
 pub mod telemetry;
 #[cfg(feature = "testing")]

@@ -6,15 +6,13 @@ use crate::db::dialect::{IdList, in_id_list, param, quote};
 use crate::db::{Database, on_pool};
 use crate::descriptor::ReplicatorDescriptor;
 use crate::error::DbError;
+use crate::verification::VerificationState;
 
 /// The join (model table aliased `m`) and the expression that give a record's verified
-/// checksum: the checksum counts only when its verification succeeded (state 2).
-fn verified_checksum(descriptor: &ReplicatorDescriptor) -> (String, &'static str) {
-    match descriptor.verification {
-        super::VerificationStorage::Inline => (
-            String::new(),
-            "CASE WHEN m.\"verification_state\" = 2 THEN m.\"verification_checksum\" END",
-        ),
+/// checksum: the checksum counts only when its verification succeeded.
+fn verified_checksum(descriptor: &ReplicatorDescriptor) -> (String, String) {
+    let (join, table) = match descriptor.verification {
+        super::VerificationStorage::Inline => (String::new(), "m"),
         super::VerificationStorage::SeparateTable { table } => (
             format!(
                 " LEFT JOIN {} s ON s.{} = m.{}",
@@ -22,9 +20,16 @@ fn verified_checksum(descriptor: &ReplicatorDescriptor) -> (String, &'static str
                 quote(descriptor.model_foreign_key),
                 quote(descriptor.model_id_column)
             ),
-            "CASE WHEN s.\"verification_state\" = 2 THEN s.\"verification_checksum\" END",
+            "s",
         ),
-    }
+    };
+    let succeeded = VerificationState::Succeeded.as_i16();
+    (
+        join,
+        format!(
+            "CASE WHEN {table}.\"verification_state\" = {succeeded} THEN {table}.\"verification_checksum\" END"
+        ),
+    )
 }
 
 /// `SELECT <id>, <object key>, <verified checksum> FROM <model> m…` (what each record holds
@@ -211,6 +216,17 @@ pub fn versions_digest<'a>(
         }
     }
     hasher.finalize().into()
+}
+
+/// How many records the model table holds.
+pub(crate) async fn count(
+    primary: &Database,
+    descriptor: &ReplicatorDescriptor,
+) -> Result<i64, DbError> {
+    let sql = format!("SELECT COUNT(*) FROM {}", quote(descriptor.model_table));
+    Ok(
+        on_pool!(primary, read, pool => sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(pool).await?),
+    )
 }
 
 /// Up to `limit` model ids above `after`, ascending.

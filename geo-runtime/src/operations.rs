@@ -5,14 +5,11 @@
 //! hold a lock on a whole table and can be stopped and run again: each step only moves rows
 //! back to pending, so a second run does the same harmless thing.
 
-use sqlx::AssertSqlSafe;
-
-use crate::db::dialect::{IdList, in_id_list, param, quote};
-use crate::db::{Database, NodeRole, on_pool};
+use crate::db::{Database, NodeRole};
 use crate::error::DbError;
 use crate::registry::{Registry, SyncState};
-use crate::replicator::{ReplicatorDescriptor, VerificationStorage};
-use crate::verification::VerificationState;
+use crate::replicator::ReplicatorDescriptor;
+use crate::verification::{Checksums, VerificationState};
 
 /// Ids per batch of a bulk action.
 pub const BATCH: i64 = 1000;
@@ -41,14 +38,32 @@ impl Selection {
     }
 }
 
-/// Where a replicable's records and states live on a node of `role`: (table, model id column).
-fn table_and_key(d: &ReplicatorDescriptor, role: NodeRole) -> (&'static str, &'static str) {
-    match (role, d.verification) {
-        (NodeRole::Secondary, _) => (d.registry_table, d.model_foreign_key),
-        (NodeRole::Primary, VerificationStorage::Inline) => (d.model_table, d.model_id_column),
-        (NodeRole::Primary, VerificationStorage::SeparateTable { table }) => {
-            (table, d.model_foreign_key)
+/// Up to [`BATCH`] selected model ids above `after`, from the registry (secondary) or the
+/// verification state (primary).
+async fn ids_after(
+    db: &Database,
+    d: &'static ReplicatorDescriptor,
+    role: NodeRole,
+    after: i64,
+    sync_state: Option<SyncState>,
+    verification_state: Option<VerificationState>,
+) -> Result<Vec<i64>, DbError> {
+    match (role, sync_state) {
+        (NodeRole::Secondary, _) => {
+            Registry::new(db, d)
+                .ids_after(after, BATCH, sync_state, verification_state)
+                .await
         }
+        (NodeRole::Primary, None) => {
+            Checksums::new(db, d)
+                .ids_after(after, BATCH, verification_state)
+                .await
+        }
+        (NodeRole::Primary, Some(s)) => Err(DbError::InvalidValue {
+            column: "state".into(),
+            what: "filter on a primary, which has no sync state (filter on the verification state)",
+            value: s.to_string(),
+        }),
     }
 }
 
@@ -56,7 +71,7 @@ fn table_and_key(d: &ReplicatorDescriptor, role: NodeRole) -> (&'static str, &'s
 /// returned.
 async fn for_each_batch<F, Fut>(
     db: &Database,
-    d: &ReplicatorDescriptor,
+    d: &'static ReplicatorDescriptor,
     role: NodeRole,
     selection: &Selection,
     progress: &(dyn Fn(u64) + Send + Sync),
@@ -81,36 +96,10 @@ where
             verification_state,
         } => (*sync_state, *verification_state),
     };
-    let (table, key) = table_and_key(d, role);
-    let p = |n| param(db.dialect(), n);
-    let mut filter = String::new();
-    if sync_state.is_some() {
-        filter.push_str(&format!(" AND \"state\" = {}", p(3)));
-    }
-    if verification_state.is_some() {
-        let n = if sync_state.is_some() { 4 } else { 3 };
-        filter.push_str(&format!(" AND \"verification_state\" = {}", p(n)));
-    }
-    let sql = format!(
-        "SELECT {key} FROM {table} WHERE {key} > {}{filter} ORDER BY {key} LIMIT {}",
-        p(1),
-        p(2),
-        key = quote(key),
-        table = quote(table),
-    );
     let mut after = i64::MIN;
     let mut total = 0;
     loop {
-        let ids: Vec<i64> = on_pool!(db, read, pool => {
-            let mut q = sqlx::query_scalar(AssertSqlSafe(sql.as_str())).bind(after).bind(BATCH);
-            if let Some(s) = sync_state {
-                q = q.bind(s as i16);
-            }
-            if let Some(s) = verification_state {
-                q = q.bind(s as i16);
-            }
-            q.fetch_all(pool).await?
-        });
+        let ids = ids_after(db, d, role, after, sync_state, verification_state).await?;
         let Some(last) = ids.last().copied() else {
             return Ok(total);
         };
@@ -170,23 +159,16 @@ pub async fn reverify_with_progress(
     selection: &Selection,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<u64, DbError> {
-    let (table, key) = table_and_key(d, role);
-    let only_synced = if role == NodeRole::Secondary {
-        " AND \"state\" = 2"
-    } else {
-        ""
-    };
-    let sql = format!(
-        "UPDATE {} SET \"verification_state\" = 0, \"verification_retry_count\" = 0, \
-         \"verification_retry_at\" = NULL, \"verification_failure\" = NULL \
-         WHERE {}{only_synced} AND \"verification_state\" <> 1",
-        quote(table),
-        in_id_list(db.dialect(), &quote(key), 1)
-    );
-    let sql = sql.as_str();
-    for_each_batch(db, d, role, selection, progress, |ids| async move {
-        let ids = IdList(ids);
-        Ok(on_pool!(db, write, pool => sqlx::query(AssertSqlSafe(sql)).bind(ids).execute(pool).await?.rows_affected()))
+    let registry = Registry::new(db, d);
+    let checksums = Checksums::new(db, d);
+    for_each_batch(db, d, role, selection, progress, |ids| {
+        let (registry, checksums) = (&registry, &checksums);
+        async move {
+            match role {
+                NodeRole::Secondary => registry.reverify(&ids).await,
+                NodeRole::Primary => checksums.reverify(&ids).await,
+            }
+        }
     })
     .await
 }

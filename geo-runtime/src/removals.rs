@@ -20,6 +20,15 @@ pub(crate) struct Removal {
     pub(crate) key: Option<String>,
 }
 
+/// The statement that schedules removals from a query: `select` returns the replicable's name,
+/// the model id, the object key and the time, in that order (the registry schedules the copies
+/// a newer sync supersedes in the statement that records it).
+pub(crate) fn schedule_from(select: &str) -> String {
+    format!(
+        "INSERT INTO \"geo_blob_removals\" (\"replicable_name\", \"model_record_id\", \"object_key\", \"created_at\") {select}"
+    )
+}
+
 /// Schedules the removal of `removals` (model id, object key) of `replicable`, in the caller's
 /// transaction.
 pub(crate) async fn schedule(

@@ -80,16 +80,7 @@ impl Drop for TestDatabase {
                     .await
                     .map_err(|e| e.to_string())?;
                 let pool = admin.as_postgres().ok_or("not postgres")?;
-                sqlx::query(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid()",
-                )
-                .bind(&cleanup.schema)
-                .execute(pool)
-                .await
-                .map_err(|e| e.to_string())?;
-                let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", cleanup.schema);
-                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                    .execute(pool)
+                crate::db::test_schema::drop(pool, &cleanup.schema)
                     .await
                     .map_err(|e| e.to_string())?;
                 admin.close().await;
@@ -156,8 +147,7 @@ pub async fn postgres() -> Option<TestDatabase> {
         .await
         .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {DATABASE_URL_VAR}: {e}"));
     let pool = admin.as_postgres().expect("a postgres database");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\"")))
-        .execute(pool)
+    crate::db::test_schema::create(pool, &schema)
         .await
         .expect("create the test schema");
     admin.close().await;

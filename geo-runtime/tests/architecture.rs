@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["error", "descriptor", "retry", "telemetry"],
     &["db", "storage"],
-    &["verification", "flags", "model", "removals"],
-    &["registry"],
+    &["verification", "flags", "removals", "store_checks"],
+    &["registry", "model"],
     &["events"],
     &["replicator"],
     &["strategy"],
@@ -47,6 +47,36 @@ const TEMPLATES: &[&str] = &[
     "geo-dsl-macros/src/codegen/registry.rs expand",
     "geo-dsl-macros/src/codegen/replicator.rs expand",
     "geo-runtime/src/registry/sql.rs new",
+    "geo-runtime/src/verification/sql.rs new",
+];
+
+/// The modules (a file, or a directory's files) that run SQL: the database layer and one owner
+/// per table. Anything else asks an owner.
+const SQL_OWNERS: &[&str] = &[
+    "db/",
+    "events/",
+    "flags.rs",
+    "model.rs",
+    "node/nodes.rs",
+    "registry/",
+    "removals.rs",
+    "store_checks.rs",
+    "verification/",
+];
+
+/// Each of the runtime's own tables and the one module that names it (`db/schema.rs`, which
+/// creates them, aside).
+const TABLE_OWNERS: &[(&str, &str)] = &[
+    ("geo_backfill_cursors", "registry/backfill.rs"),
+    ("geo_blob_removals", "removals.rs"),
+    ("geo_event_cursor", "events/cursor.rs"),
+    ("geo_event_gaps", "events/cursor.rs"),
+    ("geo_events", "events/"),
+    ("geo_feature_flags", "flags.rs"),
+    ("geo_leases", "db/lease.rs"),
+    ("geo_nodes", "node/nodes.rs"),
+    ("geo_secondary_cursors", "events/source.rs"),
+    ("geo_store_checks", "store_checks.rs"),
 ];
 
 fn src_dir() -> PathBuf {
@@ -300,6 +330,84 @@ fn modules_import_only_lower_layers() {
         "imports against the layering of docs/architecture.md:\n{}",
         wrong.join("\n")
     );
+}
+
+/// Each source file's path under `src/` (with `/`) and its code outside comments and tests.
+fn source_files() -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    rust_files(&src_dir(), &mut files);
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            let rel = path.strip_prefix(src_dir()).expect("under src");
+            let rel = rel.to_string_lossy().replace('\\', "/");
+            let text = std::fs::read_to_string(&path).expect("read source");
+            (rel, code_of(&text))
+        })
+        .collect()
+}
+
+fn owned_by(path: &str, owner: &str) -> bool {
+    path == owner || (owner.ends_with('/') && path.starts_with(owner))
+}
+
+#[test]
+fn only_the_owners_run_sql() {
+    let offenders: Vec<String> = source_files()
+        .into_iter()
+        .filter(|(path, code)| {
+            ["sqlx::query", "sqlx::raw_sql", "query_as(", "query_scalar("]
+                .iter()
+                .any(|call| code.contains(call))
+                && !SQL_OWNERS.iter().any(|owner| owned_by(path, owner))
+        })
+        .map(|(path, _)| path)
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "these files run SQL but own no table; move the statements to the table's owner (see SQL_OWNERS): {offenders:?}"
+    );
+}
+
+#[test]
+fn each_table_is_named_by_its_owner_only() {
+    let files = source_files();
+    let mut wrong = Vec::new();
+    for (table, owner) in TABLE_OWNERS {
+        let named = format!("\\\"{table}\\\"");
+        let mut found = false;
+        for (path, code) in &files {
+            if !code.contains(&named) || path == "db/schema.rs" {
+                continue;
+            }
+            if owned_by(path, owner) {
+                found = true;
+            } else {
+                wrong.push(format!("{path} names {table} (owned by {owner})"));
+            }
+        }
+        assert!(
+            found,
+            "{owner} no longer names {table}: update TABLE_OWNERS"
+        );
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+#[test]
+fn every_runtime_table_has_an_owner() {
+    let schema = std::fs::read_to_string(src_dir().join("db/schema.rs")).expect("read schema");
+    for statement in schema.split("CREATE TABLE \"").skip(1) {
+        let table = statement.split('"').next().unwrap_or_default();
+        if table == "geo_schema_migrations" {
+            continue; // the migration runner's, in db/
+        }
+        assert!(
+            TABLE_OWNERS.iter().any(|(t, _)| *t == table),
+            "db/schema.rs creates {table}, which TABLE_OWNERS does not name"
+        );
+    }
 }
 
 #[test]

@@ -9,6 +9,8 @@ pub mod lease;
 pub(crate) mod lock;
 mod migrate;
 mod schema;
+#[cfg(feature = "testing")]
+pub(crate) mod test_schema;
 
 use std::fmt;
 use std::str::FromStr;

@@ -20,8 +20,10 @@ use sqlx::AssertSqlSafe;
 pub use cursor::{BatchReport, CursorConfig, CursorError, EventCursor, StartPosition};
 pub(crate) use cursor::{gap_summary, stored_cursor};
 pub use ids::{DbModelIdSource, ListedVersions, Listing, ModelIdSource};
+#[cfg(feature = "testkit")]
+pub(crate) use source::count_events;
 pub use source::{DbEventSource, EventSource, SourceError, prune_events, record_secondary_cursor};
-pub(crate) use source::{forget_secondary_cursor, secondary_cursors};
+pub(crate) use source::{forget_secondary_cursor, newest_event, secondary_cursors};
 
 use crate::db::dialect::{JsonDoc, Ts, now, param};
 use crate::db::{Conn, on_conn};
@@ -122,15 +124,13 @@ pub async fn publish(
     let sql = format!(
         "INSERT INTO \"geo_events\" (\"replicable_name\", \"event_name\", \"model_record_id\", \"payload\", \"created_at\") \
          SELECT {}, {}, {}, {}, {} \
-         WHERE COALESCE((SELECT \"enabled\" FROM \"geo_feature_flags\" WHERE \"name\" = {}), {}) \
-         RETURNING \"id\"",
+         WHERE {} RETURNING \"id\"",
         p(1),
         p(2),
         p(3),
         p(4),
         p(5),
-        p(6),
-        p(7)
+        crate::flags::enabled_expr(&p(6), &p(7))
     );
     let doc = serde_json::to_value(&payload).unwrap_or_default();
     let mut conn = conn;

@@ -233,6 +233,45 @@ pub(crate) async fn forget_secondary_cursor(
     Ok(())
 }
 
+/// The newest event's id and time, if the log has any (for the primary's status).
+pub(crate) async fn newest_event(
+    primary: &Database,
+) -> Result<Option<(i64, chrono::DateTime<chrono::Utc>)>, DbError> {
+    on_pool!(primary, read, pool => {
+        let row = sqlx::query("SELECT \"id\", \"created_at\" FROM \"geo_events\" ORDER BY \"id\" DESC LIMIT 1").fetch_optional(pool).await?;
+        row.map(|r| Ok((r.i64("id")?, r.timestamp("created_at")?))).transpose()
+    })
+}
+
+/// How many events of `replicable` the log holds, only those named `event` for
+/// `model_record_id` when given (for the test kit's checks of what an application published).
+#[cfg(feature = "testkit")]
+pub(crate) async fn count_events(
+    primary: &Database,
+    replicable: &str,
+    event: Option<(&str, i64)>,
+) -> Result<i64, DbError> {
+    let p = |n| param(primary.dialect(), n);
+    let mut sql = format!(
+        "SELECT COUNT(*) FROM \"geo_events\" WHERE \"replicable_name\" = {}",
+        p(1)
+    );
+    if event.is_some() {
+        sql.push_str(&format!(
+            " AND \"event_name\" = {} AND \"model_record_id\" = {}",
+            p(2),
+            p(3)
+        ));
+    }
+    on_pool!(primary, read, pool => {
+        let mut q = sqlx::query_scalar(AssertSqlSafe(sql)).bind(replicable);
+        if let Some((name, id)) = event {
+            q = q.bind(name).bind(id);
+        }
+        Ok(q.fetch_one(pool).await?)
+    })
+}
+
 /// The secondaries' reported cursors, by name (for the primary's status).
 pub(crate) async fn secondary_cursors(
     primary: &Database,

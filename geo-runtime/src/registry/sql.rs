@@ -9,6 +9,7 @@ use crate::db::dialect::{
     skip_locked, synced_rows, true_literal,
 };
 use crate::descriptor::ReplicatorDescriptor;
+use crate::verification::VerificationState;
 
 /// A registry row's columns, as `RegistryRecord::decode` reads them: `"id", "<fk>", "state", ...`.
 pub(crate) fn row_columns(d: &ReplicatorDescriptor) -> String {
@@ -77,8 +78,6 @@ pub(crate) struct RegistrySql {
     pub(crate) model_ids_between: String,
     /// `$1` above, `$2` limit, `$3` created before: tracked model ids above, ascending.
     pub(crate) model_ids_above: String,
-    /// Rows per state.
-    pub(crate) count_by_state: String,
 }
 
 impl RegistrySql {
@@ -144,25 +143,25 @@ impl RegistrySql {
             mark_synced_many: format!(
                 "UPDATE {t} SET \"state\" = {synced}, \"retry_count\" = 0, \"retry_at\" = NULL, \"last_sync_failure\" = NULL, \"object_key\" = copies.\"key\", \
                  \"verification_checksum\" = copies.\"sum\", \"verification_state\" = copies.\"vstate\", \
-                 \"verified_at\" = CASE WHEN copies.\"vstate\" = 2 THEN {now} ELSE NULL END, \
-                 \"verification_retry_count\" = CASE WHEN copies.\"vstate\" = 2 THEN 0 ELSE {t}.\"verification_retry_count\" END, \
+                 \"verified_at\" = CASE WHEN copies.\"vstate\" = {v_succeeded} THEN {now} ELSE NULL END, \
+                 \"verification_retry_count\" = CASE WHEN copies.\"vstate\" = {v_succeeded} THEN 0 ELSE {t}.\"verification_retry_count\" END, \
                  \"verification_retry_at\" = NULL, \"checksum_mismatch\" = {no}, \"verification_checksum_mismatched\" = NULL, \"verification_failure\" = NULL \
                  FROM ({rows}) AS copies WHERE {t}.\"id\" = copies.\"id\" AND {guard} AND {t}.\"sync_attempt\" = copies.\"attempt\" RETURNING {t}.\"id\"",
                 guard = SyncEvent::Synced.guard(&format!("{t}.\"state\" + 0")),
+                v_succeeded = VerificationState::Succeeded.as_i16(),
                 now = p(6),
                 no = false_literal(dialect),
                 rows = synced_rows(dialect)
             ),
-            schedule_superseded: format!(
-                "INSERT INTO \"geo_blob_removals\" (\"replicable_name\", \"model_record_id\", \"object_key\", \"created_at\") \
-                 SELECT {name}, r.{fk}, r.\"object_key\", {now} FROM {t} r JOIN ({rows}) AS copies ON r.\"id\" = copies.\"id\" \
+            schedule_superseded: crate::removals::schedule_from(&format!(
+                "SELECT {name}, r.{fk}, r.\"object_key\", {now} FROM {t} r JOIN ({rows}) AS copies ON r.\"id\" = copies.\"id\" \
                  WHERE {guard} AND r.\"sync_attempt\" = copies.\"attempt\" \
                  AND r.\"object_key\" IS NOT NULL AND copies.\"key\" IS NOT NULL AND r.\"object_key\" <> copies.\"key\"",
                 now = p(6),
                 name = p(7),
                 guard = SyncEvent::Synced.guard("r.\"state\" + 0"),
                 rows = synced_rows(dialect)
-            ),
+            )),
             lock_rows: format!(
                 "SELECT \"id\", \"state\", \"sync_attempt\" FROM {t} WHERE {} ORDER BY \"id\"{}",
                 in_id_list(dialect, "\"id\"", 1),
@@ -227,9 +226,6 @@ impl RegistrySql {
                 p(3),
                 p(2)
             ),
-            count_by_state: format!(
-                "SELECT \"state\", count(*) AS \"rows\" FROM {t} GROUP BY \"state\""
-            ),
         }
     }
 }
@@ -271,19 +267,21 @@ impl SecondaryVerificationSql {
         let p = |n| param(dialect, n);
         let lock = skip_locked(dialect);
         let [synced, failed] = [SyncState::Synced, SyncState::Failed].map(SyncState::as_i16);
+        let [v_pending, v_started, v_succeeded, v_failed, v_disabled] =
+            VerificationState::ALL.map(VerificationState::as_i16);
         // A verification works on synced copies only; the statements that fail one fail its
         // sync too (`SyncEvent::FailVerification`, whose guard is the same condition).
         let fail_copy = SyncEvent::FailVerification.guard("\"state\"");
         let this_attempt = format!(
-            "\"id\" = {} AND \"verification_state\" = 1 AND \"verification_started_at\" = {} AND {fail_copy}",
+            "\"id\" = {} AND \"verification_state\" = {v_started} AND \"verification_started_at\" = {} AND {fail_copy}",
             p(1),
             p(2)
         );
         SecondaryVerificationSql {
             claim: format!(
-                "UPDATE {t} SET \"verification_state\" = 1, \"verification_started_at\" = {now} WHERE \"id\" IN (\
-                 SELECT \"id\" FROM {t} WHERE \"state\" = {synced} AND (\"verification_state\" = 0 \
-                 OR (\"verification_state\" = 2 AND \"verified_at\" < {before})) \
+                "UPDATE {t} SET \"verification_state\" = {v_started}, \"verification_started_at\" = {now} WHERE \"id\" IN (\
+                 SELECT \"id\" FROM {t} WHERE \"state\" = {synced} AND (\"verification_state\" = {v_pending} \
+                 OR (\"verification_state\" = {v_succeeded} AND \"verified_at\" < {before})) \
                  ORDER BY \"verified_at\" NULLS FIRST LIMIT {limit}{lock}) \
                  RETURNING \"id\", {fk} AS \"model_record_id\", \"object_key\", \"verification_checksum\", \"verification_retry_count\"",
                 now = p(2),
@@ -291,12 +289,12 @@ impl SecondaryVerificationSql {
                 limit = p(1)
             ),
             mark_succeeded: format!(
-                "UPDATE {t} SET \"verification_state\" = 2, \"verified_at\" = {}, \"verification_retry_count\" = 0, \"verification_retry_at\" = NULL, \"verification_failure\" = NULL, \"checksum_mismatch\" = {no}, \"verification_checksum_mismatched\" = NULL WHERE {this_attempt}",
+                "UPDATE {t} SET \"verification_state\" = {v_succeeded}, \"verified_at\" = {}, \"verification_retry_count\" = 0, \"verification_retry_at\" = NULL, \"verification_failure\" = NULL, \"checksum_mismatch\" = {no}, \"verification_checksum_mismatched\" = NULL WHERE {this_attempt}",
                 p(3),
                 no = false_literal(dialect)
             ),
             mark_failed: format!(
-                "UPDATE {t} SET \"verification_state\" = 3, \"verification_failure\" = {}, \"checksum_mismatch\" = {}, \"verification_checksum_mismatched\" = {}, \"verified_at\" = {}, \
+                "UPDATE {t} SET \"verification_state\" = {v_failed}, \"verification_failure\" = {}, \"checksum_mismatch\" = {}, \"verification_checksum_mismatched\" = {}, \"verified_at\" = {}, \
                  \"verification_retry_count\" = \"verification_retry_count\" + 1, \"verification_retry_at\" = {retry}, \
                  \"state\" = {failed}, \"retry_count\" = \"verification_retry_count\" + 1, \"retry_at\" = {retry}, \"last_sync_failure\" = {} WHERE {this_attempt}",
                 p(3),
@@ -307,14 +305,14 @@ impl SecondaryVerificationSql {
                 retry = p(7)
             ),
             mark_disabled: format!(
-                "UPDATE {t} SET \"verification_state\" = 4 WHERE {this_attempt}"
+                "UPDATE {t} SET \"verification_state\" = {v_disabled} WHERE {this_attempt}"
             ),
             release_stuck: format!(
-                "UPDATE {t} SET \"verification_state\" = 0 WHERE \"state\" = {synced} AND \"verification_state\" = 1 AND \"verification_started_at\" < {}",
+                "UPDATE {t} SET \"verification_state\" = {v_pending} WHERE \"state\" = {synced} AND \"verification_state\" = {v_started} AND \"verification_started_at\" < {}",
                 p(1)
             ),
             claim_disabled: format!(
-                "UPDATE {t} SET \"verification_retry_at\" = {} WHERE \"id\" IN (SELECT \"id\" FROM {t} WHERE \"state\" = {synced} AND \"verification_state\" = 4 \
+                "UPDATE {t} SET \"verification_retry_at\" = {} WHERE \"id\" IN (SELECT \"id\" FROM {t} WHERE \"state\" = {synced} AND \"verification_state\" = {v_disabled} \
                  AND (\"verification_retry_at\" IS NULL OR \"verification_retry_at\" <= {}) ORDER BY \"id\" LIMIT {}{lock}) \
                  RETURNING \"id\", {fk} AS \"model_record_id\", \"verification_checksum\"",
                 p(3),
@@ -322,16 +320,16 @@ impl SecondaryVerificationSql {
                 p(1)
             ),
             disabled_succeeded: format!(
-                "UPDATE {t} SET \"verification_state\" = 2, \"verified_at\" = {}, \"verification_retry_count\" = 0, \"verification_retry_at\" = NULL, \"verification_failure\" = NULL, \"checksum_mismatch\" = {no} WHERE \"id\" = {} AND \"verification_state\" = 4 AND \"state\" = {synced}",
+                "UPDATE {t} SET \"verification_state\" = {v_succeeded}, \"verified_at\" = {}, \"verification_retry_count\" = 0, \"verification_retry_at\" = NULL, \"verification_failure\" = NULL, \"checksum_mismatch\" = {no} WHERE \"id\" = {} AND \"verification_state\" = {v_disabled} AND \"state\" = {synced}",
                 p(2),
                 p(1),
                 no = false_literal(dialect)
             ),
             disabled_mismatch: format!(
-                "UPDATE {t} SET \"verification_state\" = 3, \"verification_failure\" = {}, \"checksum_mismatch\" = {yes}, \"verification_checksum_mismatched\" = {}, \"verification_checksum\" = {}, \"verified_at\" = {}, \
+                "UPDATE {t} SET \"verification_state\" = {v_failed}, \"verification_failure\" = {}, \"checksum_mismatch\" = {yes}, \"verification_checksum_mismatched\" = {}, \"verification_checksum\" = {}, \"verified_at\" = {}, \
                  \"verification_retry_count\" = \"verification_retry_count\" + 1, \"verification_retry_at\" = {retry}, \
                  \"state\" = {failed}, \"retry_count\" = \"verification_retry_count\" + 1, \"retry_at\" = {retry}, \"last_sync_failure\" = {} \
-                 WHERE \"id\" = {} AND \"verification_state\" = 4 AND {fail_copy}",
+                 WHERE \"id\" = {} AND \"verification_state\" = {v_disabled} AND {fail_copy}",
                 p(2),
                 p(3),
                 p(7),

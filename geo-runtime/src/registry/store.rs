@@ -84,32 +84,12 @@ pub struct SyncFailure {
     pub missing_on_primary: bool,
 }
 
-/// Rows per sync state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StateCounts {
-    /// Pending rows.
-    pub pending: i64,
-    /// Started rows.
-    pub started: i64,
-    /// Synced rows.
-    pub synced: i64,
-    /// Failed rows.
-    pub failed: i64,
-}
-
-impl StateCounts {
-    /// All rows.
-    pub fn total(&self) -> i64 {
-        self.pending + self.started + self.synced + self.failed
-    }
-}
-
 /// The registry of one replicable in one tracking database.
 #[derive(Debug, Clone)]
 pub struct Registry {
     pub(super) db: Database,
-    descriptor: &'static ReplicatorDescriptor,
-    sql: Arc<RegistrySql>,
+    pub(super) descriptor: &'static ReplicatorDescriptor,
+    pub(super) sql: Arc<RegistrySql>,
 }
 
 fn decode_claimed<R: RowReader>(row: &R) -> Result<ClaimedRow, DbError> {
@@ -466,30 +446,6 @@ impl Registry {
             .execute(pool)
             .await?
             .rows_affected()))
-    }
-
-    /// Rows per state.
-    pub async fn count_by_state(&self) -> Result<StateCounts, DbError> {
-        let sql = AssertSqlSafe(self.sql.count_by_state.as_str());
-        let rows: Vec<(i16, i64)> =
-            on_pool!(self.db, read, pool => sqlx::query_as(sql).fetch_all(pool).await?);
-        let mut counts = StateCounts::default();
-        for (state, n) in rows {
-            match SyncState::from_i16(state) {
-                Some(SyncState::Pending) => counts.pending = n,
-                Some(SyncState::Started) => counts.started = n,
-                Some(SyncState::Synced) => counts.synced = n,
-                Some(SyncState::Failed) => counts.failed = n,
-                None => {
-                    return Err(DbError::InvalidValue {
-                        column: "state".into(),
-                        what: "sync state (0..=3)",
-                        value: state.to_string(),
-                    });
-                }
-            }
-        }
-        Ok(counts)
     }
 }
 

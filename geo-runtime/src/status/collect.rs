@@ -4,17 +4,16 @@
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use sqlx::AssertSqlSafe;
-
-use crate::db::dialect::{RowReader, now, quote};
-use crate::db::{Database, NodeRole, on_pool};
+use crate::db::dialect::now;
+use crate::db::{Database, NodeRole};
 use crate::error::DbError;
 use futures_util::future::BoxFuture;
 
 use crate::events::{EventSource, SourceError};
 use crate::flags;
+use crate::registry::Registry;
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
-use crate::verification::VerificationState;
+use crate::verification::Checksums;
 
 use super::{NodeStatus, ReplicableStatus, SecondaryCursor};
 
@@ -120,11 +119,7 @@ impl StatusCollector {
 impl StatusCollector {
     /// A primary's own figures: its newest event, and the secondaries' reported cursors.
     async fn collect_primary(&self, status: &mut NodeStatus) -> Result<(), DbError> {
-        let newest = on_pool!(self.db, read, pool => {
-            let row = sqlx::query("SELECT \"id\", \"created_at\" FROM \"geo_events\" ORDER BY \"id\" DESC LIMIT 1").fetch_optional(pool).await?;
-            row.map(|r| Ok::<_, DbError>((r.i64("id")?, r.timestamp("created_at")?))).transpose()?
-        });
-        if let Some((id, at)) = newest {
+        if let Some((id, at)) = crate::events::newest_event(&self.db).await? {
             status.last_event_id = Some(id);
             status.last_event_date = Some(at);
         }
@@ -148,13 +143,9 @@ impl StatusCollector {
         status.cursor_gaps_count = Some(gaps);
         status.cursor_oldest_gap_at = oldest_gap;
         status.removals_pending = Some(crate::removals::count(&self.db).await?);
-        let store_check = on_pool!(self.db, read, pool => {
-            let row = sqlx::query("SELECT \"checked_at\", \"extra_files\" FROM \"geo_store_checks\" WHERE \"id\" = 1").fetch_optional(pool).await?;
-            row.map(|r| Ok::<_, DbError>((r.timestamp("checked_at")?, r.i64("extra_files")?))).transpose()?
-        });
-        if let Some((at, extra)) = store_check {
-            status.store_checked_at = Some(at);
-            status.extra_files = Some(extra);
+        if let Some(check) = crate::store_checks::latest(&self.db).await? {
+            status.store_checked_at = Some(check.checked_at);
+            status.extra_files = Some(check.extra_files);
         }
         if let Some((position, at)) = cursor {
             status.cursor_last_event_id = Some(position);
@@ -174,90 +165,47 @@ impl StatusCollector {
     }
 }
 
-fn invalid(column: &str, value: i16) -> DbError {
-    DbError::InvalidValue {
-        column: column.into(),
-        what: "state",
-        value: value.to_string(),
-    }
-}
-
-/// One count of the model table and one grouped count of its verification states.
+/// The model table's count and the verification states' counts.
 async fn primary_counts(
     db: &Database,
     d: &ReplicatorDescriptor,
     enabled: bool,
 ) -> Result<ReplicableStatus, DbError> {
-    let total_sql = format!("SELECT COUNT(*) FROM {}", quote(d.model_table));
-    let states_sql = format!(
-        "SELECT \"verification_state\", COUNT(*) FROM {} GROUP BY \"verification_state\"",
-        quote(d.verification_table())
-    );
-    let (total, states): (i64, Vec<(i16, i64)>) = on_pool!(db, read, pool => (
-        sqlx::query_scalar(AssertSqlSafe(total_sql)).fetch_one(pool).await?,
-        sqlx::query_as(AssertSqlSafe(states_sql)).fetch_all(pool).await?,
-    ));
-    let mut s = ReplicableStatus {
+    let total = crate::model::count(db, d).await?;
+    let states = Checksums::new(db, d).counts().await?;
+    Ok(ReplicableStatus {
         name: d.replicable_name,
         plural: d.replicable_name_plural,
         enabled,
         count: total,
         checksum_total_count: Some(total),
-        checksummed_count: Some(0),
-        checksum_failed_count: Some(0),
+        checksummed_count: Some(states.succeeded),
+        checksum_failed_count: Some(states.failed),
         ..ReplicableStatus::default()
-    };
-    for (state, n) in states {
-        match VerificationState::from_i16(state) {
-            Some(VerificationState::Succeeded) => s.checksummed_count = Some(n),
-            Some(VerificationState::Failed) => s.checksum_failed_count = Some(n),
-            Some(_) => {}
-            None => return Err(invalid("verification_state", state)),
-        }
-    }
-    Ok(s)
+    })
 }
 
-/// One pass over the registry with conditional sums (no grouping, so no sort or temp table).
+/// The registry's counts (one pass over the table).
 async fn secondary_counts(
     db: &Database,
-    d: &ReplicatorDescriptor,
+    d: &'static ReplicatorDescriptor,
     enabled: bool,
 ) -> Result<ReplicableStatus, DbError> {
-    let sum = |cond: &str| {
-        format!("CAST(COALESCE(SUM(CASE WHEN {cond} THEN 1 ELSE 0 END), 0) AS BIGINT)")
-    };
-    let sql = format!(
-        "SELECT COUNT(*), {}, {}, {}, {}, {}, {}, {}, {} FROM {}",
-        sum("\"state\" = 0"),
-        sum("\"state\" = 1"),
-        sum("\"state\" = 2"),
-        sum("\"state\" = 3"),
-        // A copy that fails verification goes straight back to the sync: counted as failed
-        // (and in the total) until it is synced again, whatever its sync state.
-        sum("(\"state\" = 2 AND \"verification_state\" <> 4) OR \"verification_state\" = 3"),
-        sum("\"state\" = 2 AND \"verification_state\" = 2"),
-        sum("\"verification_state\" = 3"),
-        sum("\"checksum_mismatch\""),
-        quote(d.registry_table)
-    );
-    type Sums = (i64, i64, i64, i64, i64, i64, i64, i64, i64);
-    let (registry, pending, started, synced, failed, vtotal, verified, vfailed, mismatched): Sums =
-        on_pool!(db, read, pool => sqlx::query_as(AssertSqlSafe(sql)).fetch_one(pool).await?);
+    let c = Registry::new(db, d).counts().await?;
     Ok(ReplicableStatus {
         name: d.replicable_name,
         plural: d.replicable_name_plural,
         enabled,
-        count: registry,
-        registry_count: Some(registry),
-        pending_count: Some(pending),
-        started_count: Some(started),
-        synced_count: Some(synced),
-        failed_count: Some(failed),
-        verification_total_count: Some(vtotal),
-        verified_count: Some(verified),
-        verification_failed_count: Some(vfailed),
-        checksum_mismatch_count: Some(mismatched),
+        count: c.registry,
+        registry_count: Some(c.registry),
+        pending_count: Some(c.states.pending),
+        started_count: Some(c.states.started),
+        synced_count: Some(c.states.synced),
+        failed_count: Some(c.states.failed),
+        verification_total_count: Some(c.verification_total),
+        verified_count: Some(c.verified),
+        verification_failed_count: Some(c.verification_failed),
+        checksum_mismatch_count: Some(c.checksum_mismatch),
         ..ReplicableStatus::default()
     })
 }

@@ -136,8 +136,10 @@ impl Sites<'_> {
         .await?;
         std::fs::rename(&aside, &path).map_err(err)?;
         // The backoff elapses.
-        self.backdate("retry_at", "\"state\" = 3", TimeDelta::seconds(1))
-            .await?;
+        Registry::new(&self.secondary_db, self.d)
+            .backdate_retries(TimeDelta::seconds(1))
+            .await
+            .map_err(err)?;
         self.eventually("the retry succeeds", || self.converged(&models))
             .await
     }
@@ -218,8 +220,10 @@ impl Sites<'_> {
         bytes[0] ^= 0x80;
         std::fs::write(&path, &bytes).map_err(err)?;
         // A week passes: the copies are due for the secondary's re-verification.
-        self.backdate("verified_at", "\"state\" = 2", TimeDelta::days(8))
-            .await?;
+        Registry::new(&self.secondary_db, self.d)
+            .backdate_verifications(TimeDelta::days(8))
+            .await
+            .map_err(err)?;
         let registry = Registry::new(&self.secondary_db, self.d);
         let id = victim.model_record_id();
         self.eventually("the corruption is detected", || async {
@@ -240,8 +244,10 @@ impl Sites<'_> {
         })
         .await?;
         // Its resync backoff elapses.
-        self.backdate("retry_at", "\"state\" = 3", TimeDelta::seconds(1))
-            .await?;
+        Registry::new(&self.secondary_db, self.d)
+            .backdate_retries(TimeDelta::seconds(1))
+            .await
+            .map_err(err)?;
         self.eventually("the copy is healed", || self.converged(&models))
             .await
     }

@@ -9,15 +9,13 @@
 
 use std::marker::PhantomData;
 
-use chrono::{DateTime, TimeDelta, Utc};
-use sqlx::AssertSqlSafe;
-
-use crate::db::dialect::{Ts, now, param, quote};
-use crate::db::{Database, on_pool};
+use crate::db::Database;
+use crate::db::dialect::now;
 use crate::error::DbError;
-use crate::registry::{Registry, SyncState, truncate_failure};
+use crate::registry::{Registry, RegistryRecord, SyncState, truncate_failure};
 use crate::replicator::RegistryRow;
 use crate::verification::VerificationState;
+use chrono::{DateTime, TimeDelta, Utc};
 
 /// `Registry::factory(&db)` for every generated registry type.
 pub trait RegistryFactoryExt: RegistryRow {
@@ -226,14 +224,7 @@ impl<R: RegistryRow> RegistryFactory<R> {
     }
 
     async fn next_id(&self) -> Result<i64, DbError> {
-        let sql = format!(
-            "SELECT COALESCE(MAX({}), 0) + 1 FROM {}",
-            quote(R::DESCRIPTOR.model_foreign_key),
-            quote(R::DESCRIPTOR.registry_table)
-        );
-        Ok(
-            on_pool!(self.db, read, pool => sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(pool).await?),
-        )
+        Registry::new(&self.db, R::DESCRIPTOR).next_model_id().await
     }
 
     /// Inserts the row and returns it, read back through the generated type.
@@ -243,42 +234,34 @@ impl<R: RegistryRow> RegistryFactory<R> {
             None => self.next_id().await?,
         };
         let d = R::DESCRIPTOR;
-        let key = self.object_key.clone().or_else(|| {
+        let object_key = self.object_key.clone().or_else(|| {
             (self.state == SyncState::Synced).then(|| format!("{}/{id}", d.replicable_name_plural))
         });
-        let p = |n| param(self.db.dialect(), n);
-        let sql = format!(
-            "INSERT INTO {} ({}, \"state\", \"retry_count\", \"retry_at\", \"last_synced_at\", \"sync_attempt\", \"object_key\", \
-             \"last_sync_failure\", \"created_at\", \"verification_state\", \"verified_at\", \"verification_started_at\", \
-             \"verification_retry_count\", \"verification_retry_at\", \"verification_checksum\", \"verification_failure\", \
-             \"checksum_mismatch\") VALUES ({})",
-            quote(d.registry_table),
-            quote(d.model_foreign_key),
-            (1..=17).map(p).collect::<Vec<_>>().join(", ")
-        );
-        let ts = |t: Option<DateTime<Utc>>| t.map(Ts);
-        on_pool!(self.db, write, pool => sqlx::query(AssertSqlSafe(sql))
-            .bind(id)
-            .bind(self.state as i16)
-            .bind(self.retry_count)
-            .bind(ts(self.retry_at))
-            .bind(ts(self.last_synced_at))
-            .bind(self.sync_attempt)
-            .bind(key)
-            .bind(self.last_sync_failure.as_deref())
-            .bind(Ts(now()))
-            .bind(self.verification_state as i16)
-            .bind(ts(self.verified_at))
-            .bind(ts(self.verification_started_at))
-            .bind(self.verification_retry_count)
-            .bind(ts(self.verification_retry_at))
-            .bind(self.verification_checksum.as_deref())
-            .bind(self.verification_failure.as_deref())
-            .bind(self.checksum_mismatch)
-            .execute(pool)
-            .await?
-            .rows_affected());
-        let record = Registry::new(&self.db, d)
+        let registry = Registry::new(&self.db, d);
+        registry
+            .insert_record(&RegistryRecord {
+                id: 0,
+                model_record_id: id,
+                state: self.state,
+                retry_count: self.retry_count,
+                retry_at: self.retry_at,
+                last_synced_at: self.last_synced_at,
+                sync_attempt: self.sync_attempt,
+                object_key,
+                last_sync_failure: self.last_sync_failure.clone(),
+                created_at: now(),
+                verification_state: self.verification_state,
+                verification_started_at: self.verification_started_at,
+                verified_at: self.verified_at,
+                verification_retry_at: self.verification_retry_at,
+                verification_retry_count: self.verification_retry_count,
+                verification_checksum: self.verification_checksum.clone(),
+                verification_checksum_mismatched: None,
+                checksum_mismatch: self.checksum_mismatch,
+                verification_failure: self.verification_failure.clone(),
+            })
+            .await?;
+        let record = registry
             .find_by_model_id(id)
             .await?
             .ok_or(DbError::RowNotFound {

@@ -22,14 +22,11 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use chrono::TimeDelta;
 use sha2::{Digest, Sha256};
-use sqlx::AssertSqlSafe;
 
 pub use factory::{RegistryFactory, RegistryFactoryExt, verification};
 
-use crate::db::dialect::{Ts, now, param, quote};
-use crate::db::{Database, NodeRole, on_pool};
+use crate::db::{Database, NodeRole};
 use crate::flags;
 use crate::node::nodes::add_secondary;
 use crate::node::{Node, NodeConfig, NodeHandle, PrimaryConfig, SecondaryConfig};
@@ -428,18 +425,6 @@ impl<'a> Sites<'a> {
         Ok(models)
     }
 
-    /// Moves the secondary's clock for `column` of every row `ago` back (time passing).
-    async fn backdate(&self, column: &str, filter: &str, ago: TimeDelta) -> Outcome {
-        let sql = format!(
-            "UPDATE {} SET {} = {} WHERE {filter}",
-            quote(self.d.registry_table),
-            quote(column),
-            param(self.secondary_db.dialect(), 1)
-        );
-        let at = Ts(now() - ago);
-        on_pool!(self.secondary_db, write, pool => sqlx::query(AssertSqlSafe(sql)).bind(at).execute(pool).await.map(|_| ()).map_err(err))
-    }
-
     async fn run<F: Fixture>(&mut self, check: Check, fixture: &F) -> Outcome {
         match check {
             Check::CreatedEventsReplicate => self.created_events_replicate(fixture).await,
@@ -465,21 +450,12 @@ impl<'a> Sites<'a> {
 
     /// Fails unless the primary's log has a `name` event for every one of `models`.
     async fn published<M: ReplicableModel>(&self, name: &str, models: &[M]) -> Outcome {
-        let sql = format!(
-            "SELECT COUNT(*) FROM \"geo_events\" WHERE \"replicable_name\" = {} AND \"event_name\" = {} AND \"model_record_id\" = {}",
-            param(self.app.db.dialect(), 1),
-            param(self.app.db.dialect(), 2),
-            param(self.app.db.dialect(), 3)
-        );
         for m in models {
             let id = m.model_record_id();
-            let n: i64 = on_pool!(self.app.db, read, pool => sqlx::query_scalar(AssertSqlSafe(sql.as_str()))
-                .bind(self.d.replicable_name)
-                .bind(name)
-                .bind(id)
-                .fetch_one(pool)
-                .await
-                .map_err(err)?);
+            let n =
+                crate::events::count_events(&self.app.db, self.d.replicable_name, Some((name, id)))
+                    .await
+                    .map_err(err)?;
             if n == 0 {
                 return Err(format!(
                     "the application published no `{name}` event for record {id}"
@@ -490,11 +466,9 @@ impl<'a> Sites<'a> {
     }
 
     async fn events(&self) -> Result<i64, String> {
-        let sql = format!(
-            "SELECT COUNT(*) FROM \"geo_events\" WHERE \"replicable_name\" = {}",
-            param(self.app.db.dialect(), 1)
-        );
-        on_pool!(self.app.db, read, pool => sqlx::query_scalar(AssertSqlSafe(sql)).bind(self.d.replicable_name).fetch_one(pool).await.map_err(err))
+        crate::events::count_events(&self.app.db, self.d.replicable_name, None)
+            .await
+            .map_err(err)
     }
 }
 

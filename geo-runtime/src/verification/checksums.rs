@@ -5,8 +5,9 @@
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, Row};
 
-use super::sql::VerificationSql;
-use crate::db::dialect::Ts;
+use super::VerificationState;
+use super::sql::{VerificationSql, reset_to_pending};
+use crate::db::dialect::{IdList, Ts, in_id_list, param};
 use crate::db::{Conn, Database, on_conn, on_pool};
 use crate::descriptor::ReplicatorDescriptor;
 use crate::error::DbError;
@@ -14,6 +15,21 @@ use crate::retry::truncate_failure;
 
 /// A record claimed for checksumming: id, failures so far, the checksum to compare with.
 pub(crate) type ClaimedRecord = (i64, i32, Option<Vec<u8>>);
+
+/// Rows per verification state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VerificationCounts {
+    /// Pending.
+    pub pending: i64,
+    /// Started.
+    pub started: i64,
+    /// Succeeded.
+    pub succeeded: i64,
+    /// Failed.
+    pub failed: i64,
+    /// Disabled.
+    pub disabled: i64,
+}
 
 /// Which records a claim takes.
 #[derive(Debug, Clone, Copy)]
@@ -147,10 +163,69 @@ impl Checksums {
         )
     }
 
-    /// Rows per verification state number.
-    pub(crate) async fn count_by_state(&self) -> Result<Vec<(i16, i64)>, DbError> {
+    /// Up to `limit` model ids above `after` with verification state, ascending, only those in
+    /// `state` when given.
+    pub(crate) async fn ids_after(
+        &self,
+        after: i64,
+        limit: i64,
+        state: Option<VerificationState>,
+    ) -> Result<Vec<i64>, DbError> {
+        let p = |n| param(self.db.dialect(), n);
+        let filter = state.map_or_else(String::new, |s| {
+            format!(" AND \"verification_state\" = {}", s.as_i16())
+        });
+        let (table, key) = (&self.sql.table, &self.sql.key);
+        let sql = format!(
+            "SELECT {key} FROM {table} WHERE {key} > {}{filter} ORDER BY {key} LIMIT {}",
+            p(1),
+            p(2)
+        );
         Ok(
-            on_pool!(self.db, read, pool => sqlx::query_as(AssertSqlSafe(self.sql.count_by_state.as_str())).fetch_all(pool).await?),
+            on_pool!(self.db, read, pool => sqlx::query_scalar(AssertSqlSafe(sql)).bind(after).bind(limit).fetch_all(pool).await?),
         )
+    }
+
+    /// The records `ids` back to verification pending (those being checksummed now are left to
+    /// finish); returns how many changed.
+    pub(crate) async fn reverify(&self, ids: &[i64]) -> Result<u64, DbError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let (table, key) = (&self.sql.table, &self.sql.key);
+        let sql = format!(
+            "UPDATE {table} SET {} WHERE {} AND \"verification_state\" <> {}",
+            reset_to_pending(),
+            in_id_list(self.db.dialect(), key, 1),
+            VerificationState::Started.as_i16()
+        );
+        let ids = IdList(ids.to_vec());
+        Ok(
+            on_pool!(self.db, write, pool => sqlx::query(AssertSqlSafe(sql)).bind(ids).execute(pool).await?.rows_affected()),
+        )
+    }
+
+    /// Rows per verification state.
+    pub(crate) async fn counts(&self) -> Result<VerificationCounts, DbError> {
+        let rows: Vec<(i16, i64)> = on_pool!(self.db, read, pool => sqlx::query_as(AssertSqlSafe(self.sql.count_by_state.as_str())).fetch_all(pool).await?);
+        let mut counts = VerificationCounts::default();
+        for (state, n) in rows {
+            let count = match VerificationState::from_i16(state) {
+                Some(VerificationState::Pending) => &mut counts.pending,
+                Some(VerificationState::Started) => &mut counts.started,
+                Some(VerificationState::Succeeded) => &mut counts.succeeded,
+                Some(VerificationState::Failed) => &mut counts.failed,
+                Some(VerificationState::Disabled) => &mut counts.disabled,
+                None => {
+                    return Err(DbError::InvalidValue {
+                        column: "verification_state".into(),
+                        what: "verification state (0..=4)",
+                        value: state.to_string(),
+                    });
+                }
+            };
+            *count = n;
+        }
+        Ok(counts)
     }
 }

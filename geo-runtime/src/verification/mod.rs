@@ -7,6 +7,7 @@ pub(crate) mod sql;
 mod state;
 pub(crate) mod store;
 
+pub use checksums::VerificationCounts;
 pub(crate) use checksums::{Checksums, ClaimedRecord, Due};
 pub use details::{VERIFICATION_COLUMNS, VerificationDetails};
 pub use state::{InvalidVerificationTransition, VerificationEvent, VerificationState};

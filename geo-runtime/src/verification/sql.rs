@@ -3,6 +3,7 @@
 //! Like the registry's, the state machine lives in the `WHERE` clauses: only the attempt that
 //! started a checksum may record it, so a record changed while it was hashed stays pending.
 
+use super::VerificationState;
 use crate::db::Dialect;
 use crate::db::dialect::{param, plus_random_secs, quote, skip_locked};
 use crate::descriptor::{ReplicatorDescriptor, VerificationStorage};
@@ -13,9 +14,21 @@ pub(crate) fn mark_pending_sql(d: &ReplicatorDescriptor, dialect: Dialect) -> St
     VerificationSql::new(d, dialect).mark_pending
 }
 
+/// The assignments that put a verification back to pending: state, retries and failure cleared.
+pub(crate) fn reset_to_pending() -> String {
+    format!(
+        "\"verification_state\" = {}, \"verification_retry_count\" = 0, \"verification_retry_at\" = NULL, \"verification_failure\" = NULL",
+        VerificationState::Pending.as_i16()
+    )
+}
+
 /// Verification statements for one replicable and dialect.
 #[derive(Debug, Clone)]
 pub(crate) struct VerificationSql {
+    /// The table holding the verification columns, quoted.
+    pub(crate) table: String,
+    /// Its model id column, quoted.
+    pub(crate) key: String,
     /// `$1` limit: creates missing state rows (separate table only; `None` inline).
     pub(crate) ensure_rows: Option<String>,
     /// `$1` model id: back to pending (a new or changed object), when the record exists.
@@ -56,7 +69,9 @@ impl VerificationSql {
             Dialect::Postgres => "BYTEA",
             Dialect::Sqlite => "BLOB",
         };
-        let reset = "\"verification_state\" = 0, \"verification_retry_count\" = 0, \"verification_retry_at\" = NULL, \"verification_failure\" = NULL";
+        let reset = reset_to_pending();
+        let [pending, started, succeeded, failed, _] =
+            VerificationState::ALL.map(VerificationState::as_i16);
         let (ensure_rows, mark_pending) = match d.verification {
             VerificationStorage::SeparateTable { .. } => (
                 Some(format!(
@@ -74,35 +89,37 @@ impl VerificationSql {
             ),
         };
         let start = format!(
-            "\"verification_state\" = 1, \"verification_started_at\" = {}",
+            "\"verification_state\" = {started}, \"verification_started_at\" = {}",
             p(2)
         );
         VerificationSql {
+            table: table.clone(),
+            key: key.clone(),
             ensure_rows,
             mark_pending,
             claim_pending: format!(
-                "UPDATE {table} SET {start} WHERE {key} IN (SELECT {key} FROM {table} WHERE \"verification_state\" = 0 ORDER BY \"verified_at\" NULLS FIRST, {key} LIMIT {}{lock}) RETURNING {key} AS \"id\", \"verification_retry_count\", CAST(NULL AS {bytes}) AS \"expected\"",
+                "UPDATE {table} SET {start} WHERE {key} IN (SELECT {key} FROM {table} WHERE \"verification_state\" = {pending} ORDER BY \"verified_at\" NULLS FIRST, {key} LIMIT {}{lock}) RETURNING {key} AS \"id\", \"verification_retry_count\", CAST(NULL AS {bytes}) AS \"expected\"",
                 p(1)
             ),
             claim_reverify: format!(
-                "UPDATE {table} SET {start} WHERE {key} IN (SELECT {key} FROM {table} WHERE \"verification_state\" = 2 AND \"verified_at\" < {} ORDER BY \"verified_at\" LIMIT {}{lock}) RETURNING {key} AS \"id\", \"verification_retry_count\", \"verification_checksum\" AS \"expected\"",
+                "UPDATE {table} SET {start} WHERE {key} IN (SELECT {key} FROM {table} WHERE \"verification_state\" = {succeeded} AND \"verified_at\" < {} ORDER BY \"verified_at\" LIMIT {}{lock}) RETURNING {key} AS \"id\", \"verification_retry_count\", \"verification_checksum\" AS \"expected\"",
                 p(3),
                 p(1)
             ),
             claim_failed_due: format!(
-                "UPDATE {table} SET {start} WHERE {key} IN (SELECT {key} FROM {table} WHERE \"verification_state\" = 3 AND (\"verification_retry_at\" IS NULL OR \"verification_retry_at\" <= {}) ORDER BY \"verification_retry_at\" LIMIT {}{lock}) RETURNING {key} AS \"id\", \"verification_retry_count\", \"verification_checksum\" AS \"expected\"",
+                "UPDATE {table} SET {start} WHERE {key} IN (SELECT {key} FROM {table} WHERE \"verification_state\" = {failed} AND (\"verification_retry_at\" IS NULL OR \"verification_retry_at\" <= {}) ORDER BY \"verification_retry_at\" LIMIT {}{lock}) RETURNING {key} AS \"id\", \"verification_retry_count\", \"verification_checksum\" AS \"expected\"",
                 p(2),
                 p(1)
             ),
             mark_succeeded: format!(
-                "UPDATE {table} SET \"verification_state\" = 2, \"verification_checksum\" = {}, \"verified_at\" = {}, \"verification_failure\" = NULL, \"verification_retry_count\" = 0, \"verification_retry_at\" = NULL WHERE {key} = {} AND \"verification_state\" = 1 AND \"verification_started_at\" = {}",
+                "UPDATE {table} SET \"verification_state\" = {succeeded}, \"verification_checksum\" = {}, \"verified_at\" = {}, \"verification_failure\" = NULL, \"verification_retry_count\" = 0, \"verification_retry_at\" = NULL WHERE {key} = {} AND \"verification_state\" = {started} AND \"verification_started_at\" = {}",
                 p(3),
                 p(4),
                 p(1),
                 p(2)
             ),
             mark_failed: format!(
-                "UPDATE {table} SET \"verification_state\" = 3, \"verification_checksum\" = {}, \"verification_failure\" = {}, \"verified_at\" = {}, \"verification_retry_count\" = \"verification_retry_count\" + 1, \"verification_retry_at\" = {} WHERE {key} = {} AND \"verification_state\" = 1 AND \"verification_started_at\" = {}",
+                "UPDATE {table} SET \"verification_state\" = {failed}, \"verification_checksum\" = {}, \"verification_failure\" = {}, \"verified_at\" = {}, \"verification_retry_count\" = \"verification_retry_count\" + 1, \"verification_retry_at\" = {} WHERE {key} = {} AND \"verification_state\" = {started} AND \"verification_started_at\" = {}",
                 p(6),
                 p(3),
                 p(4),
@@ -111,7 +128,7 @@ impl VerificationSql {
                 p(2)
             ),
             fail_timed_out: format!(
-                "UPDATE {table} SET \"verification_state\" = 3, \"verification_failure\" = {}, \"verification_retry_count\" = \"verification_retry_count\" + 1, \"verification_retry_at\" = {} WHERE \"verification_state\" = 1 AND \"verification_started_at\" < {}",
+                "UPDATE {table} SET \"verification_state\" = {failed}, \"verification_failure\" = {}, \"verification_retry_count\" = \"verification_retry_count\" + 1, \"verification_retry_at\" = {} WHERE \"verification_state\" = {started} AND \"verification_started_at\" < {}",
                 p(3),
                 plus_random_secs(dialect, &p(2), 58),
                 p(1)

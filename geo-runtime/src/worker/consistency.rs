@@ -8,13 +8,13 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use sqlx::AssertSqlSafe;
 
-use crate::db::dialect::{Ts, now, param};
-use crate::db::{Conn, Database, on_conn, on_pool};
+use crate::db::dialect::now;
+use crate::db::{Conn, Database};
 use crate::error::DbError;
 use crate::events::{ListedVersions, Listing, ModelIdSource, SourceError};
 use crate::model::versions_digest;
+use crate::registry::backfill;
 use crate::registry::sql::RegistrySql;
 use crate::registry::store::{
     delete_many, insert_pending_many, lock_model_ids, model_ids_above, model_ids_between,
@@ -67,15 +67,7 @@ impl<S: ModelIdSource> Consistency<S> {
 
     /// The stored position of `descriptor`'s pass (0: at the start).
     pub async fn position(&self, descriptor: &ReplicatorDescriptor) -> Result<i64, DbError> {
-        let sql = format!(
-            "SELECT \"last_model_id\" FROM \"geo_backfill_cursors\" WHERE \"replicable_name\" = {}",
-            param(self.tracking.dialect(), 1)
-        );
-        let p: Option<i64> = on_pool!(self.tracking, read, pool => sqlx::query_scalar(AssertSqlSafe(sql))
-            .bind(descriptor.replicable_name)
-            .fetch_optional(pool)
-            .await?);
-        Ok(p.unwrap_or(0))
+        backfill::position(&self.tracking, descriptor.replicable_name).await
     }
 
     /// One range from the stored position: creates missing rows, removes orphans, puts back to
@@ -186,7 +178,7 @@ impl<S: ModelIdSource> Consistency<S> {
                 report.created = insert_pending_many(tx.conn(), sql, &missing, at).await?;
                 report.removed = remove_orphans(tx.conn(), sql, descriptor, &orphans, at).await?;
                 report.changed = resync_changed(tx.conn(), sql, &changed).await?;
-                store_position(tx.conn(), descriptor, hi, at).await?;
+                backfill::store_position(tx.conn(), descriptor.replicable_name, hi, at).await?;
             }
             None => {
                 // The primary has nothing above `after`: every row above it is an orphan.
@@ -195,7 +187,7 @@ impl<S: ModelIdSource> Consistency<S> {
                 lock_model_ids(tx.conn(), sql, &orphans).await?;
                 report.removed = remove_orphans(tx.conn(), sql, descriptor, &orphans, at).await?;
                 if (orphans.len() as i64) < limit {
-                    store_position(tx.conn(), descriptor, 0, at).await?;
+                    backfill::store_position(tx.conn(), descriptor.replicable_name, 0, at).await?;
                     report.completed = true;
                 }
             }
@@ -321,30 +313,6 @@ async fn remove_orphans(
     let deleted = delete_many(conn.reborrow(), sql, orphans).await?;
     crate::removals::schedule(conn, descriptor.replicable_name, &deleted, at).await?;
     Ok(deleted.len() as u64)
-}
-
-async fn store_position(
-    conn: Conn<'_>,
-    descriptor: &ReplicatorDescriptor,
-    last: i64,
-    at: DateTime<Utc>,
-) -> Result<(), DbError> {
-    let d = conn.dialect();
-    let sql = format!(
-        "INSERT INTO \"geo_backfill_cursors\" (\"replicable_name\", \"last_model_id\", \"updated_at\") VALUES ({}, {}, {}) \
-         ON CONFLICT (\"replicable_name\") DO UPDATE SET \"last_model_id\" = excluded.\"last_model_id\", \"updated_at\" = excluded.\"updated_at\"",
-        param(d, 1),
-        param(d, 2),
-        param(d, 3)
-    );
-    on_conn!(conn, c => sqlx::query(AssertSqlSafe(sql))
-        .bind(descriptor.replicable_name)
-        .bind(last)
-        .bind(Ts(at))
-        .execute(&mut *c)
-        .await?
-        .rows_affected());
-    Ok(())
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 mod primary;
 mod secondary;
 
+pub use crate::verification::VerificationCounts;
 pub use primary::PrimaryVerification;
 pub use secondary::{SecondaryVerification, SecondaryVerifyConfig};
 
@@ -46,21 +47,6 @@ pub struct VerifyRound {
     pub failed: usize,
     /// Results dropped because the record changed while it was hashed.
     pub superseded: usize,
-}
-
-/// Rows per verification state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct VerificationCounts {
-    /// Pending.
-    pub pending: i64,
-    /// Started.
-    pub started: i64,
-    /// Succeeded.
-    pub succeeded: i64,
-    /// Failed.
-    pub failed: i64,
-    /// Disabled.
-    pub disabled: i64,
 }
 
 /// The minimum re-verification interval.

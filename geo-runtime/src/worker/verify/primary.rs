@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{MIN_REVERIFY_INTERVAL, VerificationCounts, VerifyConfig, VerifyRound};
+use super::{MIN_REVERIFY_INTERVAL, VerifyConfig, VerifyRound};
 use crate::db::Database;
 use crate::db::dialect::now;
 use crate::error::DbError;
@@ -19,7 +19,7 @@ use crate::replicator::{ReplicatorDescriptor, ReplicatorSet, model_object_keys};
 use crate::retry::{self};
 use crate::storage::{BlobStore, ObjectKey};
 use crate::telemetry::Metrics;
-use crate::verification::VerificationState;
+use crate::verification::VerificationCounts;
 use crate::verification::{Checksums, ClaimedRecord, Due};
 
 /// The primary's verification of every replicable in a set.
@@ -280,26 +280,14 @@ impl<S: BlobStore> PrimaryVerification<S> {
         &self,
         descriptor: &ReplicatorDescriptor,
     ) -> Result<VerificationCounts, DbError> {
-        let mut counts = VerificationCounts::default();
         let Some((_, checksums)) = self
             .items
             .iter()
             .find(|(d, _)| d.replicable_name == descriptor.replicable_name)
         else {
-            return Ok(counts);
+            return Ok(VerificationCounts::default());
         };
-        let rows = checksums.count_by_state().await?;
-        for (state, n) in rows {
-            match VerificationState::from_i16(state) {
-                Some(VerificationState::Pending) => counts.pending = n,
-                Some(VerificationState::Started) => counts.started = n,
-                Some(VerificationState::Succeeded) => counts.succeeded = n,
-                Some(VerificationState::Failed) => counts.failed = n,
-                Some(VerificationState::Disabled) => counts.disabled = n,
-                None => {}
-            }
-        }
-        Ok(counts)
+        checksums.counts().await
     }
 
     /// Runs rounds until cancelled.
