@@ -27,6 +27,7 @@ use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
 use crate::storage::{BlobStore, ObjectKey, StorageError};
 use crate::store_checks;
 use crate::strategy::blob::BlobSource;
+use crate::strategy::{self, Checksummed};
 
 /// Primary ids read per page.
 const PAGE: usize = 5_000;
@@ -165,7 +166,7 @@ pub async fn check_replicable<S: BlobStore, C: ModelIdSource + BlobSource>(
                 local.insert(id, (state, key));
             }
         }
-        let hashed = hash_local_copies(store, &ids, &local).await;
+        let hashed = hash_local_copies(d, store, &ids, &local).await;
         for (id, key, sum) in hashed {
             let primary = checksums.get(&id).copied().flatten();
             if let Some(diff) = compare(&mut report, id, key, sum, primary) {
@@ -181,6 +182,7 @@ pub async fn check_replicable<S: BlobStore, C: ModelIdSource + BlobSource>(
 
 /// The local copy of each of `ids` hashed, `HASHING` at once, or why there is none to hash.
 async fn hash_local_copies<S: BlobStore>(
+    d: &ReplicatorDescriptor,
     store: &S,
     ids: &[i64],
     local: &HashMap<i64, (SyncState, Option<String>)>,
@@ -196,13 +198,10 @@ async fn hash_local_copies<S: BlobStore>(
                     }
                     Some((_, None)) => (id, None, Err("synced without a key".to_owned())),
                     Some((_, Some(key))) => {
-                        let sum = match ObjectKey::parse(&key) {
-                            Ok(k) => store
-                                .sha256(&k)
-                                .await
-                                .map(|s| s.map(|(_, sum)| sum))
-                                .map_err(|e| e.to_string()),
-                            Err(e) => Err(e.to_string()),
+                        let sum = match strategy::checksum(d, store, &key).await {
+                            Checksummed::Sum(sum) => Ok(Some(sum)),
+                            Checksummed::Missing => Ok(None),
+                            Checksummed::Unreadable(e) | Checksummed::Failed(e) => Err(e),
                         };
                         (id, Some(key), sum)
                     }

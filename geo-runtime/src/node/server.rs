@@ -34,6 +34,7 @@ use crate::events::{DbEventSource, Event, EventSource, record_secondary_cursor};
 use crate::events::{DbModelIdSource, ListedVersions, ModelIdSource};
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet, model_checksums, model_versions};
 use crate::storage::{BlobStore, LocalStore, Opened};
+use crate::strategy;
 use crate::strategy::blob::serve::{self, READ_GROUP, ServeError, Served};
 use crate::strategy::blob::{Answer, Frame};
 
@@ -240,6 +241,24 @@ fn descriptor<S: BlobStore>(
     })
 }
 
+/// A replicable the blob routes serve: unknown, or of another strategy, is 404.
+fn blob_descriptor<S: BlobStore>(
+    api: &PrimaryApi<S>,
+    name: &str,
+) -> Result<&'static ReplicatorDescriptor, ApiError> {
+    let d = descriptor(api, name)?;
+    if !strategy::is_blob(d) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "`{name}` is replicated by the {} strategy, not served as blobs",
+                d.strategy.as_str()
+            ),
+        ));
+    }
+    Ok(d)
+}
+
 #[derive(Debug, Deserialize)]
 struct EventsQuery {
     #[serde(default)]
@@ -382,7 +401,7 @@ async fn retrieve<S: BlobStore>(
         },
     )
     .await?;
-    let d = descriptor(&api, &name)?;
+    let d = blob_descriptor(&api, &name)?;
     // One line per object served (after authentication): operators and the crash suite count
     // transfers per object with it.
     tracing::debug!(replicable = d.replicable_name, id, "serving an object");
@@ -448,7 +467,7 @@ async fn retrieve_many<S: BlobStore>(
     Query(q): Query<RetrieveManyQuery>,
 ) -> Result<Response, ApiError> {
     authenticate(&api, &headers, &RequestScope::retrieve_many(&name, &q.ids)).await?;
-    let d = descriptor(&api, &name)?;
+    let d = blob_descriptor(&api, &name)?;
     let ids = parse_ids(&q.ids)?;
     if ids.len() > MAX_BATCH {
         return Err(ApiError::new(

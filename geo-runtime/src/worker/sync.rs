@@ -23,6 +23,7 @@ use crate::flags;
 use crate::registry::{ClaimedRow, Registry, SyncFailure};
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
 use crate::storage::{BlobStore, LocalStore};
+use crate::strategy;
 use crate::strategy::blob::commit::{self, Published};
 use crate::strategy::blob::fetch::{Failed, Fetch, Fetched};
 use crate::strategy::blob::{BlobSource, MAX_BATCH};
@@ -178,6 +179,7 @@ impl<C: BlobSource, S: BlobStore> BlobSync<C, S> {
             registries: set
                 .descriptors()
                 .iter()
+                .filter(|d| strategy::is_blob(d))
                 .map(|d| Registry::new(tracking, d))
                 .collect(),
             tracking: tracking.clone(),

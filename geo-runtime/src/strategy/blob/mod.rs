@@ -8,6 +8,7 @@
 //! - `commit`: a group of staged copies made durable, then published and recorded synced in
 //!   one transaction under the rows' and keys' locks.
 
+pub(crate) mod checksum;
 pub(crate) mod commit;
 pub(crate) mod fetch;
 pub(crate) mod serve;

@@ -17,7 +17,8 @@ use crate::db::dialect::now;
 use crate::error::DbError;
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet, model_object_keys};
 use crate::retry::{self};
-use crate::storage::{BlobStore, ObjectKey};
+use crate::storage::BlobStore;
+use crate::strategy::{self, Checksummed as Local};
 use crate::telemetry::Metrics;
 use crate::verification::VerificationCounts;
 use crate::verification::{Checksums, ClaimedRecord, Due};
@@ -150,7 +151,7 @@ impl<S: BlobStore> PrimaryVerification<S> {
                 let span = tracing::info_span!("verify", replicable = d.replicable_name, id);
                 let key = keys.get(&id).cloned();
                 async move {
-                    let outcome = match (self.checksum(key).await, &expected) {
+                    let outcome = match (self.checksum(d, key).await, &expected) {
                         (Ok(sum), Some(want)) if want.as_slice() != sum.as_slice() => Err(format!(
                             "The primary's copy no longer matches its checksum (recorded {}, now {})",
                             hex::encode(want),
@@ -217,7 +218,11 @@ impl<S: BlobStore> PrimaryVerification<S> {
 
     /// The SHA-256 of a record's object; `key` is the record's key as looked up for the batch
     /// (`None`: no such record; `Some(None)`: no object key).
-    async fn checksum(&self, key: Option<Option<String>>) -> Result<[u8; 32], String> {
+    async fn checksum(
+        &self,
+        d: &ReplicatorDescriptor,
+        key: Option<Option<String>>,
+    ) -> Result<[u8; 32], String> {
         let key = match key {
             Some(Some(key)) => key,
             Some(None) => {
@@ -225,11 +230,11 @@ impl<S: BlobStore> PrimaryVerification<S> {
             }
             None => return Err("The model record is missing".into()),
         };
-        let key = ObjectKey::parse(&key).map_err(|e| format!("File is not checksummable: {e}"))?;
-        match self.store.sha256(&key).await {
-            Ok(Some((_, sum))) => Ok(sum),
-            Ok(None) => Err("The file is missing".into()),
-            Err(e) => Err(format!("Error during verification: {e}")),
+        match strategy::checksum(d, &self.store, &key).await {
+            Local::Sum(sum) => Ok(sum),
+            Local::Missing => Err("The file is missing".into()),
+            Local::Unreadable(e) => Err(format!("File is not checksummable: {e}")),
+            Local::Failed(e) => Err(format!("Error during verification: {e}")),
         }
     }
 

@@ -15,8 +15,9 @@ use crate::error::DbError;
 use crate::registry::{Copies, CopyFailure};
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
 use crate::retry::{self};
-use crate::storage::{BlobStore, ObjectKey};
+use crate::storage::BlobStore;
 use crate::strategy::blob::BlobSource;
+use crate::strategy::{self, Checksummed};
 use crate::telemetry::Metrics;
 
 /// A secondary's verification of its own copies, on its own schedule (Geo's secondaries verify
@@ -105,10 +106,9 @@ impl<S: BlobStore> SecondaryVerification<S> {
             round.claimed += claimed.len();
             let outcomes: Vec<_> = futures_util::stream::iter(claimed)
                 .map(|(id, key, expected, retries)| async move {
-                    let local = match key.as_deref().map(ObjectKey::parse) {
-                        Some(Ok(k)) => self.store.sha256(&k).await.map_err(|e| e.to_string()),
-                        Some(Err(e)) => Err(e.to_string()),
-                        None => Ok(None),
+                    let local = match key.as_deref() {
+                        Some(key) => strategy::checksum(d, &self.store, key).await,
+                        None => Checksummed::Missing,
                     };
                     (id, expected, retries, local)
                 })
@@ -118,7 +118,7 @@ impl<S: BlobStore> SecondaryVerification<S> {
             for (id, expected, retries, local) in outcomes {
                 let applied = match (expected, local) {
                     (None, _) => copies.disabled(id, started).await?,
-                    (Some(want), Ok(Some((_, got)))) if want.as_slice() == got.as_slice() => {
+                    (Some(want), Checksummed::Sum(got)) if want.as_slice() == got.as_slice() => {
                         let ok = copies.succeeded(id, started, now()).await?;
                         round.succeeded += usize::from(ok);
                         ok
@@ -145,13 +145,9 @@ impl<S: BlobStore> SecondaryVerification<S> {
 
     /// Why a copy failed its verification (`local`: its checksum, missing, or unreadable) and
     /// when to sync it again: the backoff follows the verification's failure count.
-    fn copy_failed(
-        want: &[u8],
-        local: Result<Option<(u64, [u8; 32])>, String>,
-        retries: i32,
-    ) -> CopyFailure {
+    fn copy_failed(want: &[u8], local: Checksummed, retries: i32) -> CopyFailure {
         let (reason, mismatch, got) = match local {
-            Ok(Some((_, got))) => (
+            Checksummed::Sum(got) => (
                 format!(
                     "Checksum does not match the primary checksum (primary {}, local {})",
                     hex::encode(want),
@@ -160,8 +156,10 @@ impl<S: BlobStore> SecondaryVerification<S> {
                 true,
                 Some(got.to_vec()),
             ),
-            Ok(None) => ("The local copy is missing".to_owned(), false, None),
-            Err(e) => (format!("Error during verification: {e}"), false, None),
+            Checksummed::Missing => ("The local copy is missing".to_owned(), false, None),
+            Checksummed::Unreadable(e) | Checksummed::Failed(e) => {
+                (format!("Error during verification: {e}"), false, None)
+            }
         };
         let at = now();
         CopyFailure {
