@@ -217,7 +217,7 @@ async fn registries_over_graphql() {
             idle_wait: Duration::from_secs(3600),
             ..SecondaryVerifyConfig::default()
         };
-        let token = Secret::generate().expect("token");
+        let token = Secret::generate();
         config.admin = Some(AdminConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
             token: token.clone(),

@@ -108,7 +108,7 @@ async fn publish_batch(db: &Database, kind: &Kind, ids: std::ops::RangeInclusive
 }
 
 fn token() -> Secret {
-    Secret::generate().expect("random")
+    Secret::generate()
 }
 
 async fn get(url: &str, token: Option<&Secret>) -> (u16, String) {

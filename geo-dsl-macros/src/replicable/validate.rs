@@ -55,28 +55,11 @@ fn check_identifier(errors: &mut Accumulator, what: &str, value: &str, span: Spa
     }
 }
 
-/// `PackageFile` → `package_file`, `HTTPFile` → `http_file`.
+/// `PackageFile` → `package_file`, `HTTPFile` → `http_file` (heck's snake case of the name
+/// without a raw identifier's `r#`).
 pub(crate) fn snake_case(ident: &str) -> String {
-    let chars: Vec<char> = ident.trim_start_matches("r#").chars().collect();
-    let mut out = String::with_capacity(chars.len() + 4);
-    for (i, &c) in chars.iter().enumerate() {
-        if c.is_uppercase() {
-            let prev = i.checked_sub(1).map(|p| chars[p]);
-            let next = chars.get(i + 1).copied();
-            let boundary = match prev {
-                Some(p) if p.is_lowercase() || p.is_ascii_digit() => true,
-                Some(p) if p.is_uppercase() => next.is_some_and(char::is_lowercase),
-                _ => false,
-            };
-            if boundary && !out.ends_with('_') {
-                out.push('_');
-            }
-            out.extend(c.to_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    use heck::ToSnakeCase;
+    ident.trim_start_matches("r#").to_snake_case()
 }
 
 /// English plural of a snake_case name, for the default table name and `…_plural`.
@@ -507,6 +490,62 @@ pub(crate) fn named_fields(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The conversion the macro used before heck, kept to show that no derived name changed.
+    fn hand_written_snake_case(ident: &str) -> String {
+        let chars: Vec<char> = ident.trim_start_matches("r#").chars().collect();
+        let mut out = String::with_capacity(chars.len() + 4);
+        for (i, &c) in chars.iter().enumerate() {
+            if c.is_uppercase() {
+                let prev = i.checked_sub(1).map(|p| chars[p]);
+                let next = chars.get(i + 1).copied();
+                let boundary = match prev {
+                    Some(p) if p.is_lowercase() || p.is_ascii_digit() => true,
+                    Some(p) if p.is_uppercase() => next.is_some_and(char::is_lowercase),
+                    _ => false,
+                };
+                if boundary && !out.ends_with('_') {
+                    out.push('_');
+                }
+                out.extend(c.to_lowercase());
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn heck_derives_the_names_the_hand_written_conversion_did() {
+        for name in [
+            "Widget",
+            "PackageFile",
+            "HTTPFile",
+            "LfsObject2",
+            "CiSecureFile",
+            "MergeRequestDiff",
+            "SnippetRepository",
+            "PagesDeployment",
+            "TerraformStateVersion",
+            "DependencyProxyBlob",
+            "DependencyProxyManifest",
+            "CiJobArtifact",
+            "GroupWikiRepository",
+            "ProjectWikiRepository",
+            "DesignManagementRepository",
+            "ContainerRepository",
+            "Upload",
+            "Document",
+            "r#Type",
+            "URLPart",
+            "S3Object",
+            "X509Certificate",
+            "V2Widget",
+            "Widget2Thing",
+        ] {
+            assert_eq!(snake_case(name), hand_written_snake_case(name), "{name}");
+        }
+    }
 
     #[test]
     fn snake_case_names() {

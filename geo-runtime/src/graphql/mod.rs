@@ -52,21 +52,14 @@ pub const MAX_PAGE: i64 = 1_000;
 /// Page size when `first` is not given.
 pub const DEFAULT_PAGE: i64 = 50;
 
-/// `package_file` → `packageFile`; `Package` prefix with `upper`.
+/// `package_file` → `packageFile`, or `PackageFile` with `upper` (heck's camel cases).
 fn camel(name: &str, upper: bool) -> String {
-    let mut out = String::with_capacity(name.len());
-    let mut up = upper;
-    for c in name.chars() {
-        if c == '_' {
-            up = true;
-        } else if up {
-            out.extend(c.to_uppercase());
-            up = false;
-        } else {
-            out.push(c);
-        }
+    use heck::{ToLowerCamelCase, ToUpperCamelCase};
+    if upper {
+        name.to_upper_camel_case()
+    } else {
+        name.to_lower_camel_case()
     }
-    out
 }
 
 /// `widget` → `WIDGET_REGISTRY` (Geo's `registryClass` values).

@@ -23,21 +23,11 @@ pub const LEEWAY_SECS: i64 = 60;
 /// The authorization scheme.
 pub const SCHEME: &str = "Geo";
 
-const ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-
-fn random_token(len: usize) -> Result<String, getrandom::Error> {
-    let mut out = String::with_capacity(len);
-    while out.len() < len {
-        let mut buf = [0u8; 64];
-        getrandom::fill(&mut buf)?;
-        // Rejection sampling keeps the characters uniform.
-        for b in buf {
-            if usize::from(b) < 248 && out.len() < len {
-                out.push(ALPHABET[usize::from(b) % 62] as char);
-            }
-        }
-    }
-    Ok(out)
+/// `len` characters drawn uniformly from `[A-Za-z0-9]` by rand's thread-local CSPRNG (ChaCha,
+/// seeded and reseeded from the operating system).
+fn random_token(len: usize) -> String {
+    use rand::distr::{Alphanumeric, SampleString};
+    Alphanumeric.sample_string(&mut rand::rng(), len)
 }
 
 /// A node's shared secret. Its `Debug` and `Display` show only that it is there.
@@ -51,8 +41,8 @@ impl Secret {
     }
 
     /// A new random secret: 40 characters from a CSPRNG (Geo's length).
-    pub fn generate() -> Result<Self, getrandom::Error> {
-        random_token(40).map(Secret)
+    pub fn generate() -> Self {
+        Secret(random_token(40))
     }
 
     /// The secret itself, for signing and for storing once. Never log it.
@@ -94,10 +84,7 @@ impl SecretsKey {
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
         let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-            (0..32)
-                .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16))
-                .collect::<Result<Vec<u8>, _>>()
-                .map_err(|e| e.to_string())?
+            hex::decode(text).map_err(|e| e.to_string())?
         } else {
             use base64::engine::general_purpose::{STANDARD, URL_SAFE};
             let unpadded = text.trim_end_matches('=');
@@ -146,7 +133,7 @@ impl fmt::Debug for SecretsKey {
 }
 
 /// A new random access key: 20 characters (Geo's length). Not a secret: it names the node.
-pub fn generate_access_key() -> Result<String, getrandom::Error> {
+pub fn generate_access_key() -> String {
     random_token(20)
 }
 
@@ -248,7 +235,7 @@ pub fn authorization(access_key: &str, secret: &Secret, scope: &RequestScope, no
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
     let claims = Claims {
         data: serde_json::to_string(scope).unwrap_or_default(),
-        jti: random_token(16).unwrap_or_default(),
+        jti: random_token(16),
         iat: now,
         nbf: now - NOT_BEFORE_SECS,
         exp: now + TOKEN_VALIDITY_SECS,
@@ -352,6 +339,18 @@ pub fn verify(
 mod tests {
     use super::*;
 
+    #[test]
+    fn generated_tokens_are_alphanumeric_of_geos_lengths_and_differ() {
+        let a = Secret::generate();
+        let b = Secret::generate();
+        assert_eq!(a.expose().len(), 40);
+        assert!(a.expose().bytes().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a, b);
+        let key = generate_access_key();
+        assert_eq!(key.len(), 20);
+        assert!(key.bytes().all(|c| c.is_ascii_alphanumeric()));
+    }
+
     fn scope() -> RequestScope {
         RequestScope::Retrieve {
             replicable_name: "widget".into(),
@@ -361,8 +360,8 @@ mod tests {
 
     #[test]
     fn a_signed_request_verifies_and_nothing_else_does() {
-        let secret = Secret::generate().expect("secret");
-        let key = generate_access_key().expect("key");
+        let secret = Secret::generate();
+        let key = generate_access_key();
         assert_eq!((secret.expose().len(), key.len()), (40, 20));
         let now = 1_800_000_000;
         let header = authorization(&key, &secret, &scope(), now);

@@ -129,10 +129,9 @@ pub async fn register(
     url: &str,
     key: Option<&SecretsKey>,
 ) -> Result<NodeCredentials, NodeError> {
-    let random = |e: getrandom::Error| NodeError::Random(e.to_string());
     let credentials = NodeCredentials {
-        access_key: generate_access_key().map_err(random)?,
-        secret: Secret::generate().map_err(random)?,
+        access_key: generate_access_key(),
+        secret: Secret::generate(),
     };
     add_secondary_with(primary, name, url, &credentials, key).await?;
     Ok(credentials)

@@ -32,10 +32,7 @@ mod tests {
         std::fs::write(dir.path().join("widgets/1"), b"hello").expect("write");
         let store = LocalStore::new(dir.path());
         let want: [u8; 32] = Sha256::digest(b"hello").into();
-        assert_eq!(
-            checksum(&store, "widgets/1").await,
-            Checksummed::Sum(want)
-        );
+        assert_eq!(checksum(&store, "widgets/1").await, Checksummed::Sum(want));
         assert_eq!(checksum(&store, "widgets/2").await, Checksummed::Missing);
         assert!(matches!(
             checksum(&store, "../etc/passwd").await,
