@@ -1,83 +1,79 @@
-//! Per-node counters and histograms, rendered in Prometheus' text format by the node's admin
-//! endpoint ([`crate::node::admin`]).
+//! Per-node counters and histograms, kept in prometheus-client's types and rendered in
+//! Prometheus' text format (0.0.4) by the node's admin endpoint ([`crate::node::admin`]).
 //!
 //! Each node owns its own [`Metrics`] (a cheap, clonable handle) rather than a process-global
 //! recorder: two nodes in one process (the demo, the tests) keep separate figures, and nothing
 //! needs installing before a node starts. Workers built without a handle record into a detached
-//! one that nobody reads.
+//! one that nobody reads. Every metric is a typed field with its label set; the names and help
+//! texts are written once, in [`Metrics::register`].
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 /// Upper bounds (seconds) of the duration histograms' buckets.
 const BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
-/// What every metric the runtime records is, for the `# HELP` / `# TYPE` lines.
-pub const CATALOGUE: &[(&str, &str, &str)] = &[
-    (
-        "geo_sync_transfers_total",
-        "counter",
-        "Blob downloads finished, by replicable and outcome (synced, failed).",
-    ),
-    (
-        "geo_sync_bytes_total",
-        "counter",
-        "Bytes of objects downloaded and made durable, by replicable.",
-    ),
-    (
-        "geo_sync_failures_total",
-        "counter",
-        "Failed blob downloads, by replicable and reason.",
-    ),
-    (
-        "geo_sync_download_duration_seconds",
-        "histogram",
-        "Time from request to a checked, staged object, by replicable.",
-    ),
-    (
-        "geo_verification_total",
-        "counter",
-        "Checksums computed, by replicable and outcome (succeeded, failed).",
-    ),
-    (
-        "geo_cursor_events_applied_total",
-        "counter",
-        "Events applied to the registries by the event cursor.",
-    ),
-    (
-        "geo_event_gaps_abandoned_total",
-        "counter",
-        "Event ids given up on after the gap timeout (the consistency pass repairs them).",
-    ),
-];
-
-type Labels = Vec<(&'static str, String)>;
-
-#[derive(Debug, Default)]
-struct Histogram {
-    /// Cumulative counts per bucket of [`BUCKETS`].
-    buckets: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+/// The replicable a sample is about.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicableLabel {
+    replicable: &'static str,
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    counters: BTreeMap<(&'static str, Labels), f64>,
-    histograms: BTreeMap<(&'static str, Labels), Histogram>,
+/// A replicable and how something ended for it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    replicable: &'static str,
+    outcome: &'static str,
+}
+
+/// A replicable and why a download failed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    replicable: &'static str,
+    reason: &'static str,
+}
+
+fn download_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+#[derive(Debug)]
+struct Families {
+    sync_transfers: Family<OutcomeLabels, Counter>,
+    sync_bytes: Family<ReplicableLabel, Counter>,
+    sync_failures: Family<ReasonLabels, Counter>,
+    download_duration: Family<ReplicableLabel, Histogram, fn() -> Histogram>,
+    verification: Family<OutcomeLabels, Counter>,
+    events_applied: Counter,
+    gaps_abandoned: Counter,
+}
+
+impl Default for Families {
+    fn default() -> Self {
+        Families {
+            sync_transfers: Family::default(),
+            sync_bytes: Family::default(),
+            sync_failures: Family::default(),
+            download_duration: Family::new_with_constructor(download_histogram),
+            verification: Family::default(),
+            events_applied: Counter::default(),
+            gaps_abandoned: Counter::default(),
+        }
+    }
 }
 
 /// A node's counters and histograms.
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
-    inner: Arc<Mutex<Inner>>,
-}
-
-fn owned(labels: &[(&'static str, &str)]) -> Labels {
-    labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
+    inner: Arc<Families>,
 }
 
 impl Metrics {
@@ -86,122 +82,133 @@ impl Metrics {
         Self::default()
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
-        // A panic while holding the lock leaves counters, not invariants: keep counting.
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        f(&mut inner)
-    }
-
-    /// Adds `by` to the counter `name` with `labels`.
-    pub fn add(&self, name: &'static str, labels: &[(&'static str, &str)], by: u64) {
-        if by == 0 {
-            return;
+    /// Downloads of `replicable` finished with `outcome` (`synced`, `failed`, `superseded`).
+    pub(crate) fn sync_transfers(&self, replicable: &'static str, outcome: &'static str, n: u64) {
+        if n > 0 {
+            let labels = OutcomeLabels {
+                replicable,
+                outcome,
+            };
+            self.inner.sync_transfers.get_or_create(&labels).inc_by(n);
         }
-        self.with(|i| *i.counters.entry((name, owned(labels))).or_default() += by as f64);
     }
 
-    /// Records one observation of `seconds` in the histogram `name`.
-    pub fn observe(&self, name: &'static str, labels: &[(&'static str, &str)], seconds: f64) {
-        self.with(|i| {
-            let h = i.histograms.entry((name, owned(labels))).or_default();
-            for (bound, n) in BUCKETS.iter().zip(h.buckets.iter_mut()) {
-                if seconds <= *bound {
-                    *n += 1;
-                }
-            }
-            h.count += 1;
-            h.sum += seconds;
-        });
+    /// Bytes of `replicable`'s objects downloaded and made durable.
+    pub(crate) fn sync_bytes(&self, replicable: &'static str, bytes: u64) {
+        if bytes > 0 {
+            let labels = ReplicableLabel { replicable };
+            self.inner.sync_bytes.get_or_create(&labels).inc_by(bytes);
+        }
     }
 
-    /// The counter's value (0 when never incremented).
-    pub fn counter(&self, name: &str, labels: &[(&'static str, &str)]) -> f64 {
-        self.with(|i| {
-            i.counters
-                .iter()
-                .find(|((n, l), _)| {
-                    *n == name
-                        && l.len() == labels.len()
-                        && l.iter().zip(labels).all(|(a, b)| a.0 == b.0 && a.1 == b.1)
-                })
-                .map_or(0.0, |(_, v)| *v)
-        })
+    /// A download of `replicable` failed for `reason` (the failure's kind).
+    pub(crate) fn sync_failure(&self, replicable: &'static str, reason: &'static str) {
+        let labels = ReasonLabels { replicable, reason };
+        self.inner.sync_failures.get_or_create(&labels).inc();
     }
 
-    /// Appends every counter and histogram in Prometheus' text format, each sample also
-    /// labelled with `common` (the node's `name` and `url`, as Geo labels its gauges).
-    pub fn render(&self, common: &[(&'static str, &str)], out: &mut String) {
-        self.with(|i| {
-            for (name, kind, help) in CATALOGUE {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-                for ((n, labels), v) in &i.counters {
-                    if n == name {
-                        sample(out, name, common, labels, None, *v);
-                    }
-                }
-                for ((n, labels), h) in &i.histograms {
-                    if n != name {
-                        continue;
-                    }
-                    let bucket = format!("{name}_bucket");
-                    for (bound, c) in BUCKETS.iter().zip(h.buckets) {
-                        sample(
-                            out,
-                            &bucket,
-                            common,
-                            labels,
-                            Some(&bound.to_string()),
-                            c as f64,
-                        );
-                    }
-                    sample(out, &bucket, common, labels, Some("+Inf"), h.count as f64);
-                    sample(out, &format!("{name}_sum"), common, labels, None, h.sum);
-                    sample(
-                        out,
-                        &format!("{name}_count"),
-                        common,
-                        labels,
-                        None,
-                        h.count as f64,
-                    );
-                }
-            }
-        });
+    /// A download of `replicable` took `seconds` from request to a checked, staged object.
+    pub(crate) fn download_time(&self, replicable: &'static str, seconds: f64) {
+        let labels = ReplicableLabel { replicable };
+        self.inner
+            .download_duration
+            .get_or_create(&labels)
+            .observe(seconds);
+    }
+
+    /// Checksums of `replicable` computed (primary) or copies verified (secondary), by
+    /// `outcome` (`succeeded`, `failed`).
+    pub(crate) fn verifications(&self, replicable: &'static str, outcome: &'static str, n: u64) {
+        if n > 0 {
+            let labels = OutcomeLabels {
+                replicable,
+                outcome,
+            };
+            self.inner.verification.get_or_create(&labels).inc_by(n);
+        }
+    }
+
+    /// Events the cursor applied to the registries.
+    pub(crate) fn events_applied(&self, n: u64) {
+        self.inner.events_applied.inc_by(n);
+    }
+
+    /// Event ids given up on after the gap timeout.
+    pub(crate) fn gaps_abandoned(&self, n: u64) {
+        self.inner.gaps_abandoned.inc_by(n);
+    }
+
+    /// How many downloads of `replicable` finished with `outcome` so far.
+    pub fn sync_transfers_total(&self, replicable: &'static str, outcome: &'static str) -> u64 {
+        let labels = OutcomeLabels {
+            replicable,
+            outcome,
+        };
+        self.inner
+            .sync_transfers
+            .get(&labels)
+            .map_or(0, |c| c.get())
+    }
+
+    /// How many verifications of `replicable` ended with `outcome` so far.
+    pub fn verifications_total(&self, replicable: &'static str, outcome: &'static str) -> u64 {
+        let labels = OutcomeLabels {
+            replicable,
+            outcome,
+        };
+        self.inner.verification.get(&labels).map_or(0, |c| c.get())
+    }
+
+    /// Registers every metric of this node in `registry` (the handles are shared: the registry
+    /// reads the live values when it is encoded).
+    pub fn register(&self, registry: &mut Registry) {
+        let f = &self.inner;
+        registry.register(
+            "geo_sync_transfers",
+            "Blob downloads finished, by replicable and outcome (synced, failed, superseded)",
+            f.sync_transfers.clone(),
+        );
+        registry.register(
+            "geo_sync_bytes",
+            "Bytes of objects downloaded and made durable, by replicable",
+            f.sync_bytes.clone(),
+        );
+        registry.register(
+            "geo_sync_failures",
+            "Failed blob downloads, by replicable and reason",
+            f.sync_failures.clone(),
+        );
+        registry.register(
+            "geo_sync_download_duration_seconds",
+            "Time from request to a checked, staged object, by replicable",
+            f.download_duration.clone(),
+        );
+        registry.register(
+            "geo_verification",
+            "Checksums computed, by replicable and outcome (succeeded, failed)",
+            f.verification.clone(),
+        );
+        registry.register(
+            "geo_cursor_events_applied",
+            "Events applied to the registries by the event cursor",
+            f.events_applied.clone(),
+        );
+        registry.register(
+            "geo_event_gaps_abandoned",
+            "Event ids given up on after the gap timeout (the consistency pass repairs them)",
+            f.gaps_abandoned.clone(),
+        );
     }
 }
 
-/// Escapes a label value (backslash, quote, newline), as the text format requires.
-pub fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// One sample line: `name{common..., labels..., le} value`.
-pub fn sample(
-    out: &mut String,
-    name: &str,
-    common: &[(&'static str, &str)],
-    labels: &[(&'static str, String)],
-    le: Option<&str>,
-    value: f64,
-) {
-    out.push_str(name);
-    let all = common
-        .iter()
-        .map(|(k, v)| (*k, *v))
-        .chain(labels.iter().map(|(k, v)| (*k, v.as_str())))
-        .chain(le.map(|le| ("le", le)));
-    let mut first = true;
-    for (k, v) in all {
-        out.push(if first { '{' } else { ',' });
-        first = false;
-        let _ = write!(out, "{k}=\"{}\"", escape_label(v));
-    }
-    if !first {
-        out.push('}');
-    }
-    let _ = writeln!(out, " {value}");
+/// A registry whose every sample carries `labels` (the node's `name` and `url`, as Geo labels
+/// its gauges).
+pub fn labelled_registry(labels: &[(&'static str, &str)]) -> Registry {
+    Registry::with_labels(
+        labels
+            .iter()
+            .map(|(k, v)| (Cow::Borrowed(*k), Cow::Owned((*v).to_owned()))),
+    )
 }
 
 #[cfg(test)]
@@ -211,38 +218,36 @@ mod tests {
     #[test]
     fn counters_and_histograms_render_in_the_text_format() {
         let m = Metrics::new();
-        m.add(
-            "geo_sync_failures_total",
-            &[("replicable", "widget"), ("reason", "http_status")],
-            2,
-        );
-        m.add("geo_sync_bytes_total", &[("replicable", "wid\"get")], 10);
-        m.observe(
-            "geo_sync_download_duration_seconds",
-            &[("replicable", "widget")],
-            0.3,
-        );
-        assert_eq!(
-            m.counter(
-                "geo_sync_failures_total",
-                &[("replicable", "widget"), ("reason", "http_status")]
-            ),
-            2.0
-        );
+        m.sync_failure("widget", "http_status");
+        m.sync_failure("widget", "http_status");
+        m.sync_bytes("wid\"get", 10);
+        m.download_time("widget", 0.3);
+        m.sync_transfers("widget", "synced", 0);
+        assert_eq!(m.sync_transfers_total("widget", "synced"), 0);
+        let mut registry = labelled_registry(&[("name", "east")]);
+        m.register(&mut registry);
         let mut out = String::new();
-        m.render(&[("name", "east")], &mut out);
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).expect("encode");
         assert!(out.contains(
             "geo_sync_failures_total{name=\"east\",replicable=\"widget\",reason=\"http_status\"} 2\n"
-        ));
-        assert!(out.contains("geo_sync_bytes_total{name=\"east\",replicable=\"wid\\\"get\"} 10\n"));
+        ), "{out}");
+        assert!(
+            out.contains("geo_sync_bytes_total{name=\"east\",replicable=\"wid\\\"get\"} 10\n"),
+            "{out}"
+        );
         assert!(out.contains(
             "geo_sync_download_duration_seconds_bucket{name=\"east\",replicable=\"widget\",le=\"0.25\"} 0\n"
-        ));
+        ), "{out}");
         assert!(out.contains(
             "geo_sync_download_duration_seconds_bucket{name=\"east\",replicable=\"widget\",le=\"0.5\"} 1\n"
-        ));
-        assert!(out.contains(
-            "geo_sync_download_duration_seconds_count{name=\"east\",replicable=\"widget\"} 1\n"
-        ));
+        ), "{out}");
+        assert!(
+            out.contains(
+                "geo_sync_download_duration_seconds_count{name=\"east\",replicable=\"widget\"} 1\n"
+            ),
+            "{out}"
+        );
+        // Nothing transferred: no sample, not a zero one.
+        assert!(!out.contains("geo_sync_transfers_total{"), "{out}");
     }
 }

@@ -424,18 +424,17 @@ async fn both_sites_verify_and_the_secondary_heals_corruption_on_its_own() {
             DEADLINE,
             || async {
                 let failed = |name| {
-                    secondary.handle.metrics().counter(
-                        "geo_verification_total",
-                        &[("replicable", name), ("outcome", "failed")],
-                    )
+                    secondary
+                        .handle
+                        .metrics()
+                        .verifications_total(name, "failed")
                 };
                 let s = secondary.status().await;
                 let resyncing: Vec<_> = KINDS
                     .iter()
                     .map(|k| counts(&s, k.d.replicable_name).failed_count)
                     .collect();
-                if failed("widget") < 1.0 || failed("doc") < 1.0 || resyncing != [Some(1), Some(1)]
-                {
+                if failed("widget") < 1 || failed("doc") < 1 || resyncing != [Some(1), Some(1)] {
                     return Err(format!("not detected yet: {resyncing:?}"));
                 }
                 Ok(())

@@ -296,8 +296,7 @@ impl<S: EventSource> EventCursor<S> {
         report.gaps_filled = filled_ids.len();
         report.gaps_abandoned += abandoned.len();
         report.position = new_position;
-        self.metrics
-            .add("geo_cursor_events_applied_total", &[], applied as u64);
+        self.metrics.events_applied(applied as u64);
         Ok(report)
     }
 
@@ -341,8 +340,7 @@ impl<S: EventSource> EventCursor<S> {
             );
         }
         if !gaps.too_wide.is_empty() {
-            self.metrics
-                .add("geo_event_gaps_abandoned_total", &[], gaps.abandoned());
+            self.metrics.gaps_abandoned(gaps.abandoned());
         }
         usize::try_from(gaps.abandoned()).unwrap_or(usize::MAX)
     }
@@ -357,11 +355,7 @@ impl<S: EventSource> EventCursor<S> {
             timeout_s = self.config.gap_timeout.as_secs(),
             "event gaps never filled and were given up; the consistency pass will repair what they carried"
         );
-        self.metrics.add(
-            "geo_event_gaps_abandoned_total",
-            &[],
-            abandoned.len() as u64,
-        );
+        self.metrics.gaps_abandoned(abandoned.len() as u64);
     }
 
     /// Runs until cancelled: steps while there is work, waits when idle or on standby, backs off

@@ -23,8 +23,9 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::Secret;
-use crate::status::{StatusCollector, render_gauges};
-use crate::telemetry::Metrics;
+use crate::status::{StatusCollector, StatusGauges};
+use crate::telemetry::{self, Metrics};
+use prometheus_client::encoding::prometheus_text;
 
 /// Where the admin endpoint listens and the token it requires.
 #[derive(Debug, Clone)]
@@ -127,20 +128,16 @@ async fn health(State(state): State<AdminState>) -> Response {
 }
 
 async fn prometheus(State(state): State<AdminState>) -> Response {
-    let mut out = String::new();
-    if let Some(s) = state.status.latest() {
-        render_gauges(&s, &mut out);
-    }
     let name = state.status.name().to_owned();
-    state
-        .metrics
-        .render(&[("name", &name), ("url", &name)], &mut out);
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        out,
-    )
-        .into_response()
+    let mut registry = telemetry::labelled_registry(&[("name", &name), ("url", &name)]);
+    if let Some(s) = state.status.latest() {
+        registry.register_collector(Box::new(StatusGauges(s)));
+    }
+    state.metrics.register(&mut registry);
+    let mut out = String::new();
+    if let Err(e) = prometheus_text::encode(&mut out, &registry) {
+        tracing::error!(error = %e, "could not render the metrics");
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    ([(header::CONTENT_TYPE, prometheus_text::CONTENT_TYPE)], out).into_response()
 }

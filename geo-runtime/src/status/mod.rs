@@ -12,7 +12,7 @@ mod collect;
 mod render;
 
 pub use collect::StatusCollector;
-pub use render::render_gauges;
+pub use render::StatusGauges;
 
 use std::time::Duration;
 

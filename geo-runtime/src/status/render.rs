@@ -6,15 +6,13 @@ use crate::db::NodeRole;
 
 use super::NodeStatus;
 
-/// Renders Geo's gauges for `status` (`geo_<plural><field>` without a trailing `_count`,
-/// labelled `name` and `url`, both the node's name as in Geo) in Prometheus' text format.
-pub fn render_gauges(status: &NodeStatus, out: &mut String) {
-    use crate::telemetry::sample;
-    let labels: &[(&'static str, &str)] = &[("name", &status.name), ("url", &status.name)];
+/// Geo's gauges for `status`: (`geo_<plural><field>` without a trailing `_count`, help,
+/// value), those with a value only.
+fn gauges(status: &NodeStatus) -> Vec<(String, String, f64)> {
+    let mut out = Vec::new();
     let mut gauge = |name: String, help: &str, v: Option<f64>| {
         if let Some(v) = v {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
-            sample(out, &name, labels, &[], None, v);
+            out.push((name, help.trim_end_matches('.').to_owned(), v));
         }
     };
     for r in &status.replicables {
@@ -81,6 +79,28 @@ pub fn render_gauges(status: &NodeStatus, out: &mut String) {
         "1 when the node is healthy.",
         Some(if status.healthy() { 1.0 } else { 0.0 }),
     );
+    out
+}
+
+/// A status snapshot as Prometheus gauges, encoded when the registry it is registered in is
+/// (the admin endpoint registers the latest snapshot on each scrape).
+#[derive(Debug)]
+pub struct StatusGauges(pub std::sync::Arc<NodeStatus>);
+
+impl prometheus_client::collector::Collector for StatusGauges {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        for (name, help, value) in gauges(&self.0) {
+            let gauge = ConstGauge::new(value);
+            let metric = encoder.encode_descriptor(&name, &help, None, gauge.metric_type())?;
+            gauge.encode(metric)?;
+        }
+        Ok(())
+    }
 }
 
 impl NodeStatus {

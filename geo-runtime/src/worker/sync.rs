@@ -332,19 +332,14 @@ impl<C: BlobSource, S: BlobStore> BlobSync<C, S> {
         let failed =
             usize::try_from(registry.mark_failed(&failed, now()).await?).unwrap_or(usize::MAX);
         let superseded = cancelled + recorded.superseded;
-        let replicable = [("replicable", d.replicable_name)];
-        self.metrics
-            .add("geo_sync_bytes_total", &replicable, recorded.bytes);
+        self.metrics.sync_bytes(d.replicable_name, recorded.bytes);
         for (outcome, n) in [
             ("synced", recorded.synced),
             ("failed", failed),
             ("superseded", superseded),
         ] {
-            self.metrics.add(
-                "geo_sync_transfers_total",
-                &[("replicable", d.replicable_name), ("outcome", outcome)],
-                n as u64,
-            );
+            self.metrics
+                .sync_transfers(d.replicable_name, outcome, n as u64);
         }
         round.synced += recorded.synced;
         round.failed += failed;
@@ -557,11 +552,7 @@ impl<C: BlobSource, S: BlobStore> BlobSync<C, S> {
     /// [`BlobSync::failure`], from inside the row's span already.
     fn failed_here(&self, d: &ReplicatorDescriptor, row: &ClaimedRow, f: Failed) -> SyncFailure {
         tracing::warn!(reason = %f.reason, missing_on_primary = f.missing, "blob download failed");
-        self.metrics.add(
-            "geo_sync_failures_total",
-            &[("replicable", d.replicable_name), ("reason", f.kind)],
-            1,
-        );
+        self.metrics.sync_failure(d.replicable_name, f.kind);
         row.failed(f.reason, f.missing)
     }
 

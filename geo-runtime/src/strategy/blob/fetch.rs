@@ -121,11 +121,7 @@ impl<C: BlobSource, S: BlobStore> Fetch<'_, C, S> {
     }
 
     fn observe(&self, d: &ReplicatorDescriptor, seconds: f64) {
-        self.metrics.observe(
-            "geo_sync_download_duration_seconds",
-            &[("replicable", d.replicable_name)],
-            seconds,
-        );
+        self.metrics.download_time(d.replicable_name, seconds);
     }
 
     /// The objects of `rows` in one request, staged.

@@ -41,11 +41,7 @@ pub(super) fn count_outcomes(
     failed: usize,
 ) {
     for (outcome, n) in [("succeeded", succeeded), ("failed", failed)] {
-        metrics.add(
-            "geo_verification_total",
-            &[("replicable", d.replicable_name), ("outcome", outcome)],
-            n as u64,
-        );
+        metrics.verifications(d.replicable_name, outcome, n as u64);
     }
 }
 
