@@ -4,8 +4,27 @@
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 
+use geo_schema::REGISTRY_COLUMNS;
+use geo_schema::columns::RustType;
+
 use super::Names;
 use crate::replicable::ir::ReplicableDef;
+
+/// The type of a registry field, through the runtime's door (`p`).
+fn rust_type(ty: RustType, p: &TokenStream) -> TokenStream {
+    let ts = quote!(#p::DateTime<#p::Utc>);
+    match ty {
+        RustType::SyncState => quote!(#p::SyncState),
+        RustType::VerificationState => quote!(#p::VerificationState),
+        RustType::I32 => quote!(#p::i32),
+        RustType::I64 => quote!(#p::i64),
+        RustType::OptionalTimestamp => quote!(#p::Option<#ts>),
+        RustType::Timestamp => ts,
+        RustType::OptionalString => quote!(#p::Option<#p::String>),
+        RustType::OptionalBytes => quote!(#p::Option<#p::Vec<#p::u8>>),
+        RustType::Bool => quote!(#p::bool),
+    }
+}
 
 pub(super) fn expand(def: &ReplicableDef, names: &Names) -> TokenStream {
     let Names {
@@ -24,7 +43,19 @@ pub(super) fn expand(def: &ReplicableDef, names: &Names) -> TokenStream {
     );
     let fk_doc = format!(" Id of the tracked [`{ident}`] (the model foreign key).");
     let table = &def.registry_table;
-    let ts = quote!(#p::Option<#p::DateTime<#p::Utc>>);
+    let fields = REGISTRY_COLUMNS.iter().map(|c| {
+        let name = format_ident!("{}", c.name);
+        let doc = format!(" {}", c.doc);
+        let ty = rust_type(c.ty.rust(), p);
+        quote! {
+            #[doc = #doc]
+            pub #name: #ty,
+        }
+    });
+    let copied: Vec<_> = REGISTRY_COLUMNS
+        .iter()
+        .map(|c| format_ident!("{}", c.name))
+        .collect();
     quote! {
         #[doc = #doc]
         #[derive(::core::fmt::Debug, ::core::clone::Clone, ::core::cmp::PartialEq, ::core::cmp::Eq)]
@@ -33,40 +64,7 @@ pub(super) fn expand(def: &ReplicableDef, names: &Names) -> TokenStream {
             pub id: #p::i64,
             #[doc = #fk_doc]
             pub #fk: #p::i64,
-            /// Sync state.
-            pub state: #p::SyncState,
-            /// Consecutive failed attempts.
-            pub retry_count: #p::i32,
-            /// Earliest time of the next attempt after a failure.
-            pub retry_at: #ts,
-            /// Start of the latest attempt; cleared when the row goes back to pending.
-            pub last_synced_at: #ts,
-            /// Number of the latest attempt; only that attempt may mark the row synced or failed.
-            pub sync_attempt: #p::i64,
-            /// The object key of the synced copy.
-            pub object_key: #p::Option<#p::String>,
-            /// Why the latest attempt failed (at most 255 characters).
-            pub last_sync_failure: #p::Option<#p::String>,
-            /// When the row was created.
-            pub created_at: #p::DateTime<#p::Utc>,
-            /// Verification state of the local copy.
-            pub verification_state: #p::VerificationState,
-            /// When the running verification started.
-            pub verification_started_at: #ts,
-            /// When the local copy was last verified.
-            pub verified_at: #ts,
-            /// Earliest time of the next verification after a failure.
-            pub verification_retry_at: #ts,
-            /// Consecutive failed verifications.
-            pub verification_retry_count: #p::i32,
-            /// SHA-256 of the local copy.
-            pub verification_checksum: #p::Option<#p::Vec<#p::u8>>,
-            /// The checksum that did not match.
-            pub verification_checksum_mismatched: #p::Option<#p::Vec<#p::u8>>,
-            /// Whether the last verification found a mismatch.
-            pub checksum_mismatch: #p::bool,
-            /// Why the latest verification failed (at most 255 characters).
-            pub verification_failure: #p::Option<#p::String>,
+            #(#fields)*
         }
 
         impl #registry {
@@ -110,23 +108,7 @@ pub(super) fn expand(def: &ReplicableDef, names: &Names) -> TokenStream {
                 #registry {
                     id: r.id,
                     #fk: r.model_record_id,
-                    state: r.state,
-                    retry_count: r.retry_count,
-                    retry_at: r.retry_at,
-                    last_synced_at: r.last_synced_at,
-                    sync_attempt: r.sync_attempt,
-                    object_key: r.object_key,
-                    last_sync_failure: r.last_sync_failure,
-                    created_at: r.created_at,
-                    verification_state: r.verification_state,
-                    verification_started_at: r.verification_started_at,
-                    verified_at: r.verified_at,
-                    verification_retry_at: r.verification_retry_at,
-                    verification_retry_count: r.verification_retry_count,
-                    verification_checksum: r.verification_checksum,
-                    verification_checksum_mismatched: r.verification_checksum_mismatched,
-                    checksum_mismatch: r.checksum_mismatch,
-                    verification_failure: r.verification_failure,
+                    #(#copied: r.#copied,)*
                 }
             }
         }

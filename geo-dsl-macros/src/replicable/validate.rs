@@ -12,33 +12,13 @@ use super::args::{FieldArgs, ReplicableArgs, StrategyArg, VerificationArg};
 use super::ir::{ReplicableDef, RoleField, Strategy, Verification};
 
 /// The longest identifier PostgreSQL keeps without truncating it.
-const MAX_IDENT: usize = 63;
-
 /// One named field and its parsed `#[replicable(...)]` roles.
 pub(crate) struct FieldInfo {
     pub field: syn::Field,
     pub args: FieldArgs,
 }
 
-/// Why a name is not a safe SQL identifier, or `None` when it is one.
-pub(crate) fn identifier_problem(s: &str) -> Option<&'static str> {
-    let b = s.as_bytes();
-    if b.is_empty() {
-        Some("it is empty")
-    } else if b.len() > MAX_IDENT {
-        Some("it is longer than 63 characters, PostgreSQL's limit")
-    } else if !b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_') {
-        Some(
-            "only a-z, 0-9 and _ are allowed (names are checked at compile time so they can never inject SQL)",
-        )
-    } else if b.iter().any(u8::is_ascii_uppercase) {
-        Some("it has upper-case letters; use lower case")
-    } else if !b[0].is_ascii_lowercase() {
-        Some("it must start with a letter a-z")
-    } else {
-        None
-    }
-}
+pub(crate) use geo_schema::ident::identifier_problem;
 
 fn check_identifier(errors: &mut Accumulator, what: &str, value: &str, span: Span) -> bool {
     match identifier_problem(value) {
@@ -564,17 +544,5 @@ mod tests {
         assert_eq!(plural("key"), "keys");
         assert_eq!(plural("box"), "boxes");
         assert_eq!(plural("status"), "statuses");
-    }
-
-    #[test]
-    fn identifiers() {
-        assert_eq!(identifier_problem("widget_registry"), None);
-        assert!(identifier_problem("Widget").is_some());
-        assert!(identifier_problem("w;drop").is_some());
-        assert!(identifier_problem("w x").is_some());
-        assert!(identifier_problem("w\"x").is_some());
-        assert!(identifier_problem("1w").is_some());
-        assert!(identifier_problem(&"w".repeat(64)).is_some());
-        assert_eq!(identifier_problem(&"w".repeat(63)), None);
     }
 }

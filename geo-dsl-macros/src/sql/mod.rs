@@ -7,9 +7,10 @@
 //! what `*_migration` renders must come as a new migration version, never as an edit. The
 //! snapshot tests in `src/tests` catch accidental edits.
 
-mod dialect;
-
-pub(crate) use dialect::Dialect;
+pub(crate) use geo_schema::Dialect;
+use geo_schema::ident::{constraint_name, index_name};
+use geo_schema::state::{sync, verification};
+use geo_schema::{Column, REGISTRY_COLUMNS, VERIFICATION_COLUMNS};
 
 use crate::replicable::ir::{ReplicableDef, Verification};
 
@@ -18,42 +19,12 @@ fn q(ident: &str) -> String {
     format!("\"{ident}\"")
 }
 
-/// An index name of at most 63 bytes: `index_<table>_on_<what>`, shortened with a hash of the
-/// full name when too long, so PostgreSQL never truncates two names into one.
-pub(crate) fn index_name(table: &str, what: &str) -> String {
-    let full = format!("index_{table}_on_{what}");
-    if full.len() <= 63 {
-        return full;
-    }
-    // FNV-1a: stable across compilers and platforms, unlike std's hasher.
-    let hash = full.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    let keep = 63 - 9;
-    format!("{}_{:08x}", &full[..keep], hash as u32)
-}
-
-/// The verification columns and their definitions, shared by the registry, the state table and
-/// inline columns.
-fn verification_columns(d: Dialect) -> Vec<(&'static str, String)> {
-    vec![
-        (
-            "verification_state",
-            format!(
-                "{} NOT NULL DEFAULT 0 CHECK (\"verification_state\" BETWEEN 0 AND 4)",
-                d.small_int()
-            ),
-        ),
-        ("verification_started_at", d.timestamp().to_owned()),
-        ("verification_retry_at", d.timestamp().to_owned()),
-        ("verified_at", d.timestamp().to_owned()),
-        (
-            "verification_retry_count",
-            "INTEGER NOT NULL DEFAULT 0".to_owned(),
-        ),
-        ("verification_checksum", d.bytes().to_owned()),
-        ("verification_failure", d.text_255("verification_failure")),
-    ]
+/// `columns` with their definitions in `d`.
+fn defined(columns: &[Column], d: Dialect) -> Vec<(&'static str, String)> {
+    columns
+        .iter()
+        .map(|c| (c.name, c.ty.definition(d, c.name)))
+        .collect()
 }
 
 fn table_body(columns: &[(&str, String)]) -> String {
@@ -64,56 +35,17 @@ fn table_body(columns: &[(&str, String)]) -> String {
         .join(",\n")
 }
 
-/// The registry's columns and their definitions, in table order.
+/// The registry's columns and their definitions, in table order: the id, the model foreign
+/// key, then the schema's registry columns.
 fn registry_columns(def: &ReplicableDef, d: Dialect) -> Vec<(&str, String)> {
-    let fk = &def.foreign_key;
     let mut columns = vec![
         ("id", d.identity_pk().to_owned()),
-        (fk.as_str(), format!("{} NOT NULL", d.big_int())),
         (
-            "state",
-            format!(
-                "{} NOT NULL DEFAULT 0 CHECK (\"state\" BETWEEN 0 AND 3)",
-                d.small_int()
-            ),
-        ),
-        ("retry_count", "INTEGER NOT NULL DEFAULT 0".to_owned()),
-        ("retry_at", d.timestamp().to_owned()),
-        ("last_synced_at", d.timestamp().to_owned()),
-        // Numbers each attempt, so that only the attempt that started a sync can finish it.
-        (
-            "sync_attempt",
-            format!("{} NOT NULL DEFAULT 0", d.big_int()),
-        ),
-        // Where the synced copy is stored (the primary's object key), so that it can be removed
-        // when its model disappears.
-        ("object_key", d.text()),
-        ("last_sync_failure", d.text_255("last_sync_failure")),
-        (
-            "created_at",
-            format!("{} NOT NULL DEFAULT {}", d.timestamp(), d.now()),
+            def.foreign_key.as_str(),
+            format!("{} NOT NULL", d.big_int()),
         ),
     ];
-    let verification = verification_columns(d);
-    // The registry's verification columns, in Geo's order, with the secondary-only ones.
-    for name in [
-        "verification_state",
-        "verification_started_at",
-        "verified_at",
-        "verification_retry_at",
-        "verification_retry_count",
-        "verification_checksum",
-    ] {
-        if let Some((n, def)) = verification.iter().find(|(n, _)| *n == name) {
-            columns.push((n, def.clone()));
-        }
-    }
-    columns.push(("verification_checksum_mismatched", d.bytes().to_owned()));
-    columns.push((
-        "checksum_mismatch",
-        d.boolean_not_null_false("checksum_mismatch"),
-    ));
-    columns.push(("verification_failure", d.text_255("verification_failure")));
+    columns.extend(defined(&REGISTRY_COLUMNS, d));
     columns
 }
 
@@ -125,9 +57,12 @@ fn registry_indexes(def: &ReplicableDef) -> String {
         "CREATE UNIQUE INDEX {i_fk} ON {tq} ({fkq});\n\
          CREATE INDEX {i_retry} ON {tq} (\"retry_at\") WHERE \"retry_at\" IS NOT NULL;\n\
          CREATE INDEX {i_state} ON {tq} (\"state\");\n\
-         CREATE INDEX {i_pending} ON {tq} (\"id\") WHERE \"state\" = 0;\n\
-         CREATE INDEX {i_failed} ON {tq} (\"retry_at\") WHERE \"state\" = 3;\n\
-         CREATE INDEX {i_verify} ON {tq} (\"verification_state\", \"verification_retry_at\") WHERE \"state\" = 2;\n",
+         CREATE INDEX {i_pending} ON {tq} (\"id\") WHERE \"state\" = {pending};\n\
+         CREATE INDEX {i_failed} ON {tq} (\"retry_at\") WHERE \"state\" = {failed};\n\
+         CREATE INDEX {i_verify} ON {tq} (\"verification_state\", \"verification_retry_at\") WHERE \"state\" = {synced};\n",
+        pending = sync::PENDING,
+        failed = sync::FAILED,
+        synced = sync::SYNCED,
         fkq = q(&def.foreign_key),
         i_fk = q(&index_name(t, &def.foreign_key)),
         i_retry = q(&index_name(t, "retry_at")),
@@ -172,11 +107,6 @@ pub(crate) const REGISTRY_INVARIANTS: [(&str, &str); 4] = [
         "\"state\" <> 2 OR \"verification_state\" <> 3",
     ),
 ];
-
-/// A constraint name of at most 63 bytes, shortened as [`index_name`] does.
-pub(crate) fn constraint_name(table: &str, what: &str) -> String {
-    index_name(table, what).replacen("index_", "check_", 1)
-}
 
 /// Migration 2 of the secondary: the registry's invariants ([`REGISTRY_INVARIANTS`]) as CHECK
 /// constraints, after repairing the rows that break them (a start time from the row's creation,
@@ -237,9 +167,12 @@ fn verification_indexes(table: &str) -> String {
     let tq = q(table);
     format!(
         "CREATE INDEX {i_state} ON {tq} (\"verification_state\");\n\
-         CREATE INDEX {i_pending} ON {tq} (\"verified_at\") WHERE \"verification_state\" = 0;\n\
-         CREATE INDEX {i_failed} ON {tq} (\"verification_retry_at\") WHERE \"verification_state\" = 3;\n\
-         CREATE INDEX {i_succeeded} ON {tq} (\"verified_at\") WHERE \"verification_state\" = 2;\n",
+         CREATE INDEX {i_pending} ON {tq} (\"verified_at\") WHERE \"verification_state\" = {pending};\n\
+         CREATE INDEX {i_failed} ON {tq} (\"verification_retry_at\") WHERE \"verification_state\" = {failed};\n\
+         CREATE INDEX {i_succeeded} ON {tq} (\"verified_at\") WHERE \"verification_state\" = {succeeded};\n",
+        pending = verification::PENDING,
+        failed = verification::FAILED,
+        succeeded = verification::SUCCEEDED,
         i_state = q(&index_name(table, "verification_state")),
         i_pending = q(&index_name(table, "pending_verification")),
         i_failed = q(&index_name(table, "failed_verification")),
@@ -260,7 +193,7 @@ pub(crate) fn verification_migration(def: &ReplicableDef, d: Dialect) -> String 
                     q(&def.id.column)
                 ),
             )];
-            columns.extend(verification_columns(d));
+            columns.extend(defined(&VERIFICATION_COLUMNS, d));
             format!(
                 "CREATE TABLE {} (\n{}\n){};\n{}",
                 q(table),
@@ -270,7 +203,7 @@ pub(crate) fn verification_migration(def: &ReplicableDef, d: Dialect) -> String 
             )
         }
         Verification::Inline => {
-            let columns = verification_columns(d);
+            let columns = defined(&VERIFICATION_COLUMNS, d);
             let alter = match d {
                 // One statement: the table is rewritten at most once.
                 Dialect::Postgres => format!(
@@ -289,23 +222,5 @@ pub(crate) fn verification_migration(def: &ReplicableDef, d: Dialect) -> String 
             };
             format!("{alter}{}", verification_indexes(&def.model_table))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::index_name;
-
-    #[test]
-    fn index_names_fit_postgres() {
-        assert_eq!(
-            index_name("widget_registry", "widget_id"),
-            "index_widget_registry_on_widget_id"
-        );
-        let long = "a".repeat(63);
-        let a = index_name(&long, "state");
-        let b = index_name(&long, "retry_at");
-        assert!(a.len() <= 63 && b.len() <= 63);
-        assert_ne!(a, b, "shortened names must stay distinct");
     }
 }

@@ -27,14 +27,9 @@ pub use schema::{BASE_PRIMARY_MIGRATIONS, BASE_SECONDARY_MIGRATIONS, MIGRATIONS_
 pub use crate::descriptor::NodeRole;
 use crate::error::DbError;
 
-/// Which SQL dialect a [`Database`] speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Dialect {
-    /// PostgreSQL: production and scale-out.
-    Postgres,
-    /// SQLite: the embedded default.
-    Sqlite,
-}
+/// Which SQL dialect a [`Database`] speaks (the schema crate's, which the macro renders the
+/// migrations for).
+pub use geo_schema::Dialect;
 
 /// How long a SQLite connection waits for another writer before it reports "busy".
 pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);

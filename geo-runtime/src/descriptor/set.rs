@@ -146,12 +146,7 @@ fn check_clash(
 /// `^[a-z][a-z0-9_]{0,62}$`, the rule the macro enforces at compile time; checked again here
 /// because a descriptor can be written by hand.
 fn is_sql_identifier(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b[0].is_ascii_lowercase()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
+    geo_schema::ident::identifier_problem(s).is_none()
 }
 
 fn validate_identifiers(d: &ReplicatorDescriptor) -> Result<(), RegistrationError> {

@@ -33,7 +33,7 @@ use axum::routing::post;
 use crate::db::{Database, NodeRole};
 use crate::flags;
 use crate::registry::query::{Page, PageRequest, RegistryFilter, RegistrySort};
-use crate::registry::{Registry, RegistryRecord, SyncState};
+use crate::registry::{ColumnValue, Registry, RegistryRecord, SyncState};
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
 use crate::verification::VerificationState;
 
@@ -195,51 +195,41 @@ fn enum_value(name: &str) -> Value {
     Value::Enum(Name::new(name))
 }
 
+/// A column's value as GraphQL shows it: states as enum values, checksums in hex, times as
+/// RFC 3339 strings.
+fn column_value(value: ColumnValue<'_>) -> Value {
+    match value {
+        ColumnValue::SyncState(state) => enum_value(
+            SYNC_STATES
+                .iter()
+                .find(|(s, _)| *s == state)
+                .map_or("PENDING", |(_, name)| name),
+        ),
+        ColumnValue::VerificationState(state) => enum_value(
+            VERIFICATION_STATES
+                .iter()
+                .find(|(s, _)| *s == state)
+                .map_or("PENDING", |(_, name)| name),
+        ),
+        ColumnValue::I32(n) => Value::from(n),
+        ColumnValue::I64(n) => Value::from(n.to_string()),
+        ColumnValue::OptionalTimestamp(t) => ts(t),
+        ColumnValue::Timestamp(t) => ts(Some(t)),
+        ColumnValue::OptionalString(t) => opt_string(t.map(str::to_owned)),
+        ColumnValue::OptionalBytes(b) => opt_string(b.map(hex::encode)),
+        ColumnValue::Bool(b) => Value::from(b),
+    }
+}
+
 fn node(d: &ReplicatorDescriptor, r: RegistryRecord) -> Value {
     let fk = format!("{}Id", camel(d.replicable_name, false));
-    let state = SYNC_STATES
-        .iter()
-        .find(|(s, _)| *s == r.state)
-        .map_or("PENDING", |(_, n)| n);
-    let vstate = VERIFICATION_STATES
-        .iter()
-        .find(|(s, _)| *s == r.verification_state)
-        .map_or("PENDING", |(_, n)| n);
     let mut m: async_graphql::indexmap::IndexMap<Name, Value> = Default::default();
     m.insert(Name::new(fk), Value::from(r.model_record_id.to_string()));
-    if let Value::Object(rest) = object([
-        ("id", Value::from(r.id.to_string())),
-        ("state", enum_value(state)),
-        ("retryCount", Value::from(r.retry_count)),
-        ("lastSyncFailure", opt_string(r.last_sync_failure)),
-        ("retryAt", ts(r.retry_at)),
-        ("lastSyncedAt", ts(r.last_synced_at)),
-        ("createdAt", ts(Some(r.created_at))),
-        ("objectKey", opt_string(r.object_key)),
-        ("verificationState", enum_value(vstate)),
-        ("verificationStartedAt", ts(r.verification_started_at)),
-        ("verifiedAt", ts(r.verified_at)),
-        ("verificationRetryAt", ts(r.verification_retry_at)),
-        (
-            "verificationRetryCount",
-            Value::from(r.verification_retry_count),
-        ),
-        (
-            "verificationChecksum",
-            opt_string(r.verification_checksum.as_deref().map(hex::encode)),
-        ),
-        (
-            "verificationChecksumMismatched",
-            opt_string(
-                r.verification_checksum_mismatched
-                    .as_deref()
-                    .map(hex::encode),
-            ),
-        ),
-        ("checksumMismatch", Value::from(r.checksum_mismatch)),
-        ("verificationFailure", opt_string(r.verification_failure)),
-    ]) {
-        m.extend(rest);
+    m.insert(Name::new("id"), Value::from(r.id.to_string()));
+    for (column, value) in r.values() {
+        if column.in_graphql {
+            m.insert(Name::new(camel(column.name, false)), column_value(value));
+        }
     }
     Value::Object(m)
 }

@@ -8,6 +8,8 @@ use async_graphql::dynamic::{
 };
 use async_graphql::{Name, Value};
 
+use geo_schema::{ColumnType, REGISTRY_COLUMNS};
+
 use crate::registry::query::RegistrySort;
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
 use async_graphql::dynamic::SchemaBuilder;
@@ -126,31 +128,19 @@ fn registry_types(d: &ReplicatorDescriptor) -> [Object; 3] {
         .description(format!("A secondary's registry row of a {}.", d.model_type))
         .field(prop("id", TypeRef::named_nn(TypeRef::ID)))
         .field(prop(&fk_field, TypeRef::named_nn(TypeRef::ID)));
-    for (name, ty) in [
-        ("state", TypeRef::named_nn("ReplicationStateEnum")),
-        ("retryCount", TypeRef::named_nn(TypeRef::INT)),
-        ("lastSyncFailure", TypeRef::named(TypeRef::STRING)),
-        ("retryAt", TypeRef::named(TypeRef::STRING)),
-        ("lastSyncedAt", TypeRef::named(TypeRef::STRING)),
-        ("createdAt", TypeRef::named_nn(TypeRef::STRING)),
-        ("objectKey", TypeRef::named(TypeRef::STRING)),
-        (
-            "verificationState",
-            TypeRef::named_nn("VerificationStateEnum"),
-        ),
-        ("verificationStartedAt", TypeRef::named(TypeRef::STRING)),
-        ("verifiedAt", TypeRef::named(TypeRef::STRING)),
-        ("verificationRetryAt", TypeRef::named(TypeRef::STRING)),
-        ("verificationRetryCount", TypeRef::named_nn(TypeRef::INT)),
-        ("verificationChecksum", TypeRef::named(TypeRef::STRING)),
-        (
-            "verificationChecksumMismatched",
-            TypeRef::named(TypeRef::STRING),
-        ),
-        ("checksumMismatch", TypeRef::named_nn(TypeRef::BOOLEAN)),
-        ("verificationFailure", TypeRef::named(TypeRef::STRING)),
-    ] {
-        registry = registry.field(prop(name, ty));
+    // One field per column the schema shows, named in camel case, typed by what it holds.
+    for column in REGISTRY_COLUMNS.iter().filter(|c| c.in_graphql) {
+        let ty = match column.ty {
+            ColumnType::SyncState => TypeRef::named_nn("ReplicationStateEnum"),
+            ColumnType::VerificationState => TypeRef::named_nn("VerificationStateEnum"),
+            ColumnType::Count => TypeRef::named_nn(TypeRef::INT),
+            ColumnType::Attempt | ColumnType::CreatedAt => TypeRef::named_nn(TypeRef::STRING),
+            ColumnType::Time | ColumnType::Text | ColumnType::Failure | ColumnType::Bytes => {
+                TypeRef::named(TypeRef::STRING)
+            }
+            ColumnType::Flag => TypeRef::named_nn(TypeRef::BOOLEAN),
+        };
+        registry = registry.field(prop(&camel(column.name, false), ty));
     }
     let edge = Object::new(format!("{type_name}Edge"))
         .field(prop("cursor", TypeRef::named_nn(TypeRef::STRING)))

@@ -1,10 +1,10 @@
 //! What the test kit writes into a registry directly: whole rows (its factories) and time
 //! passing (a backoff or a re-verification interval elapsed). Never used by a running node.
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::TimeDelta;
 use sqlx::AssertSqlSafe;
 
-use super::{REGISTRY_COLUMNS, Registry, RegistryRecord, SyncState};
+use super::{ColumnValue, REGISTRY_COLUMNS, Registry, RegistryRecord, SyncState};
 use crate::db::dialect::{Ts, now, param, quote};
 use crate::db::on_pool;
 use crate::error::DbError;
@@ -38,30 +38,24 @@ impl Registry {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let ts = |t: Option<DateTime<Utc>>| t.map(Ts);
-        // In `REGISTRY_COLUMNS` order.
-        on_pool!(self.db, write, pool => sqlx::query(AssertSqlSafe(sql))
-            .bind(r.model_record_id)
-            .bind(r.state.as_i16())
-            .bind(r.retry_count)
-            .bind(ts(r.retry_at))
-            .bind(ts(r.last_synced_at))
-            .bind(r.sync_attempt)
-            .bind(r.object_key.as_deref())
-            .bind(r.last_sync_failure.as_deref())
-            .bind(Ts(r.created_at))
-            .bind(r.verification_state.as_i16())
-            .bind(ts(r.verification_started_at))
-            .bind(ts(r.verified_at))
-            .bind(ts(r.verification_retry_at))
-            .bind(r.verification_retry_count)
-            .bind(r.verification_checksum.as_deref())
-            .bind(r.verification_checksum_mismatched.as_deref())
-            .bind(r.checksum_mismatch)
-            .bind(r.verification_failure.as_deref())
-            .execute(pool)
-            .await?
-            .rows_affected());
+        let values = r.values();
+        on_pool!(self.db, write, pool => {
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(r.model_record_id);
+            for (_, value) in values {
+                q = match value {
+                    ColumnValue::SyncState(s) => q.bind(s.as_i16()),
+                    ColumnValue::VerificationState(s) => q.bind(s.as_i16()),
+                    ColumnValue::I32(n) => q.bind(n),
+                    ColumnValue::I64(n) => q.bind(n),
+                    ColumnValue::OptionalTimestamp(t) => q.bind(t.map(Ts)),
+                    ColumnValue::Timestamp(t) => q.bind(Ts(t)),
+                    ColumnValue::OptionalString(t) => q.bind(t),
+                    ColumnValue::OptionalBytes(b) => q.bind(b),
+                    ColumnValue::Bool(b) => q.bind(b),
+                };
+            }
+            q.execute(pool).await?.rows_affected()
+        });
         Ok(())
     }
 

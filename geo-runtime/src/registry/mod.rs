@@ -18,6 +18,6 @@ pub(crate) mod synced;
 pub use crate::retry::{LAST_SYNC_FAILURE_MAX, truncate_failure};
 pub(crate) use copies::{Copies, CopyFailure};
 pub use counts::StateCounts;
-pub use row::{REGISTRY_COLUMNS, RegistryRecord};
+pub use row::{ColumnValue, REGISTRY_COLUMNS, RegistryRecord};
 pub use state::{InvalidTransition, SyncEvent, SyncState};
 pub use store::{ClaimedRow, Registry, SyncFailure, SyncedCopy};

@@ -2,19 +2,21 @@
 
 use std::fmt;
 
+use geo_schema::state::sync;
+
 /// Sync state of a registry row. The numbers are Geo's and are stored as such.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 #[repr(i16)]
 pub enum SyncState {
     /// Waiting to be synced (a new row, an event, or a resync).
-    Pending = 0,
+    Pending = sync::PENDING,
     /// A worker is syncing it.
-    Started = 1,
+    Started = sync::STARTED,
     /// The local copy is in place.
-    Synced = 2,
+    Synced = sync::SYNCED,
     /// The last attempt failed; `retry_at` says when to try again.
-    Failed = 3,
+    Failed = sync::FAILED,
 }
 
 impl SyncState {
@@ -34,10 +36,10 @@ impl SyncState {
     /// The state for a stored value.
     pub const fn from_i16(value: i16) -> Option<Self> {
         match value {
-            0 => Some(SyncState::Pending),
-            1 => Some(SyncState::Started),
-            2 => Some(SyncState::Synced),
-            3 => Some(SyncState::Failed),
+            sync::PENDING => Some(SyncState::Pending),
+            sync::STARTED => Some(SyncState::Started),
+            sync::SYNCED => Some(SyncState::Synced),
+            sync::FAILED => Some(SyncState::Failed),
             _ => None,
         }
     }

@@ -8,15 +8,8 @@ use crate::db::dialect::RowReader;
 use crate::error::DbError;
 
 /// The verification columns, in the order generated SQL binds and selects them.
-pub const VERIFICATION_COLUMNS: [&str; 7] = [
-    "verification_state",
-    "verification_started_at",
-    "verification_retry_at",
-    "verified_at",
-    "verification_retry_count",
-    "verification_checksum",
-    "verification_failure",
-];
+pub const VERIFICATION_COLUMNS: [&str; 7] =
+    geo_schema::columns::names(&geo_schema::VERIFICATION_COLUMNS);
 
 /// The primary's verification state of one model record. A record with no state row yet reads
 /// as the default: pending, never verified.

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use geo_schema::state::verification;
+
 /// Verification state, with Geo's numeric values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -9,15 +11,15 @@ use std::fmt;
 pub enum VerificationState {
     /// Waiting for a checksum.
     #[default]
-    Pending = 0,
+    Pending = verification::PENDING,
     /// A worker is computing the checksum.
-    Started = 1,
+    Started = verification::STARTED,
     /// The checksum was computed (primary) or matched the primary's (secondary).
-    Succeeded = 2,
+    Succeeded = verification::SUCCEEDED,
     /// Checksumming failed, or the checksums did not match.
-    Failed = 3,
+    Failed = verification::FAILED,
     /// Not verified (e.g. the primary has no good checksum yet).
-    Disabled = 4,
+    Disabled = verification::DISABLED,
 }
 
 impl VerificationState {
@@ -38,11 +40,11 @@ impl VerificationState {
     /// The state for a stored value.
     pub const fn from_i16(value: i16) -> Option<Self> {
         match value {
-            0 => Some(VerificationState::Pending),
-            1 => Some(VerificationState::Started),
-            2 => Some(VerificationState::Succeeded),
-            3 => Some(VerificationState::Failed),
-            4 => Some(VerificationState::Disabled),
+            verification::PENDING => Some(VerificationState::Pending),
+            verification::STARTED => Some(VerificationState::Started),
+            verification::SUCCEEDED => Some(VerificationState::Succeeded),
+            verification::FAILED => Some(VerificationState::Failed),
+            verification::DISABLED => Some(VerificationState::Disabled),
             _ => None,
         }
     }
