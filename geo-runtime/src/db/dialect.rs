@@ -32,6 +32,8 @@ pub trait RowReader {
     fn opt_bytes(&self, column: &str) -> Result<Option<Vec<u8>>, DbError>;
     /// A nullable timestamp.
     fn opt_timestamp(&self, column: &str) -> Result<Option<DateTime<Utc>>, DbError>;
+    /// A JSON document (`JSONB` on PostgreSQL, its text on SQLite).
+    fn json(&self, column: &str) -> Result<serde_json::Value, DbError>;
     /// A timestamp.
     fn timestamp(&self, column: &str) -> Result<DateTime<Utc>, DbError> {
         self.opt_timestamp(column)?
@@ -41,6 +43,9 @@ pub trait RowReader {
 
 impl RowReader for PgRow {
     fn i64(&self, column: &str) -> Result<i64, DbError> {
+        Ok(self.try_get(column)?)
+    }
+    fn json(&self, column: &str) -> Result<serde_json::Value, DbError> {
         Ok(self.try_get(column)?)
     }
     fn i32(&self, column: &str) -> Result<i32, DbError> {
@@ -66,6 +71,14 @@ impl RowReader for PgRow {
 impl RowReader for SqliteRow {
     fn i64(&self, column: &str) -> Result<i64, DbError> {
         Ok(self.try_get(column)?)
+    }
+    fn json(&self, column: &str) -> Result<serde_json::Value, DbError> {
+        let text: String = self.try_get(column)?;
+        serde_json::from_str(&text).map_err(|e| DbError::InvalidValue {
+            column: column.to_owned(),
+            what: "JSON document",
+            value: e.to_string(),
+        })
     }
     fn i32(&self, column: &str) -> Result<i32, DbError> {
         Ok(self.try_get(column)?)

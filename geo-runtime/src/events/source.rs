@@ -5,11 +5,11 @@
 
 use std::future::Future;
 
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::AssertSqlSafe;
 
 use super::{Event, EventName, EventPayload};
 use crate::db::dialect::{IdList, RowReader, Ts, in_id_list, now, param};
-use crate::db::{Conn, Database, Dialect, on_conn, on_pool};
+use crate::db::{Conn, Database, on_conn, on_pool};
 use crate::error::DbError;
 
 /// Reading events failed.
@@ -70,8 +70,12 @@ impl DbEventSource {
 const EVENT_COLUMNS: &str =
     "\"id\", \"replicable_name\", \"event_name\", \"model_record_id\", \"payload\", \"created_at\"";
 
-fn decode<R: RowReader>(row: &R, payload: serde_json::Value) -> Result<Event, SourceError> {
+fn decode<R: RowReader>(row: &R) -> Result<Event, SourceError> {
     let id = row.i64("id")?;
+    let payload = row.json("payload").map_err(|e| SourceError::Malformed {
+        id,
+        reason: format!("payload: {e}"),
+    })?;
     let name = row
         .opt_string("event_name")?
         .unwrap_or_default()
@@ -103,53 +107,18 @@ async fn read_events(
     first: Bind,
     limit: Option<i64>,
 ) -> Result<Vec<Event>, SourceError> {
-    match db.dialect() {
-        Dialect::Postgres => {
-            let pool = db
-                .as_postgres()
-                .ok_or_else(|| SourceError::Transport("not postgres".into()))?;
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            q = match first {
-                Bind::Id(v) => q.bind(v),
-                Bind::Ids(v) => q.bind(v),
-            };
-            if let Some(l) = limit {
-                q = q.bind(l);
-            }
-            let rows = q.fetch_all(pool).await.map_err(DbError::from)?;
-            rows.iter()
-                .map(|r| {
-                    let payload: serde_json::Value = r.try_get("payload").map_err(DbError::from)?;
-                    decode(r, payload)
-                })
-                .collect()
+    on_pool!(db, read, pool => {
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        q = match first {
+            Bind::Id(v) => q.bind(v),
+            Bind::Ids(v) => q.bind(v),
+        };
+        if let Some(l) = limit {
+            q = q.bind(l);
         }
-        Dialect::Sqlite => {
-            let pool = db
-                .as_sqlite_readers()
-                .ok_or_else(|| SourceError::Transport("not sqlite".into()))?;
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            q = match first {
-                Bind::Id(v) => q.bind(v),
-                Bind::Ids(v) => q.bind(v),
-            };
-            if let Some(l) = limit {
-                q = q.bind(l);
-            }
-            let rows = q.fetch_all(pool).await.map_err(DbError::from)?;
-            rows.iter()
-                .map(|r| {
-                    let text: String = r.try_get("payload").map_err(DbError::from)?;
-                    let payload =
-                        serde_json::from_str(&text).map_err(|e| SourceError::Malformed {
-                            id: r.try_get("id").unwrap_or_default(),
-                            reason: format!("payload: {e}"),
-                        })?;
-                    decode(r, payload)
-                })
-                .collect()
-        }
-    }
+        let rows = q.fetch_all(pool).await.map_err(DbError::from)?;
+        rows.iter().map(decode).collect()
+    })
 }
 
 enum Bind {

@@ -241,6 +241,19 @@ fn descriptor<S: BlobStore>(
     })
 }
 
+/// Authenticates a request for `name`'s ids or checksums, then finds the replicable.
+async fn listing_scope<S: BlobStore>(
+    api: &PrimaryApi<S>,
+    headers: &HeaderMap,
+    name: &str,
+) -> Result<&'static ReplicatorDescriptor, ApiError> {
+    let scope = RequestScope::Replicables {
+        replicable_name: name.to_owned(),
+    };
+    authenticate(api, headers, &scope).await?;
+    descriptor(api, name)
+}
+
 /// A replicable the blob routes serve: unknown, or of another strategy, is 404.
 fn blob_descriptor<S: BlobStore>(
     api: &PrimaryApi<S>,
@@ -340,15 +353,7 @@ async fn replicables<S: BlobStore>(
     Path(name): Path<String>,
     Query(q): Query<IdsQuery>,
 ) -> Result<Json<IdsPage>, ApiError> {
-    authenticate(
-        &api,
-        &headers,
-        &RequestScope::Replicables {
-            replicable_name: name.clone(),
-        },
-    )
-    .await?;
-    let d = descriptor(&api, &name)?;
+    let d = listing_scope(&api, &headers, &name).await?;
     let limit = q.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
     let failed = |e: &dyn std::fmt::Display| {
         tracing::error!(error = %e, "listing model ids");
@@ -549,15 +554,7 @@ async fn checksums<S: BlobStore>(
     Path(name): Path<String>,
     Query(q): Query<ChecksumsQuery>,
 ) -> Result<Json<ChecksumsPage>, ApiError> {
-    authenticate(
-        &api,
-        &headers,
-        &RequestScope::Replicables {
-            replicable_name: name.clone(),
-        },
-    )
-    .await?;
-    let d = descriptor(&api, &name)?;
+    let d = listing_scope(&api, &headers, &name).await?;
     let ids = parse_ids(&q.ids)?;
     let rows = model_checksums(&api.db, d, &ids).await?;
     Ok(Json(ChecksumsPage {

@@ -33,11 +33,7 @@ impl Registry {
             .await?);
         rows.into_iter()
             .map(|(id, state, key)| {
-                let state = SyncState::from_i16(state).ok_or(DbError::InvalidValue {
-                    column: "state".into(),
-                    what: "sync state (0..=3)",
-                    value: state.to_string(),
-                })?;
+                let state = SyncState::stored(state)?;
                 Ok((id, state, key))
             })
             .collect()

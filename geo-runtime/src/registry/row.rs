@@ -113,16 +113,10 @@ impl RegistryRecord {
     /// Decodes a row selected with the generated column list; `foreign_key` is the model id
     /// column (`widget_id`).
     pub fn decode<R: RowReader>(row: &R, foreign_key: &str) -> Result<Self, DbError> {
-        let state = row.i16("state")?;
-        let verification_state = row.i16("verification_state")?;
         Ok(RegistryRecord {
             id: row.i64("id")?,
             model_record_id: row.i64(foreign_key)?,
-            state: SyncState::from_i16(state).ok_or(DbError::InvalidValue {
-                column: "state".into(),
-                what: "sync state (0..=3)",
-                value: state.to_string(),
-            })?,
+            state: SyncState::stored(row.i16("state")?)?,
             retry_count: row.i32("retry_count")?,
             retry_at: row.opt_timestamp("retry_at")?,
             last_synced_at: row.opt_timestamp("last_synced_at")?,
@@ -130,13 +124,7 @@ impl RegistryRecord {
             object_key: row.opt_string("object_key")?,
             last_sync_failure: row.opt_string("last_sync_failure")?,
             created_at: row.timestamp("created_at")?,
-            verification_state: VerificationState::from_i16(verification_state).ok_or(
-                DbError::InvalidValue {
-                    column: "verification_state".into(),
-                    what: "verification state (0..=4)",
-                    value: verification_state.to_string(),
-                },
-            )?,
+            verification_state: VerificationState::stored(row.i16("verification_state")?)?,
             verification_started_at: row.opt_timestamp("verification_started_at")?,
             verified_at: row.opt_timestamp("verified_at")?,
             verification_retry_at: row.opt_timestamp("verification_retry_at")?,

@@ -44,6 +44,15 @@ impl SyncState {
         }
     }
 
+    /// The state for a value read from the `state` column, or why it is none.
+    pub(crate) fn stored(value: i16) -> Result<Self, crate::error::DbError> {
+        Self::from_i16(value).ok_or(crate::error::DbError::InvalidValue {
+            column: "state".into(),
+            what: "sync state (0..=3)",
+            value: value.to_string(),
+        })
+    }
+
     /// Lower-case name, as Geo's `state_name`.
     pub const fn as_str(self) -> &'static str {
         match self {

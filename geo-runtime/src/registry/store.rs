@@ -332,11 +332,7 @@ impl Registry {
             on_conn!(conn, c => sqlx::query_as(sql).bind(ids).fetch_all(&mut *c).await?);
         rows.into_iter()
             .map(|(id, state, attempt)| {
-                let state = SyncState::from_i16(state).ok_or(DbError::InvalidValue {
-                    column: "state".into(),
-                    what: "sync state (0..=3)",
-                    value: state.to_string(),
-                })?;
+                let state = SyncState::stored(state)?;
                 Ok((id, (state, attempt)))
             })
             .collect()

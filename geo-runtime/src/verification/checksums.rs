@@ -210,19 +210,12 @@ impl Checksums {
         let rows: Vec<(i16, i64)> = on_pool!(self.db, read, pool => sqlx::query_as(AssertSqlSafe(self.sql.count_by_state.as_str())).fetch_all(pool).await?);
         let mut counts = VerificationCounts::default();
         for (state, n) in rows {
-            let count = match VerificationState::from_i16(state) {
-                Some(VerificationState::Pending) => &mut counts.pending,
-                Some(VerificationState::Started) => &mut counts.started,
-                Some(VerificationState::Succeeded) => &mut counts.succeeded,
-                Some(VerificationState::Failed) => &mut counts.failed,
-                Some(VerificationState::Disabled) => &mut counts.disabled,
-                None => {
-                    return Err(DbError::InvalidValue {
-                        column: "verification_state".into(),
-                        what: "verification state (0..=4)",
-                        value: state.to_string(),
-                    });
-                }
+            let count = match VerificationState::stored(state)? {
+                VerificationState::Pending => &mut counts.pending,
+                VerificationState::Started => &mut counts.started,
+                VerificationState::Succeeded => &mut counts.succeeded,
+                VerificationState::Failed => &mut counts.failed,
+                VerificationState::Disabled => &mut counts.disabled,
             };
             *count = n;
         }

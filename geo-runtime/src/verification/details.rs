@@ -34,15 +34,8 @@ pub struct VerificationDetails {
 impl VerificationDetails {
     /// Decodes the columns of [`VERIFICATION_COLUMNS`].
     pub fn decode<R: RowReader>(row: &R) -> Result<Self, DbError> {
-        let state = row.i16("verification_state")?;
         Ok(VerificationDetails {
-            verification_state: VerificationState::from_i16(state).ok_or(
-                DbError::InvalidValue {
-                    column: "verification_state".into(),
-                    what: "verification state (0..=4)",
-                    value: state.to_string(),
-                },
-            )?,
+            verification_state: VerificationState::stored(row.i16("verification_state")?)?,
             verification_started_at: row.opt_timestamp("verification_started_at")?,
             verification_retry_at: row.opt_timestamp("verification_retry_at")?,
             verified_at: row.opt_timestamp("verified_at")?,

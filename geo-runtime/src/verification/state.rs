@@ -49,6 +49,15 @@ impl VerificationState {
         }
     }
 
+    /// The state for a value read from a `verification_state` column, or why it is none.
+    pub(crate) fn stored(value: i16) -> Result<Self, crate::error::DbError> {
+        Self::from_i16(value).ok_or(crate::error::DbError::InvalidValue {
+            column: "verification_state".into(),
+            what: "verification state (0..=4)",
+            value: value.to_string(),
+        })
+    }
+
     /// Geo's name: `verification_pending`, …
     pub const fn as_str(self) -> &'static str {
         match self {
