@@ -3,9 +3,9 @@
 //! Depend on `geo-runtime`, which re-exports this macro; generated code reaches the runtime only
 //! through `::geo_runtime::__private` (or the path given with `crate = "…"`).
 //!
-//! Phases, one module each: [`replicable::args`] (darling) → [`replicable::validate`] (checks,
-//! every error accumulated with its span) → [`replicable::ir`] (the validated model) →
-//! [`codegen`] (tokens) and [`sql`] (the migrations for both dialects).
+//! Phases, one module each: `replicable::args` (darling) → `replicable::validate` (checks,
+//! every error accumulated with its span) → `replicable::ir` (the validated model) →
+//! `codegen` (tokens) and `sql` (the migrations for both dialects, from `geo-schema`'s columns).
 
 #![warn(missing_docs, unreachable_pub)]
 

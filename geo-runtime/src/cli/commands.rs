@@ -304,7 +304,7 @@ pub(super) async fn nodes(settings: Settings, action: NodesAction) -> Result<Exi
             }
             out(&format!(
                 "secondary `{name}` removed (its credentials stop working within {} s on a running primary)\n",
-                crate::node::server::NODE_CACHE_TTL.as_secs()
+                crate::node::NODE_CACHE_TTL.as_secs()
             ));
         }
         NodesAction::Disable { name } | NodesAction::Enable { name } => {
@@ -314,7 +314,7 @@ pub(super) async fn nodes(settings: Settings, action: NodesAction) -> Result<Exi
             out(&format!(
                 "secondary `{name}` {} (within {} s on a running primary)\n",
                 if enable { "enabled" } else { "disabled" },
-                crate::node::server::NODE_CACHE_TTL.as_secs()
+                crate::node::NODE_CACHE_TTL.as_secs()
             ));
         }
     }

@@ -36,9 +36,15 @@ use config::{ConfigError, Settings};
 #[derive(Debug, Parser)]
 #[command(name = "geo", version, about, long_about = None, disable_help_subcommand = true)]
 pub struct Cli {
-    /// Configuration file (TOML, flat keys); every key can also be set with GEO_<KEY>.
-    /// Defaults to $GEO_CONFIG, then ./geo.toml when it exists.
-    #[arg(short, long, global = true, value_name = "FILE")]
+    /// The configuration file.
+    #[arg(
+        short,
+        long,
+        global = true,
+        value_name = "FILE",
+        help = "Configuration file (TOML, flat keys); every key can also be set with GEO_<KEY>. \
+                Defaults to $GEO_CONFIG, then ./geo.toml when it exists."
+    )]
     pub config: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]

@@ -8,7 +8,7 @@ use reqwest::header::AUTHORIZATION;
 use reqwest::{StatusCode, Url};
 
 use super::auth::{RequestScope, Secret, authorization};
-use super::server::{ChecksumsPage, CursorReport, EventsPage, IdsPage, MAX_PAGE};
+use super::wire::{ChecksumsPage, CursorReport, EventsPage, IdsPage, MAX_PAGE};
 use super::wire::{FILE_NOT_FOUND, FrameReader, FrameStatus, HEADER_OBJECT_KEY, HEADER_SHA256};
 use crate::events::{Event, EventSource, SourceError};
 use crate::events::{ListedVersions, Listing, ModelIdSource};

@@ -26,11 +26,11 @@ use super::auth::SecretsKey;
 use super::auth::{AuthError, RequestScope, parse_authorization, verify};
 use super::nodes::{KnownNode, NodeError, find_by_access_key};
 use super::wire::{
-    BATCH_CONTENT_TYPE, FILE_NOT_FOUND, FrameStatus, HEADER_OBJECT_KEY, HEADER_SHA256, MAX_BATCH,
-    ObjectFrame, write_frame,
+    BATCH_CONTENT_TYPE, ChecksumsPage, CursorReport, EventsPage, FILE_NOT_FOUND, FrameStatus,
+    HEADER_OBJECT_KEY, HEADER_SHA256, IdsPage, MAX_BATCH, MAX_PAGE, ObjectFrame, write_frame,
 };
 use crate::db::Database;
-use crate::events::{DbEventSource, Event, EventSource, record_secondary_cursor};
+use crate::events::{DbEventSource, EventSource, record_secondary_cursor};
 use crate::events::{DbModelIdSource, ListedVersions, ModelIdSource};
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet, model_checksums, model_versions};
 use crate::storage::{BlobStore, LocalStore, Opened};
@@ -38,12 +38,9 @@ use crate::strategy;
 use crate::strategy::blob::serve::{self, READ_GROUP, ServeError, Served};
 use crate::strategy::blob::{Answer, Frame};
 
-/// Largest page of events or ids served at once.
-pub const MAX_PAGE: usize = 10_000;
-
 /// How long a node looked up for authentication is remembered (a disabled node is refused at
 /// most this long after it was disabled).
-pub const NODE_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const NODE_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 type NodeCache = std::sync::Arc<
     std::sync::Mutex<std::collections::HashMap<String, (KnownNode, std::time::Instant)>>,
@@ -281,15 +278,6 @@ struct EventsQuery {
     ids: Option<String>,
 }
 
-/// A page of events.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct EventsPage {
-    /// The events, in id order.
-    pub events: Vec<Event>,
-    /// The highest event id in the log.
-    pub latest_id: i64,
-}
-
 async fn events<S: BlobStore>(
     State(api): State<PrimaryApi<S>>,
     headers: HeaderMap,
@@ -328,23 +316,6 @@ struct IdsQuery {
     /// Add each record's key and verified checksum.
     #[serde(default)]
     versions: bool,
-}
-
-/// A page of model ids.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct IdsPage {
-    /// Ascending ids.
-    pub ids: Vec<i64>,
-    /// With `digest=true`: the hex of the page's
-    /// [`versions_digest`](crate::replicator::versions_digest).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub digest: Option<String>,
-    /// With `digest=true`: the ids of the page whose checksum is not verified yet.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub unverified: Vec<i64>,
-    /// With `versions=true`: each id's `[key, hex SHA-256]` (null when unknown), in order.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub versions: Option<Vec<(Option<String>, Option<String>)>>,
 }
 
 async fn replicables<S: BlobStore>(
@@ -541,13 +512,6 @@ struct ChecksumsQuery {
     ids: String,
 }
 
-/// The primary's verified checksums of some records.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ChecksumsPage {
-    /// `(id, hex SHA-256 or null)` for each requested record that exists.
-    pub checksums: Vec<(i64, Option<String>)>,
-}
-
 async fn checksums<S: BlobStore>(
     State(api): State<PrimaryApi<S>>,
     headers: HeaderMap,
@@ -563,13 +527,6 @@ async fn checksums<S: BlobStore>(
             .map(|(id, sum)| (id, sum.filter(|s| s.len() == 32).map(hex::encode)))
             .collect(),
     }))
-}
-
-/// How far a secondary has read.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct CursorReport {
-    /// Every event at or below this id has been applied.
-    pub last_event_id: i64,
 }
 
 async fn cursor<S: BlobStore>(

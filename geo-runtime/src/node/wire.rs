@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::events::Event;
+
 /// Response header: the object's SHA-256 (hex) when the primary has a verified checksum.
 pub const HEADER_SHA256: &str = "x-geo-sha256";
 /// Response header: the object's key on the primary.
@@ -11,35 +13,35 @@ pub const HEADER_OBJECT_KEY: &str = "x-geo-object-key";
 /// `geo_code` of a 404 whose record exists but whose object does not.
 pub const FILE_NOT_FOUND: &str = "FILE_NOT_FOUND";
 
-pub use crate::strategy::blob::{BATCH_INLINE_MAX, MAX_BATCH};
+pub(crate) use crate::strategy::blob::{BATCH_INLINE_MAX, MAX_BATCH};
 
 /// The content type of a batch response.
-pub const BATCH_CONTENT_TYPE: &str = "application/vnd.geo-objects";
+pub(crate) const BATCH_CONTENT_TYPE: &str = "application/vnd.geo-objects";
 
 /// The header of one object in a batch response: one line of JSON, followed by `size` bytes of
 /// the object when the status is [`FrameStatus::Ok`]. Frames come in the order of the request's
 /// ids, one per id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ObjectFrame {
+pub(crate) struct ObjectFrame {
     /// The model record.
-    pub id: i64,
+    pub(crate) id: i64,
     /// What follows.
-    pub status: FrameStatus,
+    pub(crate) status: FrameStatus,
     /// The object's key on the primary (`ok`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
+    pub(crate) key: Option<String>,
     /// The object's size (`ok` and `separately`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<u64>,
+    pub(crate) size: Option<u64>,
     /// Hex SHA-256, when the primary has verified the object (`ok`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
+    pub(crate) sha256: Option<String>,
 }
 
 /// The outcome of one object in a batch response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum FrameStatus {
+pub(crate) enum FrameStatus {
     /// The object's bytes follow.
     Ok,
     /// There is no such record on the primary.
@@ -53,7 +55,7 @@ pub enum FrameStatus {
 }
 
 /// Appends `frame`, and the object's bytes when it has them, to a batch response body.
-pub fn write_frame(out: &mut Vec<u8>, frame: &ObjectFrame, data: Option<&[u8]>) {
+pub(crate) fn write_frame(out: &mut Vec<u8>, frame: &ObjectFrame, data: Option<&[u8]>) {
     // Serialising a struct of strings and numbers cannot fail.
     let _ = serde_json::to_writer(&mut *out, frame);
     out.push(b'\n');
@@ -66,7 +68,7 @@ pub fn write_frame(out: &mut Vec<u8>, frame: &ObjectFrame, data: Option<&[u8]>) 
 const MAX_FRAME_HEADER: usize = 4096;
 
 /// Reads the frames of a batch response as they arrive.
-pub struct FrameReader {
+pub(crate) struct FrameReader {
     body: futures_util::stream::BoxStream<'static, Result<bytes::Bytes, String>>,
     buf: bytes::BytesMut,
 }
@@ -81,7 +83,7 @@ impl std::fmt::Debug for FrameReader {
 
 impl FrameReader {
     /// Reads the body `body`.
-    pub fn new(
+    pub(crate) fn new(
         body: impl futures_util::Stream<Item = Result<bytes::Bytes, String>> + Send + 'static,
     ) -> Self {
         use futures_util::StreamExt;
@@ -107,7 +109,7 @@ impl FrameReader {
     /// The next frame and, for an `ok` frame, the object's bytes; `None` at the end of the
     /// body. A malformed frame, an inline object larger than [`BATCH_INLINE_MAX`], or a body
     /// that ends inside a frame is an error (the rest of the response is unusable).
-    pub async fn next(&mut self) -> Result<Option<(ObjectFrame, bytes::Bytes)>, String> {
+    pub(crate) async fn next(&mut self) -> Result<Option<(ObjectFrame, bytes::Bytes)>, String> {
         let mut searched = 0;
         let line = loop {
             if let Some(at) = self.buf[searched..].iter().position(|&b| b == b'\n') {
@@ -224,4 +226,49 @@ mod tests {
             assert!(e.contains(want), "{what}: {e}");
         }
     }
+}
+
+// The JSON bodies of the routes (`nodes.md` lists them).
+
+/// Largest page of events or ids served at once.
+pub(crate) const MAX_PAGE: usize = 10_000;
+
+/// A page of events.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct EventsPage {
+    /// The events, in id order.
+    pub(crate) events: Vec<Event>,
+    /// The highest event id in the log.
+    pub(crate) latest_id: i64,
+}
+
+/// A page of model ids.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct IdsPage {
+    /// Ascending ids.
+    pub(crate) ids: Vec<i64>,
+    /// With `digest=true`: the hex of the page's
+    /// [`versions_digest`](crate::replicator::versions_digest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) digest: Option<String>,
+    /// With `digest=true`: the ids of the page whose checksum is not verified yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) unverified: Vec<i64>,
+    /// With `versions=true`: each id's `[key, hex SHA-256]` (null when unknown), in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) versions: Option<Vec<(Option<String>, Option<String>)>>,
+}
+
+/// How far a secondary has read.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct CursorReport {
+    /// Every event at or below this id has been applied.
+    pub(crate) last_event_id: i64,
+}
+
+/// The primary's verified checksums of some records.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ChecksumsPage {
+    /// `(id, hex SHA-256 or null)` for each requested record that exists.
+    pub(crate) checksums: Vec<(i64, Option<String>)>,
 }

@@ -7,7 +7,7 @@
 //! descriptor's [`Strategy`]: a new strategy is a new module plus an arm in each, and its own
 //! sync worker and routes registered beside the blob ones (`node::jobs`, `node::server`); the
 //! verification and check loops stay as they are. The blob sync worker takes only the blob
-//! replicables ([`is_blob`]), and the blob routes answer only for them.
+//! replicables (`is_blob`), and the blob routes answer only for them.
 
 pub mod blob;
 
