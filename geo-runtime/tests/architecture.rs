@@ -3,8 +3,8 @@
 //! hence no module cycle, and no source file over the size limit.
 //!
 //! It reads `src/` as text: a reference is `crate::<module>` (or `$crate::`, or one of the
-//! names in a `crate::{..}` group) outside comments and outside the file's `#[cfg(test)] mod
-//! tests`. `cargo test -p geo-runtime --test architecture -- --nocapture` prints the graph.
+//! names in a `crate::{..}` group) outside comments and outside unit tests (a file's
+//! `#[cfg(test)] mod tests`, or a `tests.rs`). `cargo test -p geo-runtime --test architecture -- --nocapture` prints the graph.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -250,6 +250,11 @@ fn read_source() -> Source {
             continue;
         };
         modules.insert(from.clone());
+        // A `tests.rs` is a module's unit tests in a file of their own: test code, which may
+        // reach for the test helpers (`testing`) like an inline `mod tests` does.
+        if file.file_name().is_some_and(|n| n == "tests.rs") {
+            continue;
+        }
         for to in references(&code_of(&text)) {
             if to != from && to != "self" {
                 edges

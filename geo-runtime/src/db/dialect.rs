@@ -122,6 +122,22 @@ pub fn now() -> DateTime<Utc> {
     DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
 }
 
+/// `state = n`, `state IN (..)`, or a condition that is always false for no state: the guard a
+/// state machine renders for the states an event applies to.
+pub(crate) fn state_in(state: &str, states: &[i16]) -> String {
+    match states {
+        [] => "1 = 0".to_owned(),
+        [one] => format!("{state} = {one}"),
+        many => format!(
+            "{state} IN ({})",
+            many.iter()
+                .map(i16::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@ pub use admin::AdminConfig;
 pub use auth::{RequestScope, Secret, SecretsKey};
 pub use client::{ClientError, PrimaryClient};
 pub use runner::{Node, NodeConfig, NodeHandle, NodeStartError, PrimaryConfig, SecondaryConfig};
+#[cfg(feature = "cli")]
 pub(crate) use server::NODE_CACHE_TTL;
 pub use server::{PrimaryApi, serve};
 

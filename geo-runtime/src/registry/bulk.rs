@@ -8,7 +8,7 @@ use crate::db::dialect::{IdList, in_id_list, param, quote};
 use crate::db::on_pool;
 use crate::error::DbError;
 use crate::verification::VerificationState;
-use crate::verification::sql::reset_to_pending;
+use crate::verification::sql::{not_running, reset_to_pending};
 
 impl Registry {
     /// Up to `limit` tracked model ids above `after`, ascending, only those in `sync_state`
@@ -47,7 +47,7 @@ impl Registry {
             return Ok(0);
         }
         let sql = format!(
-            "UPDATE {} SET {} WHERE {} AND \"state\" = {} AND \"verification_state\" <> {}",
+            "UPDATE {} SET {} WHERE {} AND \"state\" = {} AND {}",
             quote(self.descriptor.registry_table),
             reset_to_pending(),
             in_id_list(
@@ -56,7 +56,7 @@ impl Registry {
                 1
             ),
             SyncState::Synced.as_i16(),
-            VerificationState::Started.as_i16(),
+            not_running(),
         );
         let ids = IdList(model_record_ids.to_vec());
         Ok(

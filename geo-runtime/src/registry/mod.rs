@@ -14,6 +14,8 @@ pub(crate) mod sql;
 mod state;
 pub(crate) mod store;
 pub(crate) mod synced;
+#[cfg(all(test, feature = "testing"))]
+mod tests;
 
 pub use crate::retry::{LAST_SYNC_FAILURE_MAX, truncate_failure};
 pub(crate) use copies::{Copies, CopyFailure};

@@ -9,7 +9,7 @@ use crate::db::dialect::{
     skip_locked, synced_rows, true_literal,
 };
 use crate::descriptor::ReplicatorDescriptor;
-use crate::verification::VerificationState;
+use crate::verification::{VerificationEvent, VerificationState};
 
 /// A registry row's columns, as `RegistryRecord::decode` reads them: `"id", "<fk>", "state", ...`.
 pub(crate) fn row_columns(d: &ReplicatorDescriptor) -> String {
@@ -272,43 +272,55 @@ impl SecondaryVerificationSql {
         // A verification works on synced copies only; the statements that fail one fail its
         // sync too (`SyncEvent::FailVerification`, whose guard is the same condition).
         let fail_copy = SyncEvent::FailVerification.guard("\"state\"");
-        let this_attempt = format!(
-            "\"id\" = {} AND \"verification_state\" = {v_started} AND \"verification_started_at\" = {} AND {fail_copy}",
-            p(1),
-            p(2)
-        );
+        // The running attempt's outcome: the event's guard narrowed to started.
+        let vs = "\"verification_state\"";
+        let this_attempt = |event: VerificationEvent| {
+            format!(
+                "\"id\" = {} AND {} AND \"verification_started_at\" = {} AND {fail_copy}",
+                p(1),
+                event.guard_only(vs, &[VerificationState::Started]),
+                p(2)
+            )
+        };
+        let start = |from: VerificationState| VerificationEvent::Start.guard_only(vs, &[from]);
         SecondaryVerificationSql {
             claim: format!(
                 "UPDATE {t} SET \"verification_state\" = {v_started}, \"verification_started_at\" = {now} WHERE \"id\" IN (\
-                 SELECT \"id\" FROM {t} WHERE \"state\" = {synced} AND (\"verification_state\" = {v_pending} \
-                 OR (\"verification_state\" = {v_succeeded} AND \"verified_at\" < {before})) \
+                 SELECT \"id\" FROM {t} WHERE \"state\" = {synced} AND ({} \
+                 OR ({} AND \"verified_at\" < {before})) \
                  ORDER BY \"verified_at\" NULLS FIRST LIMIT {limit}{lock}) \
                  RETURNING \"id\", {fk} AS \"model_record_id\", \"object_key\", \"verification_checksum\", \"verification_retry_count\"",
+                start(VerificationState::Pending),
+                start(VerificationState::Succeeded),
                 now = p(2),
                 before = p(3),
                 limit = p(1)
             ),
             mark_succeeded: format!(
-                "UPDATE {t} SET \"verification_state\" = {v_succeeded}, \"verified_at\" = {}, \"verification_retry_count\" = 0, \"verification_retry_at\" = NULL, \"verification_failure\" = NULL, \"checksum_mismatch\" = {no}, \"verification_checksum_mismatched\" = NULL WHERE {this_attempt}",
+                "UPDATE {t} SET \"verification_state\" = {v_succeeded}, \"verified_at\" = {}, \"verification_retry_count\" = 0, \"verification_retry_at\" = NULL, \"verification_failure\" = NULL, \"checksum_mismatch\" = {no}, \"verification_checksum_mismatched\" = NULL WHERE {}",
                 p(3),
+                this_attempt(VerificationEvent::Succeed),
                 no = false_literal(dialect)
             ),
             mark_failed: format!(
                 "UPDATE {t} SET \"verification_state\" = {v_failed}, \"verification_failure\" = {}, \"checksum_mismatch\" = {}, \"verification_checksum_mismatched\" = {}, \"verified_at\" = {}, \
                  \"verification_retry_count\" = \"verification_retry_count\" + 1, \"verification_retry_at\" = {retry}, \
-                 \"state\" = {failed}, \"retry_count\" = \"verification_retry_count\" + 1, \"retry_at\" = {retry}, \"last_sync_failure\" = {} WHERE {this_attempt}",
+                 \"state\" = {failed}, \"retry_count\" = \"verification_retry_count\" + 1, \"retry_at\" = {retry}, \"last_sync_failure\" = {} WHERE {}",
                 p(3),
                 p(4),
                 p(5),
                 p(6),
                 p(8),
+                this_attempt(VerificationEvent::Fail),
                 retry = p(7)
             ),
             mark_disabled: format!(
-                "UPDATE {t} SET \"verification_state\" = {v_disabled} WHERE {this_attempt}"
+                "UPDATE {t} SET \"verification_state\" = {v_disabled} WHERE {}",
+                this_attempt(VerificationEvent::Disable)
             ),
             release_stuck: format!(
-                "UPDATE {t} SET \"verification_state\" = {v_pending} WHERE \"state\" = {synced} AND \"verification_state\" = {v_started} AND \"verification_started_at\" < {}",
+                "UPDATE {t} SET \"verification_state\" = {v_pending} WHERE \"state\" = {synced} AND {} AND \"verification_started_at\" < {}",
+                VerificationEvent::Pending.guard_only(vs, &[VerificationState::Started]),
                 p(1)
             ),
             claim_disabled: format!(
@@ -320,22 +332,24 @@ impl SecondaryVerificationSql {
                 p(1)
             ),
             disabled_succeeded: format!(
-                "UPDATE {t} SET \"verification_state\" = {v_succeeded}, \"verified_at\" = {}, \"verification_retry_count\" = 0, \"verification_retry_at\" = NULL, \"verification_failure\" = NULL, \"checksum_mismatch\" = {no} WHERE \"id\" = {} AND \"verification_state\" = {v_disabled} AND \"state\" = {synced}",
+                "UPDATE {t} SET \"verification_state\" = {v_succeeded}, \"verified_at\" = {}, \"verification_retry_count\" = 0, \"verification_retry_at\" = NULL, \"verification_failure\" = NULL, \"checksum_mismatch\" = {no} WHERE \"id\" = {} AND {} AND \"state\" = {synced}",
                 p(2),
                 p(1),
+                VerificationEvent::Succeed.guard_only(vs, &[VerificationState::Disabled]),
                 no = false_literal(dialect)
             ),
             disabled_mismatch: format!(
                 "UPDATE {t} SET \"verification_state\" = {v_failed}, \"verification_failure\" = {}, \"checksum_mismatch\" = {yes}, \"verification_checksum_mismatched\" = {}, \"verification_checksum\" = {}, \"verified_at\" = {}, \
                  \"verification_retry_count\" = \"verification_retry_count\" + 1, \"verification_retry_at\" = {retry}, \
                  \"state\" = {failed}, \"retry_count\" = \"verification_retry_count\" + 1, \"retry_at\" = {retry}, \"last_sync_failure\" = {} \
-                 WHERE \"id\" = {} AND \"verification_state\" = {v_disabled} AND {fail_copy}",
+                 WHERE \"id\" = {} AND {} AND {fail_copy}",
                 p(2),
                 p(3),
                 p(7),
                 p(4),
                 p(6),
                 p(1),
+                VerificationEvent::Fail.guard_only(vs, &[VerificationState::Disabled]),
                 retry = p(5),
                 yes = true_literal(dialect)
             ),

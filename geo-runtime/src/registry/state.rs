@@ -146,34 +146,20 @@ impl SyncEvent {
     /// The SQL condition that `state` (a column or an expression) is one this event applies to:
     /// `"state" = 1` or `"state" IN (2, 3)`.
     pub fn guard(self, state: &str) -> String {
-        state_in(state, &self.from_states())
+        self.guard_only(state, &SyncState::ALL)
     }
 
     /// [`SyncEvent::guard`] narrowed to `only` (a statement that performs the event on some of
     /// its states, e.g. the claim of failed rows). States the event does not apply to are left
     /// out: they can never be rendered into a statement.
     pub fn guard_only(self, state: &str, only: &[SyncState]) -> String {
-        let states: Vec<SyncState> = self
+        let states: Vec<i16> = self
             .from_states()
             .into_iter()
             .filter(|s| only.contains(s))
+            .map(SyncState::as_i16)
             .collect();
-        state_in(state, &states)
-    }
-}
-
-/// `state = n`, `state IN (..)`, or false for no state.
-fn state_in(state: &str, states: &[SyncState]) -> String {
-    match states {
-        [] => "1 = 0".to_owned(),
-        [one] => format!("{state} = {}", one.as_i16()),
-        many => format!(
-            "{state} IN ({})",
-            many.iter()
-                .map(|s| s.as_i16().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        crate::db::dialect::state_in(state, &states)
     }
 }
 

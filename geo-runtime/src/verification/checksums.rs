@@ -194,10 +194,10 @@ impl Checksums {
         }
         let (table, key) = (&self.sql.table, &self.sql.key);
         let sql = format!(
-            "UPDATE {table} SET {} WHERE {} AND \"verification_state\" <> {}",
+            "UPDATE {table} SET {} WHERE {} AND {}",
             reset_to_pending(),
             in_id_list(self.db.dialect(), key, 1),
-            VerificationState::Started.as_i16()
+            super::sql::not_running()
         );
         let ids = IdList(ids.to_vec());
         Ok(

@@ -3,7 +3,7 @@
 //! Like the registry's, the state machine lives in the `WHERE` clauses: only the attempt that
 //! started a checksum may record it, so a record changed while it was hashed stays pending.
 
-use super::VerificationState;
+use super::{VerificationEvent, VerificationState};
 use crate::db::Dialect;
 use crate::db::dialect::{param, plus_random_secs, quote, skip_locked};
 use crate::descriptor::{ReplicatorDescriptor, VerificationStorage};
@@ -20,6 +20,16 @@ pub(crate) fn reset_to_pending() -> String {
         "\"verification_state\" = {}, \"verification_retry_count\" = 0, \"verification_retry_at\" = NULL, \"verification_failure\" = NULL",
         VerificationState::Pending.as_i16()
     )
+}
+
+/// An operator's reverify: back to pending (`VerificationEvent::Pending`) every state but a
+/// running check, which is left to finish.
+pub(crate) fn not_running() -> String {
+    let others: Vec<VerificationState> = VerificationState::ALL
+        .into_iter()
+        .filter(|s| *s != VerificationState::Started)
+        .collect();
+    VerificationEvent::Pending.guard_only("\"verification_state\"", &others)
 }
 
 /// Verification statements for one replicable and dialect.
@@ -70,7 +80,7 @@ impl VerificationSql {
             Dialect::Sqlite => "BLOB",
         };
         let reset = reset_to_pending();
-        let [pending, started, succeeded, failed, _] =
+        let [_, started, succeeded, failed, _] =
             VerificationState::ALL.map(VerificationState::as_i16);
         let (ensure_rows, mark_pending) = match d.verification {
             VerificationStorage::SeparateTable { .. } => (
@@ -92,45 +102,57 @@ impl VerificationSql {
             "\"verification_state\" = {started}, \"verification_started_at\" = {}",
             p(2)
         );
+        // Each statement's condition on the state is the machine's (`VerificationEvent`),
+        // narrowed to what the statement takes: a claim one due state, an outcome the attempt.
+        let vs = "\"verification_state\"";
+        let claim = |from: VerificationState| VerificationEvent::Start.guard_only(vs, &[from]);
+        let running =
+            |event: VerificationEvent| event.guard_only(vs, &[VerificationState::Started]);
         VerificationSql {
             table: table.clone(),
             key: key.clone(),
             ensure_rows,
             mark_pending,
             claim_pending: format!(
-                "UPDATE {table} SET {start} WHERE {key} IN (SELECT {key} FROM {table} WHERE \"verification_state\" = {pending} ORDER BY \"verified_at\" NULLS FIRST, {key} LIMIT {}{lock}) RETURNING {key} AS \"id\", \"verification_retry_count\", CAST(NULL AS {bytes}) AS \"expected\"",
+                "UPDATE {table} SET {start} WHERE {key} IN (SELECT {key} FROM {table} WHERE {} ORDER BY \"verified_at\" NULLS FIRST, {key} LIMIT {}{lock}) RETURNING {key} AS \"id\", \"verification_retry_count\", CAST(NULL AS {bytes}) AS \"expected\"",
+                claim(VerificationState::Pending),
                 p(1)
             ),
             claim_reverify: format!(
-                "UPDATE {table} SET {start} WHERE {key} IN (SELECT {key} FROM {table} WHERE \"verification_state\" = {succeeded} AND \"verified_at\" < {} ORDER BY \"verified_at\" LIMIT {}{lock}) RETURNING {key} AS \"id\", \"verification_retry_count\", \"verification_checksum\" AS \"expected\"",
+                "UPDATE {table} SET {start} WHERE {key} IN (SELECT {key} FROM {table} WHERE {} AND \"verified_at\" < {} ORDER BY \"verified_at\" LIMIT {}{lock}) RETURNING {key} AS \"id\", \"verification_retry_count\", \"verification_checksum\" AS \"expected\"",
+                claim(VerificationState::Succeeded),
                 p(3),
                 p(1)
             ),
             claim_failed_due: format!(
-                "UPDATE {table} SET {start} WHERE {key} IN (SELECT {key} FROM {table} WHERE \"verification_state\" = {failed} AND (\"verification_retry_at\" IS NULL OR \"verification_retry_at\" <= {}) ORDER BY \"verification_retry_at\" LIMIT {}{lock}) RETURNING {key} AS \"id\", \"verification_retry_count\", \"verification_checksum\" AS \"expected\"",
+                "UPDATE {table} SET {start} WHERE {key} IN (SELECT {key} FROM {table} WHERE {} AND (\"verification_retry_at\" IS NULL OR \"verification_retry_at\" <= {}) ORDER BY \"verification_retry_at\" LIMIT {}{lock}) RETURNING {key} AS \"id\", \"verification_retry_count\", \"verification_checksum\" AS \"expected\"",
+                claim(VerificationState::Failed),
                 p(2),
                 p(1)
             ),
             mark_succeeded: format!(
-                "UPDATE {table} SET \"verification_state\" = {succeeded}, \"verification_checksum\" = {}, \"verified_at\" = {}, \"verification_failure\" = NULL, \"verification_retry_count\" = 0, \"verification_retry_at\" = NULL WHERE {key} = {} AND \"verification_state\" = {started} AND \"verification_started_at\" = {}",
+                "UPDATE {table} SET \"verification_state\" = {succeeded}, \"verification_checksum\" = {}, \"verified_at\" = {}, \"verification_failure\" = NULL, \"verification_retry_count\" = 0, \"verification_retry_at\" = NULL WHERE {key} = {} AND {} AND \"verification_started_at\" = {}",
                 p(3),
                 p(4),
                 p(1),
+                running(VerificationEvent::Succeed),
                 p(2)
             ),
             mark_failed: format!(
-                "UPDATE {table} SET \"verification_state\" = {failed}, \"verification_checksum\" = {}, \"verification_failure\" = {}, \"verified_at\" = {}, \"verification_retry_count\" = \"verification_retry_count\" + 1, \"verification_retry_at\" = {} WHERE {key} = {} AND \"verification_state\" = {started} AND \"verification_started_at\" = {}",
+                "UPDATE {table} SET \"verification_state\" = {failed}, \"verification_checksum\" = {}, \"verification_failure\" = {}, \"verified_at\" = {}, \"verification_retry_count\" = \"verification_retry_count\" + 1, \"verification_retry_at\" = {} WHERE {key} = {} AND {} AND \"verification_started_at\" = {}",
                 p(6),
                 p(3),
                 p(4),
                 p(5),
                 p(1),
+                running(VerificationEvent::Fail),
                 p(2)
             ),
             fail_timed_out: format!(
-                "UPDATE {table} SET \"verification_state\" = {failed}, \"verification_failure\" = {}, \"verification_retry_count\" = \"verification_retry_count\" + 1, \"verification_retry_at\" = {} WHERE \"verification_state\" = {started} AND \"verification_started_at\" < {}",
+                "UPDATE {table} SET \"verification_state\" = {failed}, \"verification_failure\" = {}, \"verification_retry_count\" = \"verification_retry_count\" + 1, \"verification_retry_at\" = {} WHERE {} AND \"verification_started_at\" < {}",
                 p(3),
                 plus_random_secs(dialect, &p(2), 58),
+                running(VerificationEvent::Fail),
                 p(1)
             ),
             count_by_state: format!(

@@ -76,20 +76,34 @@ impl fmt::Display for VerificationState {
     }
 }
 
-/// Events of the verification state machine.
+/// Events of the verification state machine. Each statement that changes a verification state
+/// performs one of them, and its `WHERE` on the state is rendered from
+/// [`VerificationEvent::apply`] (see [`VerificationEvent::guard`]), so the machine below is the
+/// one that runs, on the primary's records and on a secondary's copies alike.
+///
+/// Narrower than Geo's, which lets `start`, `fail` and `disable` fire from any state: here a
+/// claim starts only what is due (pending, failed, or succeeded long ago), and only the running
+/// attempt (or a disabled copy meeting the primary's checksum at last) can end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum VerificationEvent {
-    /// A worker starts checksumming: from any state.
+    /// A worker claims it: from pending, failed (its retry is due) or succeeded (due for
+    /// re-verification).
     Start,
     /// The checksum was stored and matched: from started, or from disabled when a secondary's
     /// copy gets the primary's checksum at last and the two agree.
     Succeed,
-    /// Checksumming failed: from any state.
+    /// Checksumming failed or did not match: from started, or from disabled when a secondary's
+    /// copy gets the primary's checksum at last and the two differ.
     Fail,
-    /// Verification is not possible: from any state.
+    /// Verification is not possible yet (the primary has no checksum): from started.
     Disable,
-    /// Verify again: from any state.
+    /// Verify again: from any state (a new or changed object, an operator's reverify, a check
+    /// that never finished).
     Pending,
+    /// A new copy arrived whose checksum was checked against the primary's on the way: from any
+    /// state, to succeeded.
+    CheckedOnArrival,
 }
 
 /// A verification transition the state machine does not allow.
@@ -103,24 +117,61 @@ pub struct InvalidVerificationTransition {
 }
 
 impl VerificationEvent {
+    /// Every event.
+    pub const ALL: [VerificationEvent; 6] = [
+        VerificationEvent::Start,
+        VerificationEvent::Succeed,
+        VerificationEvent::Fail,
+        VerificationEvent::Disable,
+        VerificationEvent::Pending,
+        VerificationEvent::CheckedOnArrival,
+    ];
+
     /// The state after this event, or why it is refused.
     pub const fn apply(
         self,
         from: VerificationState,
     ) -> Result<VerificationState, InvalidVerificationTransition> {
-        match (self, from) {
-            (
-                VerificationEvent::Succeed,
-                VerificationState::Started | VerificationState::Disabled,
-            ) => Ok(VerificationState::Succeeded),
-            (VerificationEvent::Succeed, _) => {
-                Err(InvalidVerificationTransition { from, event: self })
-            }
-            (VerificationEvent::Start, _) => Ok(VerificationState::Started),
-            (VerificationEvent::Fail, _) => Ok(VerificationState::Failed),
-            (VerificationEvent::Disable, _) => Ok(VerificationState::Disabled),
-            (VerificationEvent::Pending, _) => Ok(VerificationState::Pending),
+        use VerificationState::*;
+        let to = match (self, from) {
+            (VerificationEvent::Start, Pending | Failed | Succeeded) => Some(Started),
+            (VerificationEvent::Succeed, Started | Disabled) => Some(Succeeded),
+            (VerificationEvent::Fail, Started | Disabled) => Some(Failed),
+            (VerificationEvent::Disable, Started) => Some(Disabled),
+            (VerificationEvent::Pending, _) => Some(Pending),
+            (VerificationEvent::CheckedOnArrival, _) => Some(Succeeded),
+            _ => None,
+        };
+        match to {
+            Some(s) => Ok(s),
+            None => Err(InvalidVerificationTransition { from, event: self }),
         }
+    }
+
+    /// The states this event applies to, in numeric order.
+    pub fn from_states(self) -> Vec<VerificationState> {
+        VerificationState::ALL
+            .into_iter()
+            .filter(|&s| self.apply(s).is_ok())
+            .collect()
+    }
+
+    /// The SQL condition that `state` (a column or an expression) is one this event applies to.
+    pub fn guard(self, state: &str) -> String {
+        self.guard_only(state, &VerificationState::ALL)
+    }
+
+    /// [`VerificationEvent::guard`] narrowed to `only` (a statement that performs the event on
+    /// some of its states, e.g. the claim of failed records). States the event does not apply
+    /// to are left out: they can never be rendered into a statement.
+    pub fn guard_only(self, state: &str, only: &[VerificationState]) -> String {
+        let states: Vec<i16> = self
+            .from_states()
+            .into_iter()
+            .filter(|s| only.contains(s))
+            .map(VerificationState::as_i16)
+            .collect();
+        crate::db::dialect::state_in(state, &states)
     }
 }
 
@@ -141,6 +192,25 @@ mod tests {
     }
 
     #[test]
+    fn guards_render_the_machine() {
+        let v = "\"verification_state\"";
+        assert_eq!(
+            VerificationEvent::Start.guard(v),
+            format!("{v} IN (0, 2, 3)")
+        );
+        assert_eq!(VerificationEvent::Fail.guard(v), format!("{v} IN (1, 4)"));
+        assert_eq!(VerificationEvent::Disable.guard(v), format!("{v} = 1"));
+        assert_eq!(
+            VerificationEvent::Start.guard_only(v, &[VerificationState::Failed]),
+            format!("{v} = 3")
+        );
+        assert_eq!(
+            VerificationEvent::Start.guard_only(v, &[VerificationState::Started]),
+            "1 = 0"
+        );
+    }
+
+    #[test]
     fn succeed_only_from_started_or_disabled() {
         for from in VerificationState::ALL {
             let r = VerificationEvent::Succeed.apply(from);
@@ -153,12 +223,8 @@ mod tests {
                 assert!(r.is_err(), "succeed from {from} must be refused");
             }
             assert_eq!(
-                VerificationEvent::Fail.apply(from),
-                Ok(VerificationState::Failed)
-            );
-            assert_eq!(
-                VerificationEvent::Start.apply(from),
-                Ok(VerificationState::Started)
+                VerificationEvent::Pending.apply(from),
+                Ok(VerificationState::Pending)
             );
         }
     }
