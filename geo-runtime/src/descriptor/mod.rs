@@ -129,3 +129,27 @@ impl ReplicatorDescriptor {
         }
     }
 }
+
+/// A replicable for the crate's own unit tests (no migrations: a test creates its tables).
+#[cfg(test)]
+pub(crate) static TEST_WIDGET: ReplicatorDescriptor = ReplicatorDescriptor {
+    replicable_name: "widget",
+    replicable_name_plural: "widgets",
+    model_type: "Widget",
+    replicator_type: "WidgetReplicator",
+    strategy: Strategy::Blob,
+    model_table: "widgets",
+    model_id_column: "id",
+    model_foreign_key: "widget_id",
+    registry_table: "widget_registry",
+    verification: VerificationStorage::SeparateTable {
+        table: "widget_states",
+    },
+    feature_flag: "geo_widget_replication",
+    enabled_by_default: true,
+    blob_column: Some("file"),
+    file_store_column: None,
+    selective_sync_column: None,
+    primary_migrations: &[],
+    secondary_migrations: &[],
+};

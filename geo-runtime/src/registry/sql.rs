@@ -360,27 +360,8 @@ impl SecondaryVerificationSql {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::descriptor::{ReplicatorDescriptor, Strategy, VerificationStorage};
 
-    const WIDGET: ReplicatorDescriptor = ReplicatorDescriptor {
-        replicable_name: "widget",
-        replicable_name_plural: "widgets",
-        model_type: "Widget",
-        replicator_type: "WidgetReplicator",
-        strategy: Strategy::Blob,
-        model_table: "widgets",
-        model_id_column: "id",
-        model_foreign_key: "widget_id",
-        registry_table: "widget_registry",
-        verification: VerificationStorage::Inline,
-        feature_flag: "geo_widget_replication",
-        enabled_by_default: true,
-        blob_column: Some("file"),
-        file_store_column: None,
-        selective_sync_column: None,
-        primary_migrations: &[],
-        secondary_migrations: &[],
-    };
+    use crate::descriptor::TEST_WIDGET as WIDGET;
 
     /// The statements that fail a copy's verification fail only synced copies, as the machine's
     /// `FailVerification` (tests/secondary_verification.rs watches them do it on real copies;

@@ -11,31 +11,9 @@ use sqlx::AssertSqlSafe;
 use super::{Copies, CopyFailure, Registry, SyncState};
 use crate::db::dialect::{Ts, now, param, quote};
 use crate::db::{Database, on_pool};
-use crate::descriptor::{ReplicatorDescriptor, Strategy, VerificationStorage};
+use crate::descriptor::TEST_WIDGET as WIDGET;
 use crate::verification::sql::mark_pending_sql;
 use crate::verification::{Checksums, Due, VerificationEvent, VerificationState};
-
-static WIDGET: ReplicatorDescriptor = ReplicatorDescriptor {
-    replicable_name: "widget",
-    replicable_name_plural: "widgets",
-    model_type: "Widget",
-    replicator_type: "WidgetReplicator",
-    strategy: Strategy::Blob,
-    model_table: "widgets",
-    model_id_column: "id",
-    model_foreign_key: "widget_id",
-    registry_table: "widget_registry",
-    verification: VerificationStorage::SeparateTable {
-        table: "widget_states",
-    },
-    feature_flag: "geo_widget_replication",
-    enabled_by_default: true,
-    blob_column: Some("file"),
-    file_store_column: None,
-    selective_sync_column: None,
-    primary_migrations: &[],
-    secondary_migrations: &[],
-};
 
 /// The three tables, from the schema's columns (without the invariants' constraints, so that
 /// a row can be put in any state).
