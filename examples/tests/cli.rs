@@ -3,12 +3,11 @@
 //! `reverify`, `nodes` and the metrics endpoint; and its errors on bad input, one line each.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
 
 mod common;
 
-use common::{GEO, geo, ok, stderr, stdout, wait_for_line};
+use common::{eventually, geo, ok, spawn, status_json, stderr, stdout, terminate, wait_for_line};
 const ADMIN_TOKEN: &str = "an-admin-token-of-some-length";
 /// The primary's key for the secondaries' secrets (32 bytes, hex).
 const SECRETS_KEY: &str = "7a1c0e5b9d3f42a68c1e0b7d5f3a29c4e6b8d0f2a4c6e8b0d2f4a6c8e0b2d4f6";
@@ -145,58 +144,6 @@ fn bad_input_gets_one_clear_line() {
         &[],
     );
     assert!(sql.contains("CREATE TABLE \"widget_registry\""), "{sql}");
-}
-
-fn spawn(config: &Path, role: &str, env: &[(&str, &str)], log: &Path) -> Child {
-    let mut cmd = Command::new(GEO);
-    cmd.arg(role)
-        .env("GEO_CONFIG", config)
-        .env("RUST_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).expect("log file"));
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.spawn().expect("spawn geo")
-}
-
-fn terminate(mut child: Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            assert!(
-                status.success(),
-                "a node stopped by SIGTERM exits cleanly: {status:?}"
-            );
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the node did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn eventually(what: &str, mut check: impl FnMut() -> Result<(), String>) {
-    let start = Instant::now();
-    loop {
-        match check() {
-            Ok(()) => return,
-            Err(e) if start.elapsed() > Duration::from_secs(90) => panic!("{what}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
-}
-
-fn status_json(config: &Path, env: &[(&str, &str)]) -> serde_json::Value {
-    serde_json::from_str(&ok(config, &["status", "--json"], env)).expect("status json")
 }
 
 #[test]

@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub const GEO: &str = env!("CARGO_BIN_EXE_geo");
 
@@ -55,4 +56,66 @@ pub fn wait_for_line(child: &mut Child, prefix: &str) -> String {
             return rest.to_owned();
         }
     }
+}
+
+/// Runs `geo <role>` as a node, logging to `log`, its stdout piped (for [`wait_for_line`]).
+pub fn spawn(config: &Path, role: &str, env: &[(&str, &str)], log: &Path) -> Child {
+    let mut cmd = Command::new(GEO);
+    cmd.arg(role)
+        .env("GEO_CONFIG", config)
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).expect("log file"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn geo")
+}
+
+pub fn terminate(mut child: Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(
+                status.success(),
+                "a node stopped by SIGTERM exits cleanly: {status:?}"
+            );
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the node did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn eventually(what: &str, mut check: impl FnMut() -> Result<(), String>) {
+    let start = Instant::now();
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(e) if start.elapsed() > Duration::from_secs(90) => panic!("{what}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// `geo status --json`, healthy or not (exit 0 or 1 with the status on stdout).
+pub fn status_json(config: &Path, env: &[(&str, &str)]) -> serde_json::Value {
+    let o = geo(config, &["status", "--json"], env);
+    assert!(
+        matches!(o.status.code(), Some(0 | 1)) && !o.stdout.is_empty(),
+        "geo status: {:?}\nstdout: {}\nstderr: {}",
+        o.status,
+        stdout(&o),
+        stderr(&o)
+    );
+    serde_json::from_str(&stdout(&o)).expect("status json")
 }

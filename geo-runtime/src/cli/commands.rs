@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use super::config::Settings;
 use super::{
@@ -63,7 +64,10 @@ pub(super) async fn status(
         .unwrap_or_else(|| role.as_str().to_owned());
     let mut collector = StatusCollector::new(&db, role, set, &name);
     if role == NodeRole::Secondary {
-        collector = collector.with_primary(client(&settings)?);
+        let stall = Duration::from_secs(settings.positive("cursor_stall_secs")?);
+        collector = collector
+            .with_primary(client(&settings)?)
+            .with_cursor_stall(stall);
     }
     let status = collector.refresh().await?;
     if json {
@@ -75,7 +79,12 @@ pub(super) async fn status(
     } else {
         out(&status.render_table());
     }
-    Ok(ExitCode::SUCCESS)
+    // Like Geo's `geo:status` check: an unhealthy node fails the command (the reason printed).
+    Ok(if status.healthy() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// `geo migrations print`: the schema of a role, for a DBA to apply.
@@ -134,6 +143,11 @@ pub(super) async fn check(
     delete_extra: bool,
     confirm: bool,
 ) -> Result<ExitCode, CliError> {
+    if settings.get::<String>("role")?.as_deref() == Some("primary") {
+        return Err(CliError::Message(
+            "`geo check` runs on a secondary: it compares the secondary's copies with its primary (this configuration is a primary's)".into(),
+        ));
+    }
     settings.set("role", "secondary");
     let descriptors = match &only {
         Some(name) => vec![replicable(set, name)?],

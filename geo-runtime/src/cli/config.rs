@@ -132,6 +132,12 @@ pub const KEYS: &[Key] = &[
         doc: "how often the status is collected",
     },
     Key {
+        name: "cursor_stall_secs",
+        secret: false,
+        default: Some("300"),
+        doc: "secondary: unhealthy when the event cursor has not advanced for this long while the primary has newer events",
+    },
+    Key {
         name: "idle_timeout_secs",
         secret: false,
         default: Some("60"),
@@ -363,7 +369,8 @@ impl Settings {
         })
     }
 
-    fn positive(&self, name: &'static str) -> Result<u64, ConfigError> {
+    /// A whole number of at least 1.
+    pub(crate) fn positive(&self, name: &'static str) -> Result<u64, ConfigError> {
         let v: u64 = self.require(name, "")?;
         if v == 0 {
             let (raw, source) = self.raw(name).unwrap_or_default_pair();
@@ -421,8 +428,9 @@ impl Settings {
         Ok(c)
     }
 
-    /// A secondary's configuration.
-    pub fn secondary(&self) -> Result<SecondaryConfig, ConfigError> {
+    /// How a secondary reaches its primary: URL, access key, secret, idle timeout (what the
+    /// one-shot commands need; no admin endpoint).
+    pub fn primary_connection(&self) -> Result<(String, String, Secret, Duration), ConfigError> {
         let why = "needed by a secondary";
         let primary_url: String = self.require("primary_url", why)?;
         if !(primary_url.starts_with("http://") || primary_url.starts_with("https://")) {
@@ -434,11 +442,23 @@ impl Settings {
                 reason: "must start with http:// or https://".into(),
             });
         }
+        Ok((
+            primary_url,
+            self.require::<String>("access_key", why)?,
+            Secret::new(self.require::<String>("secret", why)?),
+            Duration::from_secs(self.positive("idle_timeout_secs")?),
+        ))
+    }
+
+    /// A secondary's configuration.
+    pub fn secondary(&self) -> Result<SecondaryConfig, ConfigError> {
+        let why = "needed by a secondary";
+        let (primary_url, access_key, secret, idle_timeout) = self.primary_connection()?;
         let mut c = SecondaryConfig::new(
             &self.require::<String>("name", why)?,
             &primary_url,
-            &self.require::<String>("access_key", why)?,
-            Secret::new(self.require::<String>("secret", why)?),
+            &access_key,
+            secret,
             self.require::<PathBuf>("storage_root", why)?,
         );
         c.sync = SyncConfig {
@@ -457,9 +477,10 @@ impl Settings {
             ),
             ..SecondaryVerifyConfig::default()
         };
-        c.idle_timeout = Duration::from_secs(self.positive("idle_timeout_secs")?);
+        c.idle_timeout = idle_timeout;
         c.admin = self.admin()?;
         c.status_interval = Duration::from_secs(self.positive("status_interval_secs")?);
+        c.cursor_stall = Duration::from_secs(self.positive("cursor_stall_secs")?);
         Ok(c)
     }
 }

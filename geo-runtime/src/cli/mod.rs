@@ -10,7 +10,8 @@
 //! print|apply`, `check`, `resync`, `reverify`, `nodes add|list|enable|disable` and `replicables`
 //! are one-shot commands. Configuration comes from a TOML file (`--config`, or `GEO_CONFIG`) with
 //! every key overridable by `GEO_<KEY>` (see [`config::KEYS`]). Errors are one line on stderr
-//! and exit code 1; `check` also exits with 1 when it finds differences; usage errors exit with 2.
+//! and exit code 1; `check` also exits with 1 when it finds differences, `status` when the node
+//! is unhealthy; usage errors exit with 2.
 
 mod commands;
 pub mod config;
@@ -391,14 +392,11 @@ async fn connect(settings: &Settings) -> Result<Database, CliError> {
     })
 }
 
+/// The client to the primary, from the keys that say how to reach it (a one-shot command needs
+/// no admin endpoint, hence no admin token).
 fn client(settings: &Settings) -> Result<PrimaryClient, CliError> {
-    let c = settings.secondary()?;
-    Ok(PrimaryClient::new(
-        &c.primary_url,
-        &c.access_key,
-        c.secret,
-        c.idle_timeout,
-    )?)
+    let (url, access_key, secret, idle_timeout) = settings.primary_connection()?;
+    Ok(PrimaryClient::new(&url, &access_key, secret, idle_timeout)?)
 }
 
 fn out(text: &str) {

@@ -3,11 +3,13 @@
 //!
 //! - `GET /status`: the latest [`NodeStatus`](crate::status::NodeStatus) as JSON;
 //! - `GET /metrics`: Geo's gauges plus the node's counters, Prometheus' text format;
-//! - `GET /health`: `200 {"healthy":true}` or `503` with the reason;
+//! - `GET /health`: `200 {"healthy":true}` or `503 {"healthy":false}`, with the reason only
+//!   for a request that carries the token;
 //! - `POST /graphql` (feature `graphql`): the registries API ([`crate::graphql`]).
 //!
-//! Every request needs `Authorization: Bearer <admin token>` (compared in constant time), checked
-//! before anything is read; Prometheus sends it with `authorization: {credentials: ...}` in its
+//! `/health` answers without a token, so that a load balancer or an orchestrator can probe it;
+//! it says nothing but healthy or not. Every other request needs `Authorization: Bearer <admin
+//! token>` (compared in constant time), checked before anything is read; Prometheus sends it with `authorization: {credentials: ...}` in its
 //! scrape config. The endpoints serve the snapshot the status collector keeps, so a scrape costs
 //! no database work.
 
@@ -60,13 +62,16 @@ pub fn router_with(
         status,
         metrics,
     };
-    axum::Router::new()
+    let guarded = axum::Router::new()
         .route("/status", get(status_json))
         .route("/metrics", get(prometheus))
-        .route("/health", get(health))
         .with_state(state.clone())
         .merge(extra)
-        .layer(middleware::from_fn_with_state(state, require_token))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    axum::Router::new()
+        .route("/health", get(health))
+        .with_state(state)
+        .merge(guarded)
 }
 
 /// Serves the admin router on `listener` until `shutdown` is cancelled.
@@ -80,24 +85,26 @@ pub async fn serve(
         .await
 }
 
-async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
+/// Whether `headers` carry the admin token.
+fn authorized(state: &AdminState, headers: &axum::http::HeaderMap) -> bool {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(token) if state.token.matches(token) => next.run(request).await,
-        _ => {
-            tracing::warn!(path = %request.uri().path(), "refused an admin request without a valid token");
-            (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                Json(json!({"message": "a valid admin token is required"})),
-            )
-                .into_response()
-        }
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|token| state.token.matches(token))
+}
+
+async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    if authorized(&state, request.headers()) {
+        return next.run(request).await;
     }
+    tracing::warn!(path = %request.uri().path(), "refused an admin request without a valid token");
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        Json(json!({"message": "a valid admin token is required"})),
+    )
+        .into_response()
 }
 
 fn not_collected() -> Response {
@@ -115,15 +122,26 @@ async fn status_json(State(state): State<AdminState>) -> Response {
     }
 }
 
-async fn health(State(state): State<AdminState>) -> Response {
+async fn health(State(state): State<AdminState>, headers: axum::http::HeaderMap) -> Response {
+    let detailed = authorized(&state, &headers);
     match state.status.latest() {
         Some(s) if s.healthy() => Json(json!({"healthy": true})).into_response(),
-        Some(s) => (
+        Some(s) if detailed => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"healthy": false, "status_message": s.status_message, "last_successful_status_check_at": s.collected_at})),
         )
             .into_response(),
-        None => not_collected(),
+        Some(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"healthy": false})),
+        )
+            .into_response(),
+        None if detailed => not_collected(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"healthy": false})),
+        )
+            .into_response(),
     }
 }
 

@@ -101,6 +101,9 @@ pub struct SecondaryConfig {
     pub admin: Option<AdminConfig>,
     /// How often the status is collected (Geo: once a minute).
     pub status_interval: Duration,
+    /// The node is unhealthy when its event cursor has not stepped for this long while the
+    /// primary has newer events ([`crate::status::CURSOR_STALL`] by default).
+    pub cursor_stall: Duration,
 }
 
 impl SecondaryConfig {
@@ -128,6 +131,7 @@ impl SecondaryConfig {
             verification: SecondaryVerifyConfig::default(),
             admin: None,
             status_interval: Duration::from_secs(60),
+            cursor_stall: crate::status::CURSOR_STALL,
         }
     }
 }
@@ -427,7 +431,8 @@ impl Node {
         jobs::spawn_all(&tracker, &cancel, jobs);
 
         let status = StatusCollector::new(db, NodeRole::Secondary, set, &c.name)
-            .with_primary(client.clone());
+            .with_primary(client.clone())
+            .with_cursor_stall(c.cursor_stall);
         let admin_addr = start_status(
             &tracker,
             &cancel,

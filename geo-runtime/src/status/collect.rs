@@ -36,6 +36,7 @@ pub struct StatusCollector {
     descriptors: Vec<&'static ReplicatorDescriptor>,
     name: String,
     primary: Option<PrimaryEvents>,
+    cursor_stall: std::time::Duration,
     latest: Arc<RwLock<Option<Arc<NodeStatus>>>>,
 }
 
@@ -48,6 +49,7 @@ impl StatusCollector {
             descriptors: set.descriptors().to_vec(),
             name: name.to_owned(),
             primary: None,
+            cursor_stall: super::CURSOR_STALL,
             latest: Arc::default(),
         }
     }
@@ -59,6 +61,13 @@ impl StatusCollector {
             let events = events.clone();
             Box::pin(async move { events.latest_event_id().await })
         })));
+        self
+    }
+
+    /// A secondary is unhealthy when its cursor has not stepped for `stall` while the primary
+    /// has newer events (default [`CURSOR_STALL`](super::CURSOR_STALL)).
+    pub fn with_cursor_stall(mut self, stall: std::time::Duration) -> Self {
+        self.cursor_stall = stall;
         self
     }
 
@@ -161,7 +170,30 @@ impl StatusCollector {
                 Err(e) => status.status_message = format!("the primary is unreachable: {e}"),
             }
         }
+        if status.status_message.is_empty()
+            && let Some(stalled) = self.stalled(status)
+        {
+            status.status_message = stalled;
+        }
         Ok(())
+    }
+
+    /// Why the cursor counts as stalled: behind the primary and not stepped for longer than
+    /// the threshold (a stopped or stuck secondary).
+    fn stalled(&self, status: &NodeStatus) -> Option<String> {
+        let behind = status.cursor_events_behind.filter(|b| *b > 0)?;
+        let Some(updated_at) = status.cursor_updated_at else {
+            return Some(format!(
+                "the event cursor never ran while the primary has {behind} events (is the secondary running?)"
+            ));
+        };
+        let idle = (status.collected_at - updated_at).to_std().ok()?;
+        (idle > self.cursor_stall).then(|| {
+            format!(
+                "the event cursor has not advanced for {} s while the primary has {behind} newer events (is the secondary running?)",
+                idle.as_secs()
+            )
+        })
     }
 }
 

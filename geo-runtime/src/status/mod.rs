@@ -23,6 +23,10 @@ use serde_json::{Map, Value};
 use crate::db::NodeRole;
 use crate::db::dialect::now;
 
+/// A secondary whose event cursor has not stepped for this long while the primary has newer
+/// events is unhealthy (stopped, or stuck), unless configured otherwise (`cursor_stall_secs`).
+pub const CURSOR_STALL: Duration = Duration::from_secs(300);
+
 /// A status older than this makes the node unhealthy (Geo's `EXPIRATION_IN_MINUTES`).
 pub const STATUS_EXPIRY: Duration = Duration::from_secs(3600);
 

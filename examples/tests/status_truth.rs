@@ -1,0 +1,130 @@
+//! The status tells the truth, through the `geo` binary: a stopped secondary that falls behind is
+//! unhealthy and `geo status` fails; `/health` answers a probe without the admin token and says
+//! nothing else; one-shot commands need no admin token; `geo check` on a primary says where it
+//! runs.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{eventually, geo, ok, spawn, status_json, stderr, stdout, terminate, wait_for_line};
+
+const ADMIN_TOKEN: &str = "an-admin-token-of-some-length";
+
+fn write(path: &Path, text: &str) -> PathBuf {
+    std::fs::write(path, text).expect("write config");
+    path.to_owned()
+}
+
+/// `GET url` with an optional bearer token: (status code, body).
+fn get(url: &str, token: Option<&str>) -> (u16, String) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let mut r = reqwest::Client::new().get(url);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        let r = r.send().await.expect("request");
+        (r.status().as_u16(), r.text().await.expect("body"))
+    })
+}
+
+#[test]
+fn a_stopped_secondary_that_falls_behind_is_unhealthy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let primary = write(
+        &d.join("primary.toml"),
+        &format!(
+            "role = \"primary\"\nname = \"east\"\ndatabase_url = \"sqlite://{d}/primary.db\"\nstorage_root = \"{d}/primary-objects\"\nlisten = \"127.0.0.1:0\"\n",
+            d = d.display()
+        ),
+    );
+    ok(&primary, &["app-schema"], &[]);
+    ok(&primary, &["migrations", "apply"], &[]);
+    let creds = ok(
+        &primary,
+        &["nodes", "add", "west", "--url", "http://west.example"],
+        &[],
+    );
+    let field = |name: &str| {
+        creds
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} = \"")))
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or_else(|| panic!("{name} in {creds}"))
+            .to_owned()
+    };
+    let (access_key, secret) = (field("access_key"), field("secret"));
+    ok(&primary, &["app-create", "widget", "1", "5"], &[]);
+    let mut primary_node = spawn(&primary, "primary", &[], &d.join("primary.log"));
+    let url = wait_for_line(&mut primary_node, "primary API listening on ");
+
+    // A one-second stall threshold, so that the test need not wait five minutes.
+    let secondary = write(
+        &d.join("secondary.toml"),
+        &format!(
+            "role = \"secondary\"\nname = \"west\"\ndatabase_url = \"sqlite://{d}/secondary.db\"\nstorage_root = \"{d}/secondary-objects\"\nprimary_url = \"{url}\"\naccess_key = \"{access_key}\"\nadmin_listen = \"127.0.0.1:0\"\nstatus_interval_secs = 1\ncursor_stall_secs = 1\n",
+            d = d.display()
+        ),
+    );
+    let node_env = [
+        ("GEO_SECRET", secret.as_str()),
+        ("GEO_ADMIN_TOKEN", ADMIN_TOKEN),
+    ];
+    // One-shot commands get the secret, never the admin token.
+    let env = [("GEO_SECRET", secret.as_str())];
+    let mut secondary_node = spawn(&secondary, "secondary", &node_env, &d.join("secondary.log"));
+    let admin = wait_for_line(&mut secondary_node, "admin endpoint on ");
+    let admin = admin.split_whitespace().next().expect("address").to_owned();
+    eventually("the secondary syncs", || {
+        let s = status_json(&secondary, &env);
+        if s["widgets_synced_count"] == 5 && s["healthy"] == true {
+            Ok(())
+        } else {
+            Err(s.to_string())
+        }
+    });
+    let table = ok(&secondary, &["status"], &env);
+    assert!(table.contains("node west (secondary) · healthy"), "{table}");
+
+    // A probe needs no token and learns nothing but the health; the rest needs the token.
+    eventually("the admin endpoint's status is collected", || {
+        match get(&format!("{admin}/health"), None) {
+            (200, body) if body == r#"{"healthy":true}"# => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    assert_eq!(get(&format!("{admin}/status"), None).0, 401);
+    assert_eq!(get(&format!("{admin}/metrics"), None).0, 401);
+    assert_eq!(get(&format!("{admin}/status"), Some(ADMIN_TOKEN)).0, 200);
+
+    // The secondary stops; the primary goes on.
+    terminate(secondary_node);
+    ok(&primary, &["app-create", "widget", "6", "10"], &[]);
+    eventually("the stopped secondary is reported unhealthy", || {
+        let o = geo(&secondary, &["status"], &env);
+        let text = stdout(&o);
+        if o.status.code() == Some(1)
+            && text.contains("UNHEALTHY: the event cursor has not advanced for")
+            && text.contains("while the primary has 5 newer events")
+        {
+            Ok(())
+        } else {
+            Err(format!("{:?}: {text}{}", o.status, stderr(&o)))
+        }
+    });
+    let s = status_json(&secondary, &env);
+    assert_eq!(s["healthy"], false, "{s}");
+    assert_eq!(s["cursor_events_behind"], 5, "{s}");
+
+    // `check` is a secondary's command.
+    let o = geo(&primary, &["check"], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("`geo check` runs on a secondary"),
+        "{}",
+        stderr(&o)
+    );
+    terminate(primary_node);
+}
