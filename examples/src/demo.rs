@@ -125,7 +125,10 @@ pub async fn run(options: &Options, out: &mut dyn Write) -> Result<Outcome> {
     // The primary: the application's tables, then the node (it applies the runtime's schema).
     let primary_db = Database::connect(&format!("sqlite://{}/primary.db", base.display())).await?;
     app::create_app_tables(&primary_db).await?;
-    let mut pconfig = PrimaryConfig::new("127.0.0.1:0".parse()?, base.join("primary-objects"));
+    // The application's object store: the primary serves from it and refuses to start without it.
+    let objects = base.join("primary-objects");
+    std::fs::create_dir_all(&objects).with_context(|| format!("create {}", objects.display()))?;
+    let mut pconfig = PrimaryConfig::new("127.0.0.1:0".parse()?, objects);
     pconfig.name = "east".into();
     pconfig.verification = VerifyConfig {
         idle_wait: Duration::from_millis(100),

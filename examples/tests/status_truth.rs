@@ -126,5 +126,51 @@ fn a_stopped_secondary_that_falls_behind_is_unhealthy() {
         "{}",
         stderr(&o)
     );
+
+    // Ids that name nothing are said, and fail the command, after the others were acted on.
+    let o = geo(&secondary, &["resync", "widget", "--id", "1,999"], &env);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "widget: 1 rows back to pending; the sync downloads them again\n"
+    );
+    assert_eq!(
+        stderr(&o).trim_end(),
+        "error: widget: no registry row for id 999"
+    );
+    let o = geo(&primary, &["reverify", "widget", "--id", "2,998,999"], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o).trim_end(),
+        "error: widget: no record for id 998, 999"
+    );
+
+    // A primary whose objects are gone: unhealthy, and refused at start, naming the key.
     terminate(primary_node);
+    let objects = d.join("primary-objects");
+    std::fs::rename(&objects, d.join("elsewhere")).expect("move the objects away");
+    let o = geo(&primary, &["status"], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("UNHEALTHY: the store cannot serve objects: storage_root ")
+            && stdout(&o).contains("it does not exist"),
+        "{}",
+        stdout(&o)
+    );
+    let o = geo(&primary, &["primary"], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the primary cannot serve objects from storage_root ")
+            && stderr(&o).contains("it does not exist"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::write(&objects, b"a file, not a directory").expect("write");
+    let o = geo(&primary, &["primary"], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("it is not a directory"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -114,6 +114,31 @@ where
     }
 }
 
+/// The ids out of `ids` that no record has on a node of `role`: no registry row on a
+/// secondary, no model record on a primary (an operator's typo, or a record since deleted).
+pub async fn unknown_ids(
+    db: &Database,
+    role: NodeRole,
+    d: &'static ReplicatorDescriptor,
+    ids: &[i64],
+) -> Result<Vec<i64>, DbError> {
+    match role {
+        NodeRole::Secondary => Registry::new(db, d).untracked(ids).await,
+        NodeRole::Primary => {
+            let known: std::collections::HashSet<i64> = crate::model::model_object_keys(db, d, ids)
+                .await?
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
+            Ok(ids
+                .iter()
+                .copied()
+                .filter(|id| !known.contains(id))
+                .collect())
+        }
+    }
+}
+
 /// Secondary: the selected synced or failed rows go back to pending and are downloaded again.
 /// Returns how many rows changed.
 pub async fn resync(

@@ -63,6 +63,11 @@ pub(super) async fn status(
         .get::<String>("name")?
         .unwrap_or_else(|| role.as_str().to_owned());
     let mut collector = StatusCollector::new(&db, role, set, &name);
+    if role == NodeRole::Primary
+        && let Some(root) = settings.get::<PathBuf>("storage_root")?
+    {
+        collector = collector.with_store(LocalStore::new(root));
+    }
     if role == NodeRole::Secondary {
         let stall = Duration::from_secs(settings.positive("cursor_stall_secs")?);
         collector = collector
@@ -257,7 +262,33 @@ pub(super) async fn resync(
         "{}: {n} rows back to pending; the sync downloads them again\n",
         d.replicable_name
     ));
-    Ok(ExitCode::SUCCESS)
+    unknown_ids(&db, NodeRole::Secondary, d, &target).await
+}
+
+/// Fails when some of `--id` name no record here (after acting on the others).
+async fn unknown_ids(
+    db: &crate::db::Database,
+    role: NodeRole,
+    d: &'static crate::replicator::ReplicatorDescriptor,
+    target: &Target,
+) -> Result<ExitCode, CliError> {
+    if target.all {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let unknown = operations::unknown_ids(db, role, d, &target.ids).await?;
+    if unknown.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let list: Vec<String> = unknown.iter().map(i64::to_string).collect();
+    let what = match role {
+        NodeRole::Secondary => "no registry row",
+        NodeRole::Primary => "no record",
+    };
+    Err(CliError::Message(format!(
+        "{}: {what} for id {}",
+        d.replicable_name,
+        list.join(", ")
+    )))
 }
 
 /// `geo reverify`: records marked for verification, on either role.
@@ -279,7 +310,7 @@ pub(super) async fn reverify(
         "{}: {n} records marked for verification\n",
         d.replicable_name
     ));
-    Ok(ExitCode::SUCCESS)
+    unknown_ids(&db, role, d, &target).await
 }
 
 /// `geo nodes add|list|remove|enable|disable`: the secondaries a primary knows.

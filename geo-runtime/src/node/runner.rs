@@ -178,6 +178,9 @@ pub enum NodeStartError {
     /// The secondaries' secrets could not be sealed.
     #[error(transparent)]
     Nodes(#[from] crate::node::nodes::NodeError),
+    /// The primary's store cannot serve objects (checked before anything is changed).
+    #[error("the primary cannot serve objects from storage_root {0}")]
+    Store(String),
 }
 
 /// Starts nodes.
@@ -311,6 +314,8 @@ impl Node {
         set: &ReplicatorSet,
         store: S,
     ) -> Result<NodeHandle, NodeStartError> {
+        // Before anything changes: a primary with no objects to serve would fail every sync.
+        store.usable().await.map_err(NodeStartError::Store)?;
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         db::migrate(db, NodeRole::Primary, set).await?;
@@ -351,7 +356,7 @@ impl Node {
         let mut jobs = Vec::from(jobs::primary_verification(verification));
         jobs.push(jobs::event_pruning(db, c.prune_interval));
         jobs::spawn_all(&tracker, &cancel, jobs);
-        let status = StatusCollector::new(db, NodeRole::Primary, set, &c.name);
+        let status = StatusCollector::new(db, NodeRole::Primary, set, &c.name).with_store(store);
         let admin_addr = start_status(
             &tracker,
             &cancel,

@@ -40,6 +40,20 @@ impl Registry {
         )
     }
 
+    /// The ids out of `model_record_ids` that have no row here.
+    pub(crate) async fn untracked(&self, model_record_ids: &[i64]) -> Result<Vec<i64>, DbError> {
+        let mut missing = Vec::new();
+        for chunk in model_record_ids.chunks(1000) {
+            let sql = AssertSqlSafe(self.sql.object_keys.as_str());
+            let ids = IdList(chunk.to_vec());
+            let rows: Vec<(i64, Option<String>)> = on_pool!(self.db, read, pool => sqlx::query_as(sql).bind(ids).fetch_all(pool).await?);
+            let tracked: std::collections::HashSet<i64> =
+                rows.into_iter().map(|(id, _)| id).collect();
+            missing.extend(chunk.iter().filter(|id| !tracked.contains(id)));
+        }
+        Ok(missing)
+    }
+
     /// The synced copies of `model_record_ids` back to verification pending (those being
     /// verified now are left to finish); returns how many rows changed.
     pub(crate) async fn reverify(&self, model_record_ids: &[i64]) -> Result<u64, DbError> {

@@ -13,6 +13,7 @@ use crate::events::{EventSource, SourceError};
 use crate::flags;
 use crate::registry::Registry;
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
+use crate::storage::BlobStore;
 use crate::verification::Checksums;
 
 use super::{NodeStatus, ReplicableStatus, SecondaryCursor};
@@ -28,6 +29,16 @@ impl std::fmt::Debug for PrimaryEvents {
     }
 }
 
+/// Whether the node's store can serve objects (a primary's), asked through any [`BlobStore`].
+#[derive(Clone)]
+struct StoreProbe(Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>);
+
+impl std::fmt::Debug for StoreProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreProbe")
+    }
+}
+
 /// Collects a node's status and keeps the latest snapshot.
 #[derive(Debug, Clone)]
 pub struct StatusCollector {
@@ -36,6 +47,7 @@ pub struct StatusCollector {
     descriptors: Vec<&'static ReplicatorDescriptor>,
     name: String,
     primary: Option<PrimaryEvents>,
+    store: Option<StoreProbe>,
     cursor_stall: std::time::Duration,
     latest: Arc<RwLock<Option<Arc<NodeStatus>>>>,
 }
@@ -49,6 +61,7 @@ impl StatusCollector {
             descriptors: set.descriptors().to_vec(),
             name: name.to_owned(),
             primary: None,
+            store: None,
             cursor_stall: super::CURSOR_STALL,
             latest: Arc::default(),
         }
@@ -60,6 +73,16 @@ impl StatusCollector {
         self.primary = Some(PrimaryEvents(Arc::new(move || {
             let events = events.clone();
             Box::pin(async move { events.latest_event_id().await })
+        })));
+        self
+    }
+
+    /// A primary's collector also checks that `store` can serve objects: a node whose store
+    /// is gone is unhealthy, and says so.
+    pub fn with_store<S: BlobStore>(mut self, store: S) -> Self {
+        self.store = Some(StoreProbe(Arc::new(move || {
+            let store = store.clone();
+            Box::pin(async move { store.usable().await })
         })));
         self
     }
@@ -131,6 +154,11 @@ impl StatusCollector {
         if let Some((id, at)) = crate::events::newest_event(&self.db).await? {
             status.last_event_id = Some(id);
             status.last_event_date = Some(at);
+        }
+        if let Some(probe) = &self.store
+            && let Err(e) = (probe.0)().await
+        {
+            status.status_message = format!("the store cannot serve objects: storage_root {e}");
         }
         status.secondaries = crate::events::secondary_cursors(&self.db)
             .await?

@@ -189,6 +189,13 @@ pub trait BlobStore: Clone + Send + Sync + fmt::Debug + 'static {
     /// Removes what an interrupted write left behind; returns how many.
     fn remove_stale_temp_files(&self) -> impl Future<Output = Result<usize, StorageError>> + Send;
 
+    /// Why the store cannot serve objects now (its root missing, not a directory, not
+    /// readable), or `Ok` when it can. A primary refuses to start on such a store, and its
+    /// status says why while it lasts. The default has nothing to check.
+    fn usable(&self) -> impl Future<Output = Result<(), String>> + Send {
+        async { Ok(()) }
+    }
+
     /// Every object's key, sorted (temp files left out): what `geo check` compares with the
     /// registries to find files no row accounts for. A key that is not a safe [`ObjectKey`]
     /// (a file someone put there by hand) is listed as found. The default cannot list.

@@ -277,6 +277,26 @@ impl LocalStore {
 impl BlobStore for LocalStore {
     type Staged = StagedBlob;
 
+    async fn usable(&self) -> Result<(), String> {
+        let root = self.root.clone();
+        let shown = root.display().to_string();
+        let checked = tokio::task::spawn_blocking(move || {
+            let meta = std::fs::metadata(&root).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => "it does not exist".to_owned(),
+                _ => e.to_string(),
+            })?;
+            if !meta.is_dir() {
+                return Err("it is not a directory".to_owned());
+            }
+            std::fs::read_dir(&root)
+                .map(drop)
+                .map_err(|e| format!("it cannot be read: {e}"))
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        checked.map_err(|reason| format!("{shown}: {reason}"))
+    }
+
     fn staged_size(staged: &StagedBlob) -> u64 {
         staged.written.size
     }
