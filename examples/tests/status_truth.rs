@@ -56,6 +56,29 @@ fn a_stopped_secondary_that_falls_behind_is_unhealthy() {
             .to_owned()
     };
     let (access_key, secret) = (field("access_key"), field("secret"));
+    // Replication is switched per data type, on each node, by its feature flag.
+    let widget_line = |table: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with("widget "))
+            .unwrap_or_else(|| panic!("no widget line in {table}"))
+            .split_whitespace()
+            .nth(1)
+            .map(str::to_owned)
+    };
+    let said = ok(&primary, &["replicables", "disable", "widget"], &[]);
+    assert_eq!(
+        said,
+        "widget: replication disabled (flag geo_widget_replication); this primary publishes no events for it\n"
+    );
+    let table = geo(&primary, &["status"], &[]);
+    assert_eq!(widget_line(&stdout(&table)).as_deref(), Some("no"));
+    ok(&primary, &["replicables", "enable", "widget"], &[]);
+    let table = geo(&primary, &["status"], &[]);
+    assert_eq!(widget_line(&stdout(&table)).as_deref(), Some("yes"));
+    let o = geo(&primary, &["replicables", "enable", "gadget"], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("gadget"), "{}", stderr(&o));
     ok(&primary, &["app-create", "widget", "1", "5"], &[]);
     let mut primary_node = spawn(&primary, "primary", &[], &d.join("primary.log"));
     let url = wait_for_line(&mut primary_node, "primary API listening on ");

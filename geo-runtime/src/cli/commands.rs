@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use super::config::Settings;
 use super::{
-    CliError, DialectArg, NodesAction, RoleArg, Target, client, connect, ensure_store_is_dedicated,
-    out, replicable, role, selection, shutdown_signal,
+    CliError, DialectArg, NodesAction, ReplicablesAction, RoleArg, Target, client, connect,
+    ensure_store_is_dedicated, out, replicable, role, selection, shutdown_signal,
 };
 use crate::check::{
     ExtraRemoval, check_replicable, delete_extra as delete_extra_files, extra_files,
@@ -376,6 +376,36 @@ pub(super) fn graphql_schema(set: &ReplicatorSet) -> Result<ExitCode, CliError> 
 }
 
 /// `geo replicables`: the replicables linked into this binary.
+/// `geo replicables enable|disable NAME`: the replicable's feature flag in this node's database.
+pub(super) async fn switch_replicable(
+    settings: Settings,
+    set: &ReplicatorSet,
+    action: ReplicablesAction,
+) -> Result<ExitCode, CliError> {
+    let (name, on) = match &action {
+        ReplicablesAction::Enable { name } => (name, true),
+        ReplicablesAction::Disable { name } => (name, false),
+    };
+    let d = replicable(set, name)?;
+    let role = role(&settings)?;
+    let db = connect(&settings).await?;
+    crate::flags::set_enabled(&db, d, on).await?;
+    let (state, effect) = match (on, role) {
+        (true, NodeRole::Primary) => ("enabled", "this primary publishes its events"),
+        (true, NodeRole::Secondary) => ("enabled", "this secondary syncs it"),
+        (false, NodeRole::Primary) => ("disabled", "this primary publishes no events for it"),
+        (false, NodeRole::Secondary) => (
+            "disabled",
+            "this secondary stops syncing it; nothing is deleted",
+        ),
+    };
+    out(&format!(
+        "{}: replication {state} (flag {}); {effect}\n",
+        d.replicable_name, d.feature_flag
+    ));
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(super) fn replicables(set: &ReplicatorSet) -> Result<ExitCode, CliError> {
     for d in set.descriptors() {
         out(&format!(

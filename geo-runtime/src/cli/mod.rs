@@ -94,8 +94,12 @@ pub enum Command {
         #[command(subcommand)]
         action: NodesAction,
     },
-    /// List the replicables this binary knows.
-    Replicables,
+    /// List the replicables this binary knows, or switch one's replication on or off.
+    Replicables {
+        /// What to do (nothing: list them).
+        #[command(subcommand)]
+        action: Option<ReplicablesAction>,
+    },
     /// Print the GraphQL schema (SDL) of this binary's replicators.
     #[cfg(feature = "graphql")]
     GraphqlSchema,
@@ -115,6 +119,23 @@ pub enum MigrationsAction {
     },
     /// Apply the migrations to the configured database.
     Apply,
+}
+
+/// `replicables` subcommands: a replicable's feature flag, in this node's database (Geo's
+/// `Feature.enable(:geo_widget_replication)`). Switch it on the primary (events are published)
+/// and on each secondary (its sync runs).
+#[derive(Debug, Subcommand)]
+pub enum ReplicablesAction {
+    /// Replicate this data type from now on.
+    Enable {
+        /// The replicable's name (`geo replicables` lists them).
+        name: String,
+    },
+    /// Stop replicating this data type (nothing is deleted; enabling again resumes).
+    Disable {
+        /// The replicable's name.
+        name: String,
+    },
 }
 
 /// `nodes` subcommands (run against the primary's database).
@@ -429,7 +450,10 @@ pub async fn run(cli: Cli, set: ReplicatorSet) -> Result<ExitCode, CliError> {
         Command::Nodes { action } => commands::nodes(settings, action).await,
         #[cfg(feature = "graphql")]
         Command::GraphqlSchema => commands::graphql_schema(&set),
-        Command::Replicables => commands::replicables(&set),
+        Command::Replicables { action: None } => commands::replicables(&set),
+        Command::Replicables {
+            action: Some(action),
+        } => commands::switch_replicable(settings, &set, action).await,
     }
 }
 
