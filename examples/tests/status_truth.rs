@@ -111,6 +111,60 @@ fn a_stopped_secondary_that_falls_behind_is_unhealthy() {
     let table = ok(&secondary, &["status"], &env);
     assert!(table.contains("node west (secondary) · healthy"), "{table}");
 
+    // When the primary cannot be asked, the status says why, in the primary's words, classed.
+    let unhealthy = |extra: &[(&str, &str)], wanted: &[&str]| {
+        let mut all = env.to_vec();
+        all.extend_from_slice(extra);
+        let o = geo(&secondary, &["status"], &all);
+        let text = stdout(&o);
+        assert_eq!(o.status.code(), Some(1), "{extra:?}: {text}{}", stderr(&o));
+        for w in wanted {
+            assert!(text.contains(w), "{extra:?}: wanted {w:?} in {text}");
+        }
+    };
+    unhealthy(
+        &[("GEO_SECRET", "not-the-secret-at-all-0123456789")],
+        &[
+            "UNHEALTHY: the primary refused the request (authentication failed: check access_key and secret; HTTP 401): invalid token signature",
+        ],
+    );
+    unhealthy(
+        &[("GEO_ACCESS_KEY", "nobody")],
+        &["authentication failed", "unknown or disabled node"],
+    );
+    unhealthy(
+        &[("GEO_PRIMARY_URL", admin.as_str())],
+        &["wrong endpoint: primary_url must be the primary's node API"],
+    );
+    unhealthy(
+        &[("GEO_PRIMARY_URL", "http://127.0.0.1:9")],
+        &[
+            "UNHEALTHY: the primary is unreachable: ",
+            "127.0.0.1:9",
+            "onnection refused",
+        ],
+    );
+    ok(&primary, &["nodes", "disable", "west"], &[]);
+    eventually("a disabled node is told so", || {
+        let o = geo(&secondary, &["status"], &env);
+        let text = stdout(&o);
+        if o.status.code() == Some(1) && text.contains("this secondary is disabled on the primary")
+        {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    });
+    ok(&primary, &["nodes", "enable", "west"], &[]);
+    eventually("an enabled node is healthy again", || {
+        let o = geo(&secondary, &["status"], &env);
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(stdout(&o))
+        }
+    });
+
     // A probe needs no token and learns nothing but the health; the rest needs the token.
     eventually("the admin endpoint's status is collected", || {
         match get(&format!("{admin}/health"), None) {

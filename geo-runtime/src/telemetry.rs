@@ -41,6 +41,12 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+/// Why something failed, alone.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureReason {
+    reason: &'static str,
+}
+
 fn download_histogram() -> Histogram {
     Histogram::new(BUCKETS)
 }
@@ -54,6 +60,7 @@ struct Families {
     verification: Family<OutcomeLabels, Counter>,
     events_applied: Counter,
     gaps_abandoned: Counter,
+    status_failed: Family<FailureReason, Counter>,
 }
 
 impl Default for Families {
@@ -66,6 +73,7 @@ impl Default for Families {
             verification: Family::default(),
             events_applied: Counter::default(),
             gaps_abandoned: Counter::default(),
+            status_failed: Family::default(),
         }
     }
 }
@@ -138,6 +146,19 @@ impl Metrics {
         self.inner.gaps_abandoned.inc_by(n);
     }
 
+    /// A status collection could not get the primary's answer, for `reason` (`unreachable`, or
+    /// the class of the primary's refusal).
+    pub(crate) fn status_failed(&self, reason: &'static str) {
+        let labels = FailureReason { reason };
+        self.inner.status_failed.get_or_create(&labels).inc();
+    }
+
+    /// How many status collections failed to reach the primary for `reason` so far.
+    pub fn status_failed_total(&self, reason: &'static str) -> u64 {
+        let labels = FailureReason { reason };
+        self.inner.status_failed.get(&labels).map_or(0, |c| c.get())
+    }
+
     /// How many downloads of `replicable` finished with `outcome` so far.
     pub fn sync_transfers_total(&self, replicable: &'static str, outcome: &'static str) -> u64 {
         let labels = OutcomeLabels {
@@ -192,6 +213,11 @@ impl Metrics {
             "geo_cursor_events_applied",
             "Events applied to the registries by the event cursor",
             f.events_applied.clone(),
+        );
+        registry.register(
+            "geo_status_failed",
+            "Status collections that could not get the primary's answer, by reason (unreachable, authentication, clock_skew, disabled, wrong_endpoint, other)",
+            f.status_failed.clone(),
         );
         registry.register(
             "geo_event_gaps_abandoned",

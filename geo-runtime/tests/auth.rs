@@ -174,6 +174,35 @@ async fn every_wrong_request_is_refused_without_bytes_or_secrets_in_logs() {
         ];
         let mut tokens = Vec::new();
         refused(&http, &url, cases, &mut tokens, db.label()).await;
+        // Each refusal says its class, for the secondary's operator.
+        for (what, header, code) in [
+            (
+                "expired token",
+                authorization(&good.access_key, &good.secret, &scope, now() - 200),
+                "AUTH_CLOCK_SKEW",
+            ),
+            (
+                "unknown node",
+                authorization("nobody", &good.secret, &scope, now()),
+                "AUTH_FAILED",
+            ),
+            (
+                "disabled node",
+                authorization(&off.access_key, &off.secret, &scope, now()),
+                "NODE_DISABLED",
+            ),
+        ] {
+            let body: serde_json::Value = http
+                .get(&url)
+                .header("authorization", header)
+                .send()
+                .await
+                .expect("request")
+                .json()
+                .await
+                .expect("a JSON refusal");
+            assert_eq!(body["geo_code"], code, "{what}: {body}");
+        }
         // The right request gets the object.
         let ok = http
             .get(&url)

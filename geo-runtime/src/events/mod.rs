@@ -22,7 +22,9 @@ pub(crate) use cursor::{gap_summary, stored_cursor};
 pub use ids::{DbModelIdSource, ListedVersions, Listing, ModelIdSource};
 #[cfg(feature = "testkit")]
 pub(crate) use source::count_events;
-pub use source::{DbEventSource, EventSource, SourceError, prune_events, record_secondary_cursor};
+pub use source::{
+    DbEventSource, EventSource, Refusal, SourceError, prune_events, record_secondary_cursor,
+};
 pub(crate) use source::{forget_secondary_cursor, newest_event, secondary_cursors};
 
 use crate::db::dialect::{JsonDoc, Ts, now, param};

@@ -33,6 +33,59 @@ pub enum SourceError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The primary answered, and refused: why, in its words.
+    #[error("the primary refused the request ({}; HTTP {status}): {message}", class.advice())]
+    Refused {
+        /// What kind of refusal, for the operator (and the metrics' `reason`).
+        class: Refusal,
+        /// The HTTP status.
+        status: u16,
+        /// The primary's own reason.
+        message: String,
+    },
+}
+
+/// Why a primary refused a secondary's request, in the classes an operator acts on differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// Unknown access key, or a token that does not verify with the node's secret.
+    Authentication,
+    /// The token is outside its validity window: the two nodes' clocks disagree.
+    ClockSkew,
+    /// The node is registered but disabled on the primary.
+    Disabled,
+    /// Not the primary's node API (another service, or the primary's admin endpoint).
+    WrongEndpoint,
+    /// Anything else the primary refused (the message says what).
+    Other,
+}
+
+impl Refusal {
+    /// A short, stable name (a metrics label): `authentication`, `clock_skew`, `disabled`,
+    /// `wrong_endpoint`, `other`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Authentication => "authentication",
+            Refusal::ClockSkew => "clock_skew",
+            Refusal::Disabled => "disabled",
+            Refusal::WrongEndpoint => "wrong_endpoint",
+            Refusal::Other => "other",
+        }
+    }
+
+    /// What the operator should look at.
+    pub const fn advice(self) -> &'static str {
+        match self {
+            Refusal::Authentication => "authentication failed: check access_key and secret",
+            Refusal::ClockSkew => "clock skew: check the nodes' clocks",
+            Refusal::Disabled => "this secondary is disabled on the primary: `geo nodes enable`",
+            Refusal::WrongEndpoint => {
+                "wrong endpoint: primary_url must be the primary's node API (its `listen`), not its admin endpoint"
+            }
+            Refusal::Other => "refused",
+        }
+    }
 }
 
 /// A primary's event log as a secondary sees it.

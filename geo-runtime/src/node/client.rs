@@ -8,9 +8,12 @@ use reqwest::header::AUTHORIZATION;
 use reqwest::{StatusCode, Url};
 
 use super::auth::{RequestScope, Secret, authorization};
+use super::wire::{
+    AUTH_CLOCK_SKEW, AUTH_FAILED, FILE_NOT_FOUND, FrameReader, FrameStatus, HEADER_OBJECT_KEY,
+    HEADER_SHA256, NODE_DISABLED,
+};
 use super::wire::{ChecksumsPage, CursorReport, EventsPage, IdsPage, MAX_PAGE};
-use super::wire::{FILE_NOT_FOUND, FrameReader, FrameStatus, HEADER_OBJECT_KEY, HEADER_SHA256};
-use crate::events::{Event, EventSource, SourceError};
+use crate::events::{Event, EventSource, Refusal, SourceError};
 use crate::events::{ListedVersions, Listing, ModelIdSource};
 use crate::replicator::{RecordVersion, ReplicatorDescriptor};
 use crate::storage::{ObjectKey, parse_sha256};
@@ -119,9 +122,8 @@ impl PrimaryClient {
         scope: &RequestScope,
     ) -> Result<T, SourceError> {
         let response = self.get(url, scope).await?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(SourceError::Transport(format!("primary answered {status}")));
+        if !response.status().is_success() {
+            return Err(refused(response).await);
         }
         response.json().await.map_err(transport)
     }
@@ -138,10 +140,7 @@ impl PrimaryClient {
             .await
             .map_err(transport)?;
         if response.status() != StatusCode::NO_CONTENT {
-            return Err(SourceError::Transport(format!(
-                "primary answered {}",
-                response.status()
-            )));
+            return Err(refused(response).await);
         }
         Ok(())
     }
@@ -295,9 +294,54 @@ fn object_meta(
     Ok((key, sha256))
 }
 
+/// A transport failure with its causes (`connection refused`, a timeout) after reqwest's
+/// message, which names the URL (host and port), never a header.
 fn transport(e: reqwest::Error) -> SourceError {
-    // reqwest's message may contain the URL, never headers.
-    SourceError::Transport(e.to_string())
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    SourceError::Transport(text)
+}
+
+/// A non-success answer as a [`SourceError::Refused`], classified from the primary's
+/// `geo_code` (or, when there is none, from what answered: a `Bearer` challenge is an admin
+/// endpoint, a bare 404 another service).
+async fn refused(response: reqwest::Response) -> SourceError {
+    let status = response.status();
+    let bearer = response
+        .headers()
+        .get(reqwest::header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("Bearer"));
+    let body: Option<serde_json::Value> = response.json().await.ok();
+    let field = |name: &str| {
+        body.as_ref()
+            .and_then(|b| b.get(name))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    let message = field("message").unwrap_or_else(|| status.to_string());
+    let class = match (field("geo_code").as_deref(), status) {
+        (Some(AUTH_CLOCK_SKEW), _) => Refusal::ClockSkew,
+        (Some(NODE_DISABLED), _) => Refusal::Disabled,
+        (Some(AUTH_FAILED), _) => Refusal::Authentication,
+        (None, StatusCode::UNAUTHORIZED) if bearer => Refusal::WrongEndpoint,
+        (None, StatusCode::UNAUTHORIZED) => Refusal::Authentication,
+        (None, StatusCode::FORBIDDEN) => Refusal::Disabled,
+        (None, StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED) if body.is_none() => {
+            Refusal::WrongEndpoint
+        }
+        _ => Refusal::Other,
+    };
+    SourceError::Refused {
+        class,
+        status: status.as_u16(),
+        message,
+    }
 }
 
 impl EventSource for PrimaryClient {

@@ -435,9 +435,7 @@ impl Node {
         ]);
         jobs::spawn_all(&tracker, &cancel, jobs);
 
-        let status = StatusCollector::new(db, NodeRole::Secondary, set, &c.name)
-            .with_primary(client.clone())
-            .with_cursor_stall(c.cursor_stall);
+        let status = secondary_status(db, set, &c, &client, &metrics);
         let admin_addr = start_status(
             &tracker,
             &cancel,
@@ -486,4 +484,19 @@ async fn recover_after_stop<S: BlobStore>(
         tracing::info!(removed = stale, "removed temp files left by a crash");
     }
     Ok(())
+}
+
+/// A secondary's status collector: it asks the primary (through the node's client) for the
+/// lag, and counts the times it could not.
+fn secondary_status(
+    db: &Database,
+    set: &ReplicatorSet,
+    c: &SecondaryConfig,
+    client: &PrimaryClient,
+    metrics: &Metrics,
+) -> StatusCollector {
+    StatusCollector::new(db, NodeRole::Secondary, set, &c.name)
+        .with_primary(client.clone())
+        .with_cursor_stall(c.cursor_stall)
+        .with_metrics(metrics.clone())
 }

@@ -26,8 +26,9 @@ use super::auth::SecretsKey;
 use super::auth::{AuthError, RequestScope, parse_authorization, verify};
 use super::nodes::{KnownNode, NodeError, find_by_access_key};
 use super::wire::{
-    BATCH_CONTENT_TYPE, ChecksumsPage, CursorReport, EventsPage, FILE_NOT_FOUND, FrameStatus,
-    HEADER_OBJECT_KEY, HEADER_SHA256, IdsPage, MAX_BATCH, MAX_PAGE, ObjectFrame, write_frame,
+    AUTH_CLOCK_SKEW, AUTH_FAILED, BATCH_CONTENT_TYPE, ChecksumsPage, CursorReport, EventsPage,
+    FILE_NOT_FOUND, FrameStatus, HEADER_OBJECT_KEY, HEADER_SHA256, IdsPage, MAX_BATCH, MAX_PAGE,
+    NODE_DISABLED, ObjectFrame, write_frame,
 };
 use crate::db::Database;
 use crate::events::{DbEventSource, EventSource, record_secondary_cursor};
@@ -170,11 +171,17 @@ async fn authenticate<S: BlobStore>(
     let refuse = |e: AuthError, node: Option<&str>| {
         // The reason and the node's name only: never the token or a secret.
         tracing::warn!(reason = %e, node, "refused a request");
-        let status = match e {
-            AuthError::UnknownNode if node.is_some() => StatusCode::FORBIDDEN,
-            _ => StatusCode::UNAUTHORIZED,
+        // Classified for the secondary's operator (the client reads `geo_code`).
+        let (status, code) = match e {
+            AuthError::UnknownNode if node.is_some() => (StatusCode::FORBIDDEN, NODE_DISABLED),
+            AuthError::Time => (StatusCode::UNAUTHORIZED, AUTH_CLOCK_SKEW),
+            _ => (StatusCode::UNAUTHORIZED, AUTH_FAILED),
         };
-        ApiError::new(status, e.to_string())
+        ApiError {
+            status,
+            message: e.to_string(),
+            geo_code: Some(code),
+        }
     };
     let value = headers
         .get(header::AUTHORIZATION)

@@ -12,6 +12,12 @@ pub const HEADER_SHA256: &str = "x-geo-sha256";
 pub const HEADER_OBJECT_KEY: &str = "x-geo-object-key";
 /// `geo_code` of a 404 whose record exists but whose object does not.
 pub const FILE_NOT_FOUND: &str = "FILE_NOT_FOUND";
+/// `geo_code` of a refusal whose token verifies but is outside its validity window.
+pub(crate) const AUTH_CLOCK_SKEW: &str = "AUTH_CLOCK_SKEW";
+/// `geo_code` of a refusal of a registered but disabled node.
+pub(crate) const NODE_DISABLED: &str = "NODE_DISABLED";
+/// `geo_code` of any other authentication failure (unknown access key, bad signature, …).
+pub(crate) const AUTH_FAILED: &str = "AUTH_FAILED";
 
 pub(crate) use crate::strategy::blob::{BATCH_INLINE_MAX, MAX_BATCH};
 

@@ -14,6 +14,7 @@ use crate::flags;
 use crate::registry::Registry;
 use crate::replicator::{ReplicatorDescriptor, ReplicatorSet};
 use crate::storage::BlobStore;
+use crate::telemetry::Metrics;
 use crate::verification::Checksums;
 
 use super::{NodeStatus, ReplicableStatus, SecondaryCursor};
@@ -49,6 +50,7 @@ pub struct StatusCollector {
     primary: Option<PrimaryEvents>,
     store: Option<StoreProbe>,
     cursor_stall: std::time::Duration,
+    metrics: Metrics,
     latest: Arc<RwLock<Option<Arc<NodeStatus>>>>,
 }
 
@@ -63,6 +65,7 @@ impl StatusCollector {
             primary: None,
             store: None,
             cursor_stall: super::CURSOR_STALL,
+            metrics: Metrics::default(),
             latest: Arc::default(),
         }
     }
@@ -74,6 +77,13 @@ impl StatusCollector {
             let events = events.clone();
             Box::pin(async move { events.latest_event_id().await })
         })));
+        self
+    }
+
+    /// Counts the collections that could not reach the primary into `metrics`
+    /// (`geo_status_failed_total{reason}`).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
         self
     }
 
@@ -195,7 +205,15 @@ impl StatusCollector {
                     status.cursor_events_behind =
                         Some((latest - status.cursor_last_event_id.unwrap_or(0)).max(0));
                 }
-                Err(e) => status.status_message = format!("the primary is unreachable: {e}"),
+                Err(e) => {
+                    let (reason, message) = match &e {
+                        SourceError::Refused { class, .. } => (class.as_str(), e.to_string()),
+                        _ => ("unreachable", format!("the primary is unreachable: {e}")),
+                    };
+                    tracing::warn!(reason, error = %e, "the status could not get the primary's answer");
+                    self.metrics.status_failed(reason);
+                    status.status_message = message;
+                }
             }
         }
         if status.status_message.is_empty()
