@@ -56,6 +56,32 @@ fn a_stopped_secondary_that_falls_behind_is_unhealthy() {
             .to_owned()
     };
     let (access_key, secret) = (field("access_key"), field("secret"));
+    // Bad registrations are refused in words, and change nothing.
+    for (args, wanted) in [
+        (
+            ["nodes", "add", "west", "--url", "http://west.example"],
+            "a secondary named `west` is registered already",
+        ),
+        (
+            ["nodes", "add", "west coast", "--url", "http://w.example"],
+            "`west coast` is not a valid node name",
+        ),
+        (
+            ["nodes", "add", "north", "--url", "ftp://north.example"],
+            "`ftp://north.example` is not a valid node URL",
+        ),
+    ] {
+        let o = geo(&primary, &args, &[]);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(wanted), "{args:?}: {}", stderr(&o));
+    }
+    let listed = ok(&primary, &["nodes", "list"], &[]);
+    assert_eq!(
+        listed.lines().filter(|l| l.contains("west")).count(),
+        1,
+        "{listed}"
+    );
+    assert!(!listed.contains("north"), "{listed}");
     // Replication is switched per data type, on each node, by its feature flag.
     let widget_line = |table: &str| {
         table

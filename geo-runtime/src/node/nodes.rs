@@ -56,6 +56,62 @@ pub enum NodeError {
         "the secret of node {0} does not decrypt with the configured secrets_key (another key, or a damaged value)"
     )]
     WrongKey(String),
+    /// A secondary's name that cannot be one.
+    #[error("`{name}` is not a valid node name: {reason}")]
+    InvalidName {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A secondary's URL that cannot be one.
+    #[error("`{url}` is not a valid node URL: {reason}")]
+    InvalidUrl {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A secondary of that name is registered already.
+    #[error(
+        "a secondary named `{0}` is registered already (`geo nodes list`; remove it first with `geo nodes remove {0}`, or pick another name)"
+    )]
+    Exists(String),
+}
+
+/// Why `name` cannot name a node: 1 to 64 letters, digits, `.`, `_` or `-`.
+fn name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("it is empty")
+    } else if name.len() > 64 {
+        Some("it is longer than 64 characters")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        Some("use letters, digits, `.`, `_` and `-` only")
+    } else {
+        None
+    }
+}
+
+/// Checks a new secondary's name and URL.
+fn validate(name: &str, url: &str) -> Result<(), NodeError> {
+    if let Some(reason) = name_problem(name) {
+        return Err(NodeError::InvalidName {
+            name: name.to_owned(),
+            reason,
+        });
+    }
+    let invalid = |reason: String| NodeError::InvalidUrl {
+        url: url.to_owned(),
+        reason,
+    };
+    let parsed = reqwest::Url::parse(url).map_err(|e| invalid(e.to_string()))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(invalid("it must be http:// or https:// with a host".into()));
+    }
+    Ok(())
 }
 
 /// Stored secrets that start with this are sealed.
@@ -146,6 +202,7 @@ pub async fn add_secondary_with(
     credentials: &NodeCredentials,
     key: Option<&SecretsKey>,
 ) -> Result<(), NodeError> {
+    validate(name, url)?;
     let stored = match key {
         Some(key) => seal(key, &credentials.access_key, &credentials.secret)?,
         None => credentials.secret.expose().to_owned(),
@@ -169,7 +226,10 @@ pub async fn add_secondary_with(
         .bind(Ts(now()))
         .execute(pool)
         .await
-        .map_err(DbError::from)?
+        .map_err(|e| match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => NodeError::Exists(name.to_owned()),
+            _ => NodeError::Db(DbError::from(e)),
+        })?
         .rows_affected());
     tracing::info!(
         node = name,
