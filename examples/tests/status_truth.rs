@@ -248,6 +248,33 @@ fn a_stopped_secondary_that_falls_behind_is_unhealthy() {
         "error: widget: no record for id 998, 999"
     );
 
+    // A port in use is named by its key, and the start stops before changing anything.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let port = taken.local_addr().expect("addr").to_string();
+    let o = geo(&primary, &["primary"], &[("GEO_LISTEN", port.as_str())]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("cannot listen on {port} (`listen`)")),
+        "{}",
+        stderr(&o)
+    );
+    let o = geo(
+        &secondary,
+        &["secondary"],
+        &[
+            ("GEO_SECRET", secret.as_str()),
+            ("GEO_ADMIN_TOKEN", ADMIN_TOKEN),
+            ("GEO_ADMIN_LISTEN", port.as_str()),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("cannot listen on {port} (`admin_listen`)")),
+        "{}",
+        stderr(&o)
+    );
+    drop(taken);
+
     // A primary whose objects are gone: unhealthy, and refused at start, naming the key.
     terminate(primary_node);
     let objects = d.join("primary-objects");

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -154,9 +155,11 @@ pub enum NodeStartError {
     /// Migrations failed.
     #[error(transparent)]
     Migrate(#[from] MigrateError),
-    /// The listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    /// The listener could not be bound (checked before anything is changed).
+    #[error("cannot listen on {addr} (`{key}`): {source}")]
     Listen {
+        /// The configuration key that named the address (`listen`, `admin_listen`).
+        key: &'static str,
         /// The address.
         addr: SocketAddr,
         /// Why.
@@ -233,12 +236,29 @@ impl NodeHandle {
 }
 
 /// Starts the status collection every `interval` and, when configured, the admin endpoint.
+/// Binds `addr` (named by configuration `key`).
+async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeStartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeStartError::Listen { key, addr, source })
+}
+
+/// The admin endpoint's listener, bound before a node changes anything, with its token.
+async fn bind_admin(
+    admin: Option<AdminConfig>,
+) -> Result<Option<(TcpListener, Secret)>, NodeStartError> {
+    match admin {
+        Some(a) => Ok(Some((bind("admin_listen", a.listen).await?, a.token))),
+        None => Ok(None),
+    }
+}
+
 async fn start_status(
     tracker: &TaskTracker,
     cancel: &CancellationToken,
     status: &StatusCollector,
     metrics: &Metrics,
-    admin: Option<AdminConfig>,
+    admin: Option<(TcpListener, Secret)>,
     interval: Duration,
     extra: axum::Router,
 ) -> Result<Option<SocketAddr>, NodeStartError> {
@@ -247,17 +267,11 @@ async fn start_status(
         cancel,
         vec![jobs::status_collection(status.clone(), interval)],
     );
-    let Some(admin) = admin else {
+    let Some((listener, token)) = admin else {
         return Ok(None);
     };
-    let listener = tokio::net::TcpListener::bind(admin.listen)
-        .await
-        .map_err(|source| NodeStartError::Listen {
-            addr: admin.listen,
-            source,
-        })?;
     let addr = listener.local_addr().ok();
-    let router = admin::router_with(admin.token, status.clone(), metrics.clone(), extra);
+    let router = admin::router_with(token, status.clone(), metrics.clone(), extra);
     let shutdown = cancel.clone();
     tracker.spawn(async move {
         if let Err(e) = admin::serve(listener, router, shutdown).await {
@@ -314,8 +328,11 @@ impl Node {
         set: &ReplicatorSet,
         store: S,
     ) -> Result<NodeHandle, NodeStartError> {
-        // Before anything changes: a primary with no objects to serve would fail every sync.
+        // Before anything changes: a primary with no objects to serve would fail every sync, and
+        // a port in use would stop the start halfway.
         store.usable().await.map_err(NodeStartError::Store)?;
+        let listener = bind("listen", c.listen).await?;
+        let admin_listener = bind_admin(c.admin.clone()).await?;
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         db::migrate(db, NodeRole::Primary, set).await?;
@@ -336,12 +353,6 @@ impl Node {
                 }
             }
         }
-        let listener = tokio::net::TcpListener::bind(c.listen)
-            .await
-            .map_err(|source| NodeStartError::Listen {
-                addr: c.listen,
-                source,
-            })?;
         let local_addr = listener.local_addr().ok();
         let api = PrimaryApi::new(db, set, store.clone()).with_secrets_key(c.secrets_key.clone());
         let shutdown = cancel.clone();
@@ -362,7 +373,7 @@ impl Node {
             &cancel,
             &status,
             &metrics,
-            c.admin,
+            admin_listener,
             c.status_interval,
             admin_routes(db, NodeRole::Primary, set, &c.name)?,
         )
@@ -385,6 +396,8 @@ impl Node {
         set: &ReplicatorSet,
         store: S,
     ) -> Result<NodeHandle, NodeStartError> {
+        // Before anything changes: a port in use would stop the start halfway.
+        let admin_listener = bind_admin(c.admin.clone()).await?;
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         db::migrate(db, NodeRole::Secondary, set).await?;
@@ -441,7 +454,7 @@ impl Node {
             &cancel,
             &status,
             &metrics,
-            c.admin,
+            admin_listener,
             c.status_interval,
             admin_routes(db, NodeRole::Secondary, set, &c.name)?,
         )
