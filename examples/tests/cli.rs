@@ -2,12 +2,15 @@
 //! secondary, configured by files and environment, checked with `status`, `check`, `resync`,
 //! `reverify`, `nodes` and the metrics endpoint; and its errors on bad input, one line each.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
 mod common;
 
-use common::{eventually, geo, ok, spawn, status_json, stderr, stdout, terminate, wait_for_line};
+use common::{
+    credential, eventually, geo, ok, spawn, status_json, stderr, stdout, terminate, wait_for_line,
+    write,
+};
 const ADMIN_TOKEN: &str = "an-admin-token-of-some-length";
 /// The primary's key for the secondaries' secrets (32 bytes, hex).
 const SECRETS_KEY: &str = "7a1c0e5b9d3f42a68c1e0b7d5f3a29c4e6b8d0f2a4c6e8b0d2f4a6c8e0b2d4f6";
@@ -27,11 +30,6 @@ fn one_line_error(o: &Output, code: i32) -> String {
         "{err}"
     );
     err.trim_end().to_owned()
-}
-
-fn write(path: &Path, text: &str) -> PathBuf {
-    std::fs::write(path, text).expect("write config");
-    path.to_owned()
 }
 
 #[test]
@@ -173,14 +171,7 @@ fn operators_run_nodes_and_check_them_with_the_cli() {
         &["nodes", "add", "west", "--url", "http://west.example"],
         &keyed,
     );
-    let field = |name: &str| {
-        creds
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} = \"")))
-            .and_then(|v| v.strip_suffix('"'))
-            .unwrap_or_else(|| panic!("{name} in {creds}"))
-            .to_owned()
-    };
+    let field = |name: &str| credential(&creds, name);
     let (access_key, secret) = (field("access_key"), field("secret"));
     let listed = ok(&primary, &["nodes", "list"], &[]);
     assert!(

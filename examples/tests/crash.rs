@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{GEO, geo, ok, wait_for_line};
+use common::{GEO, credential, geo, ok, wait_for_line};
 
 /// Runs a node; its log, at `trace`, is appended to `<config>.log` (scanned for secrets).
 fn spawn(config: &Path, role: &str, env: &[(&str, &str)]) -> Child {
@@ -177,14 +177,7 @@ fn primary() -> (Setup, Child, String) {
         &["nodes", "add", "west", "--url", "http://west"],
         &[],
     );
-    let field = |name: &str| {
-        creds
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} = \"")))
-            .and_then(|v| v.strip_suffix('"'))
-            .expect("credential")
-            .to_owned()
-    };
+    let field = |name: &str| credential(&creds, name);
     ok(&primary, &["app-create", "widget", "1", "30"], &[]);
     // Widget 1's object becomes large (before the primary checksums it).
     let big = d

@@ -1,20 +1,18 @@
-//! The status tells the truth, through the `geo` binary: a stopped secondary that falls behind is
-//! unhealthy and `geo status` fails; `/health` answers a probe without the admin token and says
-//! nothing else; one-shot commands need no admin token; `geo check` on a primary says where it
-//! runs.
+//! The operator is never misled, through the `geo` binary: a stopped secondary that falls behind
+//! is unhealthy and `geo status` fails; a refusal by the primary says its class and reason;
+//! `/health` answers a probe without the admin token and says nothing else; one-shot commands
+//! need no admin token; bad `nodes add`, `--id` and `check` uses are said in words; a missing
+//! store or a port in use stops a start before it changes anything; replication is switched per
+//! data type.
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
-use common::{eventually, geo, ok, spawn, status_json, stderr, stdout, terminate, wait_for_line};
+use common::{
+    credential, eventually, geo, ok, spawn, status_json, stderr, stdout, terminate, wait_for_line,
+    write,
+};
 
 const ADMIN_TOKEN: &str = "an-admin-token-of-some-length";
-
-fn write(path: &Path, text: &str) -> PathBuf {
-    std::fs::write(path, text).expect("write config");
-    path.to_owned()
-}
 
 /// `GET url` with an optional bearer token: (status code, body).
 fn get(url: &str, token: Option<&str>) -> (u16, String) {
@@ -47,14 +45,7 @@ fn a_stopped_secondary_that_falls_behind_is_unhealthy() {
         &["nodes", "add", "west", "--url", "http://west.example"],
         &[],
     );
-    let field = |name: &str| {
-        creds
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} = \"")))
-            .and_then(|v| v.strip_suffix('"'))
-            .unwrap_or_else(|| panic!("{name} in {creds}"))
-            .to_owned()
-    };
+    let field = |name: &str| credential(&creds, name);
     let (access_key, secret) = (field("access_key"), field("secret"));
     // Bad registrations are refused in words, and change nothing.
     for (args, wanted) in [

@@ -119,3 +119,19 @@ pub fn status_json(config: &Path, env: &[(&str, &str)]) -> serde_json::Value {
     );
     serde_json::from_str(&stdout(&o)).expect("status json")
 }
+
+/// Writes a configuration file; its path.
+pub fn write(path: &Path, text: &str) -> std::path::PathBuf {
+    std::fs::write(path, text).expect("write config");
+    path.to_owned()
+}
+
+/// The value of `name = "…"` in what `geo nodes add` printed.
+pub fn credential(creds: &str, name: &str) -> String {
+    creds
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} = \"")))
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("{name} in {creds}"))
+        .to_owned()
+}
