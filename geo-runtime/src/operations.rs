@@ -38,32 +38,45 @@ impl Selection {
     }
 }
 
-/// Up to [`BATCH`] selected model ids above `after`, from the registry (secondary) or the
-/// verification state (primary).
-async fn ids_after(
-    db: &Database,
-    d: &'static ReplicatorDescriptor,
-    role: NodeRole,
-    after: i64,
-    sync_state: Option<SyncState>,
-    verification_state: Option<VerificationState>,
-) -> Result<Vec<i64>, DbError> {
-    match (role, sync_state) {
-        (NodeRole::Secondary, _) => {
-            Registry::new(db, d)
-                .ids_after(after, BATCH, sync_state, verification_state)
-                .await
+/// Where the selected ids are listed: the registry (secondary) or the verification state
+/// (primary), its statements rendered once for the whole walk.
+enum Listed {
+    Registry(Registry),
+    Checksums(Box<Checksums>),
+}
+
+impl Listed {
+    fn new(
+        db: &Database,
+        d: &'static ReplicatorDescriptor,
+        role: NodeRole,
+        sync_state: Option<SyncState>,
+    ) -> Result<Self, DbError> {
+        match (role, sync_state) {
+            (NodeRole::Secondary, _) => Ok(Listed::Registry(Registry::new(db, d))),
+            (NodeRole::Primary, None) => Ok(Listed::Checksums(Box::new(Checksums::new(db, d)))),
+            (NodeRole::Primary, Some(s)) => Err(DbError::InvalidValue {
+                column: "state".into(),
+                what: "filter on a primary, which has no sync state (filter on the verification state)",
+                value: s.to_string(),
+            }),
         }
-        (NodeRole::Primary, None) => {
-            Checksums::new(db, d)
-                .ids_after(after, BATCH, verification_state)
-                .await
+    }
+
+    /// Up to [`BATCH`] selected model ids above `after`.
+    async fn ids_after(
+        &self,
+        after: i64,
+        sync_state: Option<SyncState>,
+        verification_state: Option<VerificationState>,
+    ) -> Result<Vec<i64>, DbError> {
+        match self {
+            Listed::Registry(r) => {
+                r.ids_after(after, BATCH, sync_state, verification_state)
+                    .await
+            }
+            Listed::Checksums(c) => c.ids_after(after, BATCH, verification_state).await,
         }
-        (NodeRole::Primary, Some(s)) => Err(DbError::InvalidValue {
-            column: "state".into(),
-            what: "filter on a primary, which has no sync state (filter on the verification state)",
-            value: s.to_string(),
-        }),
     }
 }
 
@@ -96,10 +109,13 @@ where
             verification_state,
         } => (*sync_state, *verification_state),
     };
+    let listed = Listed::new(db, d, role, sync_state)?;
     let mut after = i64::MIN;
     let mut total = 0;
     loop {
-        let ids = ids_after(db, d, role, after, sync_state, verification_state).await?;
+        let ids = listed
+            .ids_after(after, sync_state, verification_state)
+            .await?;
         let Some(last) = ids.last().copied() else {
             return Ok(total);
         };
