@@ -60,7 +60,7 @@ fn bad_input_gets_one_clear_line() {
     let err = one_line_error(&geo(&typo, &["status"], &[]), 1);
     assert!(
         err.starts_with(&format!(
-            "error: unknown key `databse_url` in {} (known keys: role, name, database_url",
+            "error: unknown key `databse_url` in {}: did you mean `database_url`? (known keys: role, name, database_url",
             typo.display()
         )),
         "{err}"
@@ -79,7 +79,8 @@ fn bad_input_gets_one_clear_line() {
         "error: unknown replicable `gadget`: this binary knows package_file, upload, widget"
     );
 
-    // An unreachable primary.
+    // An unreachable primary (on a migrated tracking database).
+    ok(&config, &["migrations", "apply"], &[]);
     let err = one_line_error(
         &geo(
             &config,

@@ -32,9 +32,38 @@ pub enum DbError {
         /// Id looked for.
         id: i64,
     },
-    /// The driver reported an error.
-    #[error(transparent)]
-    Sqlx(#[from] sqlx::Error),
+    /// The database could not be opened: `target` names it without the password (scheme,
+    /// user, host, port, database; or the SQLite file), `cause` says why in words.
+    #[error("cannot open the database {target}: {cause}")]
+    Connect {
+        /// `postgres://user@host:port/database` or `sqlite:///path`.
+        target: String,
+        /// Why, with what to check.
+        cause: String,
+    },
+    /// The driver reported an error (said by [`describe_sqlx`]: the server's message and code,
+    /// without PostgreSQL's "at line N" of its own source code).
+    #[error("{}", describe_sqlx(.0))]
+    Sqlx(sqlx::Error),
+}
+
+impl From<sqlx::Error> for DbError {
+    fn from(e: sqlx::Error) -> Self {
+        DbError::Sqlx(e)
+    }
+}
+
+/// A driver error in words: a database's refusal as its message and code (PostgreSQL's
+/// `Display` appends the line of the server's C source that raised it, which tells an operator
+/// nothing), anything else as the driver says it.
+pub fn describe_sqlx(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(d) => match d.code() {
+            Some(code) => format!("the database said: {} (code {code})", d.message()),
+            None => format!("the database said: {}", d.message()),
+        },
+        other => other.to_string(),
+    }
 }
 
 /// The migration runner refused or failed.
@@ -60,7 +89,7 @@ pub enum MigrateError {
     },
     /// A migration's SQL failed to apply; nothing of this run was committed.
     #[error(
-        "migration {scope} v{version} ({description}) failed; nothing of this run was applied: {source}"
+        "migration {scope} v{version} ({description}) failed; nothing of this run was applied: {}", describe_sqlx(.error)
     )]
     Apply {
         /// Who owns the migration.
@@ -70,8 +99,29 @@ pub enum MigrateError {
         /// Its description.
         description: String,
         /// The driver's error.
-        #[source]
-        source: sqlx::Error,
+        error: sqlx::Error,
+    },
+    /// The database holds the other role's schema.
+    #[error(
+        "this database holds a {found}'s schema, not a {expected}'s: a primary runs on the application's database, a secondary on its own tracking database; check database_url and role"
+    )]
+    WrongRole {
+        /// The role this node runs as.
+        expected: &'static str,
+        /// The role whose schema the database holds.
+        found: &'static str,
+    },
+    /// Migrations this binary needs are not applied yet.
+    #[error(
+        "the database is not migrated for a {role}: {missing} migration(s) not applied, the first {first}; run `geo migrations apply` (a node applies them itself when it starts)"
+    )]
+    NotMigrated {
+        /// The role checked.
+        role: &'static str,
+        /// How many are missing.
+        missing: usize,
+        /// The first missing one: scope, version and description.
+        first: String,
     },
     /// The set of replicators is invalid.
     #[error(transparent)]

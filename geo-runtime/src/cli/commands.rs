@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::config::Settings;
 use super::{
     CliError, DialectArg, NodesAction, ReplicablesAction, RoleArg, Target, client, connect,
-    ensure_store_is_dedicated, out, replicable, role, selection, shutdown_signal,
+    connect_migrated, ensure_store_is_dedicated, out, replicable, role, selection, shutdown_signal,
 };
 use crate::check::{
     ExtraRemoval, check_replicable, delete_extra as delete_extra_files, extra_files,
@@ -58,7 +58,7 @@ pub(super) async fn status(
     json: bool,
 ) -> Result<ExitCode, CliError> {
     let role = role(&settings)?;
-    let db = connect(&settings).await?;
+    let db = connect_migrated(&settings, set, role).await?;
     let name = settings
         .get::<String>("name")?
         .unwrap_or_else(|| role.as_str().to_owned());
@@ -161,7 +161,7 @@ pub(super) async fn check(
     let client = client(&settings)?;
     let root: PathBuf = settings.require("storage_root", "needed to read the local copies")?;
     ensure_store_is_dedicated(&settings, &root)?;
-    let db = connect(&settings).await?;
+    let db = connect_migrated(&settings, set, NodeRole::Secondary).await?;
     let store = LocalStore::new(root);
     let mut total = 0;
     for d in descriptors {
@@ -256,7 +256,7 @@ pub(super) async fn resync(
             "resync acts on a secondary's registry; this configuration is a primary's".into(),
         ));
     }
-    let db = connect(&settings).await?;
+    let db = connect_migrated(&settings, set, NodeRole::Secondary).await?;
     let n = operations::resync(&db, d, &selection(&target)).await?;
     out(&format!(
         "{}: {n} rows back to pending; the sync downloads them again\n",
@@ -304,7 +304,7 @@ pub(super) async fn reverify(
             "--state filters a secondary's registry; a primary has none".into(),
         ));
     }
-    let db = connect(&settings).await?;
+    let db = connect_migrated(&settings, set, role).await?;
     let n = operations::reverify(&db, role, d, &selection(&target)).await?;
     out(&format!(
         "{}: {n} records marked for verification\n",
@@ -314,8 +314,12 @@ pub(super) async fn reverify(
 }
 
 /// `geo nodes add|list|remove|enable|disable`: the secondaries a primary knows.
-pub(super) async fn nodes(settings: Settings, action: NodesAction) -> Result<ExitCode, CliError> {
-    let db = connect(&settings).await?;
+pub(super) async fn nodes(
+    settings: Settings,
+    set: &ReplicatorSet,
+    action: NodesAction,
+) -> Result<ExitCode, CliError> {
+    let db = connect_migrated(&settings, set, NodeRole::Primary).await?;
     let enable = matches!(action, NodesAction::Enable { .. });
     match action {
         NodesAction::Add { name, url } => {
@@ -388,7 +392,7 @@ pub(super) async fn switch_replicable(
     };
     let d = replicable(set, name)?;
     let role = role(&settings)?;
-    let db = connect(&settings).await?;
+    let db = connect_migrated(&settings, set, role).await?;
     crate::flags::set_enabled(&db, d, on).await?;
     let (state, effect) = match (on, role) {
         (true, NodeRole::Primary) => ("enabled", "this primary publishes its events"),

@@ -187,8 +187,9 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// The file is not valid TOML.
-    #[error("{path} is not valid TOML: {message}")]
+    /// The file is not valid TOML: the parser's message keeps its lines (the line, a caret
+    /// under the column, what was expected).
+    #[error("{path} is not valid TOML:\n{message}")]
     Syntax {
         /// The file.
         path: PathBuf,
@@ -196,12 +197,14 @@ pub enum ConfigError {
         message: String,
     },
     /// The file has a key the CLI does not know.
-    #[error("unknown key `{key}` in {path} (known keys: {known})")]
+    #[error("unknown key `{key}` in {path}{}(known keys: {known})", suggestion.map(|s| format!(": did you mean `{s}`? ")).unwrap_or_else(|| " ".to_owned()))]
     UnknownKey {
         /// The key.
         key: String,
         /// The file.
         path: PathBuf,
+        /// The known key it is closest to, when one is close (a typo).
+        suggestion: Option<&'static str>,
         /// The keys it could have been.
         known: String,
     },
@@ -251,6 +254,33 @@ fn key(name: &str) -> Option<&'static Key> {
     KEYS.iter().find(|k| k.name == name)
 }
 
+/// The known key `name` is a typo of: the nearest by edit distance, when at most a third of
+/// its letters differ (so `databse_url` finds `database_url`, `colour` finds nothing).
+fn closest_key(name: &str) -> Option<&'static str> {
+    let name = name.to_ascii_lowercase();
+    KEYS.iter()
+        .map(|k| (edit_distance(&name, k.name), k.name))
+        .filter(|(d, k)| *d <= (k.len().max(name.len()) / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance over bytes (keys are ASCII).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
+}
+
 impl Settings {
     /// Reads `path` (when given; a missing default file is not an error) and applies the
     /// environment over it.
@@ -271,11 +301,12 @@ impl Settings {
     pub fn merge_toml(&mut self, text: &str, path: &Path) -> Result<(), ConfigError> {
         let table = toml::Table::from_str(text).map_err(|e| ConfigError::Syntax {
             path: path.to_owned(),
-            message: e.to_string().trim().replace('\n', " "),
+            message: e.to_string().trim_end().to_owned(),
         })?;
         for (name, value) in table {
             let Some(k) = key(&name) else {
                 return Err(ConfigError::UnknownKey {
+                    suggestion: closest_key(&name),
                     key: name,
                     path: path.to_owned(),
                     known: KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", "),
@@ -496,77 +527,4 @@ impl DefaultPair for Option<(String, Source)> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn settings(toml: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let mut s = Settings::default();
-        s.merge_toml(toml, Path::new("geo.toml"))?;
-        s.merge_env(|v| {
-            env.iter()
-                .find(|(k, _)| *k == v)
-                .map(|(_, x)| (*x).to_owned())
-        });
-        Ok(s)
-    }
-
-    #[test]
-    fn the_environment_overrides_the_file_and_errors_name_the_source() {
-        let s = settings(
-            "listen = \"127.0.0.1:1\"\nstorage_root = \"/tmp/x\"\nfiles_max_capacity = 4\n",
-            &[("GEO_LISTEN", "nonsense")],
-        )
-        .expect("loads");
-        let e = s.primary().expect_err("bad listen").to_string();
-        assert_eq!(
-            e,
-            "invalid listen \"nonsense\" (from environment variable GEO_LISTEN): invalid socket address syntax"
-        );
-        let s = settings("files_max_capacity = 0\n", &[]).expect("loads");
-        let e = s
-            .positive("files_max_capacity")
-            .expect_err("zero")
-            .to_string();
-        assert_eq!(
-            e,
-            "invalid files_max_capacity \"0\" (from geo.toml): must be at least 1"
-        );
-    }
-
-    #[test]
-    fn unknown_keys_missing_keys_and_secrets_are_reported_clearly() {
-        let e = settings("databse_url = \"x\"", &[])
-            .expect_err("typo")
-            .to_string();
-        assert!(
-            e.starts_with(
-                "unknown key `databse_url` in geo.toml (known keys: role, name, database_url"
-            ),
-            "{e}"
-        );
-        let s = settings("storage_root = \"/tmp\"", &[]).expect("loads");
-        let e = s.secondary().expect_err("missing").to_string();
-        assert_eq!(
-            e,
-            "primary_url is not set: set it in the configuration file or with GEO_PRIMARY_URL; needed by a secondary"
-        );
-        let s = settings(
-            "admin_listen = \"127.0.0.1:0\"",
-            &[("GEO_ADMIN_TOKEN", "short-secret")],
-        )
-        .expect("loads");
-        let e = s.admin().expect_err("short").to_string();
-        assert_eq!(
-            e,
-            "invalid admin_token (from environment variable GEO_ADMIN_TOKEN): must be at least 16 characters"
-        );
-        assert!(!format!("{s:?}").contains("short-secret"));
-        let e = settings("secret = [1]", &[])
-            .expect_err("array")
-            .to_string();
-        assert_eq!(
-            e,
-            "invalid secret (from geo.toml): expected a string or a number, found array"
-        );
-    }
-}
+mod tests;

@@ -404,13 +404,26 @@ fn ensure_store_is_dedicated(settings: &Settings, root: &std::path::Path) -> Res
     Ok(())
 }
 
+/// Opens the node's database (errors name it without the password).
 async fn connect(settings: &Settings) -> Result<Database, CliError> {
     let url: String = settings.require("database_url", "")?;
-    Database::connect(&url).await.map_err(|e| {
-        // The URL may hold a password: name the scheme only.
-        let scheme = url.split(':').next().unwrap_or_default();
-        CliError::Message(format!("cannot open the database ({scheme}://…): {e}"))
-    })
+    match Database::connect(&url).await {
+        Ok(db) => Ok(db),
+        Err(e @ DbError::Connect { .. }) => Err(e.into()),
+        Err(e) => Err(CliError::Message(format!("cannot open the database: {e}"))),
+    }
+}
+
+/// Opens the node's database and checks it carries this binary's schema for `role`, so a
+/// one-shot command on an unmigrated or wrong database says so instead of "no such table".
+async fn connect_migrated(
+    settings: &Settings,
+    set: &ReplicatorSet,
+    role: NodeRole,
+) -> Result<Database, CliError> {
+    let db = connect(settings).await?;
+    crate::db::check_schema(&db, role, set).await?;
+    Ok(db)
 }
 
 /// The client to the primary, from the keys that say how to reach it (a one-shot command needs
@@ -447,7 +460,7 @@ pub async fn run(cli: Cli, set: ReplicatorSet) -> Result<ExitCode, CliError> {
         } => commands::check(settings, &set, only, delete_extra, confirm).await,
         Command::Resync(target) => commands::resync(settings, &set, target).await,
         Command::Reverify(target) => commands::reverify(settings, &set, target).await,
-        Command::Nodes { action } => commands::nodes(settings, action).await,
+        Command::Nodes { action } => commands::nodes(settings, &set, action).await,
         #[cfg(feature = "graphql")]
         Command::GraphqlSchema => commands::graphql_schema(&set),
         Command::Replicables { action: None } => commands::replicables(&set),

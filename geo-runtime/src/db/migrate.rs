@@ -94,10 +94,12 @@ fn checksum(sql: &str) -> Vec<u8> {
 /// left to apply.
 fn pending<'p>(
     plan: &'p [Planned],
+    role: NodeRole,
     recorded: Vec<(String, i64, Vec<u8>)>,
     dialect: Dialect,
     report: &mut MigrationReport,
 ) -> Result<Vec<&'p Planned>, MigrateError> {
+    refuse_other_role(role, &recorded)?;
     let mut recorded: HashMap<(String, i64), Vec<u8>> = recorded
         .into_iter()
         .map(|(scope, version, sum)| ((scope, version), sum))
@@ -125,6 +127,74 @@ fn pending<'p>(
         tracing::warn!(%scope, version, "applied migration is unknown to this binary");
     }
     Ok(todo)
+}
+
+/// A database that holds the other role's base schema and not this role's is the wrong
+/// database (a secondary's `database_url` pointing at the primary's, say): refused before
+/// anything is created in it.
+fn refuse_other_role(
+    role: NodeRole,
+    recorded: &[(String, i64, Vec<u8>)],
+) -> Result<(), MigrateError> {
+    let other = match role {
+        NodeRole::Primary => NodeRole::Secondary,
+        NodeRole::Secondary => NodeRole::Primary,
+    };
+    let has = |r: NodeRole| {
+        let scope = format!("geo_runtime/{}", r.as_str());
+        recorded.iter().any(|(s, _, _)| *s == scope)
+    };
+    if has(other) && !has(role) {
+        return Err(MigrateError::WrongRole {
+            expected: role.as_str(),
+            found: other.as_str(),
+        });
+    }
+    Ok(())
+}
+
+/// The migrations recorded in the database (none when it has no migrations table yet).
+async fn recorded(db: &Database) -> Result<Vec<(String, i64, Vec<u8>)>, MigrateError> {
+    let exists = match db.dialect() {
+        Dialect::Postgres => {
+            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = 'geo_schema_migrations'"
+        }
+        Dialect::Sqlite => {
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'geo_schema_migrations'"
+        }
+    };
+    let n: i64 =
+        super::on_pool!(db, read, pool => sqlx::query_scalar(exists).fetch_one(pool).await?);
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    Ok(super::on_pool!(db, read, pool => sqlx::query_as(SELECT_RECORDED).fetch_all(pool).await?))
+}
+
+/// Checks, without changing anything, that `db` carries every migration a node of `role` with
+/// `set` needs: [`MigrateError::NotMigrated`] names the first one missing and says to run
+/// `geo migrations apply`; [`MigrateError::WrongRole`] says the database is the other role's;
+/// [`MigrateError::Modified`] as in [`migrate`]. One-shot commands call it before they read.
+pub async fn check_schema(
+    db: &Database,
+    role: NodeRole,
+    set: &ReplicatorSet,
+) -> Result<(), MigrateError> {
+    let plan = plan(role, set);
+    let recorded = recorded(db).await?;
+    let mut report = MigrationReport::default();
+    let todo = pending(&plan, role, recorded, db.dialect(), &mut report)?;
+    match todo.first() {
+        None => Ok(()),
+        Some(first) => Err(MigrateError::NotMigrated {
+            role: role.as_str(),
+            missing: todo.len(),
+            first: format!(
+                "{} v{} ({})",
+                first.scope, first.def.version, first.def.description
+            ),
+        }),
+    }
 }
 
 const CREATE_TABLE_POSTGRES: &str = r#"CREATE TABLE IF NOT EXISTS "geo_schema_migrations" (
@@ -173,16 +243,16 @@ pub async fn migrate(
             sqlx::raw_sql($create).execute(&mut *$tx).await?;
             let recorded: Vec<(String, i64, Vec<u8>)> =
                 sqlx::query_as(SELECT_RECORDED).fetch_all(&mut *$tx).await?;
-            for p in pending(&plan, recorded, dialect, &mut report)? {
+            for p in pending(&plan, role, recorded, dialect, &mut report)? {
                 let sql = sql_of(p.def, dialect);
                 sqlx::raw_sql(sql)
                     .execute(&mut *$tx)
                     .await
-                    .map_err(|source| MigrateError::Apply {
+                    .map_err(|error| MigrateError::Apply {
                         scope: p.scope.clone(),
                         version: p.def.version,
                         description: p.def.description.to_owned(),
-                        source,
+                        error,
                     })?;
                 sqlx::query($insert)
                     .bind(&p.scope)

@@ -16,12 +16,13 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::Connection as _;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-pub use migrate::{AppliedMigration, MigrationReport, migrate, migration_script};
+pub use migrate::{AppliedMigration, MigrationReport, check_schema, migrate, migration_script};
 pub use schema::{BASE_PRIMARY_MIGRATIONS, BASE_SECONDARY_MIGRATIONS, MIGRATIONS_TABLE};
 
 pub use crate::descriptor::NodeRole;
@@ -33,6 +34,30 @@ pub use geo_schema::Dialect;
 
 /// How long a SQLite connection waits for another writer before it reports "busy".
 pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long opening a PostgreSQL connection may take before the connect fails.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a connection could not be opened, in words, with what to check.
+fn connect_cause(e: &sqlx::Error, host_port: &str) -> String {
+    match e {
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => format!(
+            "connection refused at {host_port} (is the server running and listening there?)"
+        ),
+        sqlx::Error::Database(d) => {
+            let hint = match d.code().as_deref() {
+                Some("28P01" | "28000") => {
+                    " (authentication failed: check the user, the password and pg_hba.conf)"
+                }
+                Some("3D000") => " (create the database, or fix its name in database_url)",
+                Some("14") => " (does its directory exist, and may this user write there?)",
+                _ => "",
+            };
+            format!("{}{hint}", d.message())
+        }
+        other => crate::error::describe_sqlx(other),
+    }
+}
 
 /// A connection pool to the node's database.
 ///
@@ -64,18 +89,28 @@ impl fmt::Debug for Database {
 
 impl Database {
     /// Opens `postgres://…` / `postgresql://…` or `sqlite://path` (created when missing).
+    ///
+    /// An error names the database without its password ([`DbError::Connect`]) and says why
+    /// in words: connection refused at host:port, authentication failed, no such database, a
+    /// SQLite file that cannot be created.
     pub async fn connect(url: &str) -> Result<Self, DbError> {
         let scheme = url.split(':').next().unwrap_or_default();
+        let invalid = |e: sqlx::Error| DbError::Connect {
+            target: format!("{scheme}://…"),
+            cause: format!("the URL is not valid: {}", crate::error::describe_sqlx(&e)),
+        };
         match scheme {
             "postgres" | "postgresql" => {
-                Self::connect_postgres(PgConnectOptions::from_str(url)?).await
+                Self::connect_postgres(PgConnectOptions::from_str(url).map_err(invalid)?).await
             }
             "sqlite" if url.starts_with("sqlite::memory:") || url.contains("mode=memory") => {
                 Err(DbError::UnsupportedUrl {
                     scheme: "sqlite::memory:".into(),
                 })
             }
-            "sqlite" => Self::connect_sqlite(SqliteConnectOptions::from_str(url)?).await,
+            "sqlite" => {
+                Self::connect_sqlite(SqliteConnectOptions::from_str(url).map_err(invalid)?).await
+            }
             other => Err(DbError::UnsupportedUrl {
                 scheme: other.to_owned(),
             }),
@@ -89,13 +124,41 @@ impl Database {
             Some(_) => options,
             None => options.application_name("geo-runtime"),
         };
+        let target = format!(
+            "postgres://{}@{}:{}/{}",
+            options.get_username(),
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or(options.get_username())
+        );
+        let failed = |e: sqlx::Error| DbError::Connect {
+            target: target.clone(),
+            cause: connect_cause(
+                &e,
+                &format!("{}:{}", options.get_host(), options.get_port()),
+            ),
+        };
+        // One connection first: a pool that cannot connect says only "pool timed out", never why.
+        match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
+            Err(_) => {
+                return Err(DbError::Connect {
+                    target,
+                    cause: format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+                });
+            }
+            Ok(Err(e)) => return Err(failed(e)),
+            Ok(Ok(first)) => {
+                let _ = first.close().await;
+            }
+        }
         let pool = PgPoolOptions::new()
             .max_connections(8)
             // Recycle connections so one poisoned by a cancelled transaction cannot live on
             // (sqlx#4393).
             .max_lifetime(Duration::from_secs(30 * 60))
-            .connect_with(options)
-            .await?;
+            .connect_with(options.clone())
+            .await
+            .map_err(failed)?;
         Ok(Database {
             inner: Inner::Postgres(pool),
         })
@@ -111,14 +174,20 @@ impl Database {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(SQLITE_BUSY_TIMEOUT)
             .foreign_keys(true);
+        let failed = |e: sqlx::Error| DbError::Connect {
+            target: format!("sqlite://{}", options.get_filename().display()),
+            cause: connect_cause(&e, ""),
+        };
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options.clone())
-            .await?;
+            .await
+            .map_err(failed)?;
         let readers = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options)
-            .await?;
+            .connect_with(options.clone())
+            .await
+            .map_err(failed)?;
         Ok(Database {
             inner: Inner::Sqlite { writer, readers },
         })
