@@ -388,9 +388,11 @@ fn operators_run_nodes_and_check_them_with_the_cli() {
             })
             .collect();
         let get = |k: &str| samples.iter().find(|(s, _)| *s == k).map(|(_, v)| *v);
-        if get("geo_widgets_synced{name=\"west\",url=\"west\"}") == Some(40.0)
-            && get("geo_sync_transfers_total{name=\"west\",url=\"west\",replicable=\"widget\",outcome=\"synced\"}")
-                .is_some_and(|v| v >= 41.0)
+        if get("geo_widgets_synced{name=\"west\"}") == Some(40.0)
+            && get(
+                "geo_sync_transfers_total{name=\"west\",replicable=\"widget\",outcome=\"synced\"}",
+            )
+            .is_some_and(|v| v >= 41.0)
         {
             Ok(())
         } else {

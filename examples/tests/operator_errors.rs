@@ -181,7 +181,7 @@ fn an_unmigrated_or_wrong_database_says_so_and_is_left_alone() {
         let err = one_line(&geo(&secondary, args, &[]));
         assert_eq!(
             err,
-            "error: the database is not migrated for a secondary: 8 migration(s) not applied, the first geo_runtime/secondary v1 (event cursor, gaps, leases, blob removals, backfill cursors, feature flags); run `geo migrations apply` (a node applies them itself when it starts)",
+            "error: the database is not migrated for a secondary: 9 migration(s) not applied, the first geo_runtime/secondary v1 (event cursor, gaps, leases, blob removals, backfill cursors, feature flags); run `geo migrations apply` (a node applies them itself when it starts)",
             "{args:?}"
         );
     }
@@ -212,5 +212,5 @@ fn an_unmigrated_or_wrong_database_says_so_and_is_left_alone() {
     });
     assert_eq!(events, 0, "the primary's tables were created");
     let again = ok(&secondary, &["migrations", "apply"], &[]);
-    assert!(again.contains("0 applied, 8 already applied"), "{again}");
+    assert!(again.contains("0 applied, 9 already applied"), "{again}");
 }

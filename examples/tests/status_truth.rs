@@ -9,7 +9,7 @@ mod common;
 
 use common::{
     credential, eventually, geo, ok, spawn, status_json, stderr, stdout, terminate, wait_for_line,
-    write,
+    wait_for_lines, write,
 };
 
 const ADMIN_TOKEN: &str = "an-admin-token-of-some-length";
@@ -294,4 +294,147 @@ fn a_stopped_secondary_that_falls_behind_is_unhealthy() {
         "{}",
         stderr(&o)
     );
+}
+
+/// The samples of a Prometheus text page: (series with labels, value).
+fn samples(body: &str) -> Vec<(String, f64)> {
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (k, v) = l.rsplit_once(' ').expect("sample");
+            (k.to_owned(), v.parse().expect("value"))
+        })
+        .collect()
+}
+
+#[test]
+fn the_primary_sees_a_secondary_promptly_with_event_times() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let primary = write(
+        &d.join("primary.toml"),
+        &format!(
+            "role = \"primary\"\nname = \"east\"\ndatabase_url = \"sqlite://{d}/primary.db\"\nstorage_root = \"{d}/primary-objects\"\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nstatus_interval_secs = 1\n",
+            d = d.display()
+        ),
+    );
+    let admin_env = [("GEO_ADMIN_TOKEN", ADMIN_TOKEN)];
+    ok(&primary, &["app-schema"], &[]);
+    ok(&primary, &["migrations", "apply"], &[]);
+    let creds = ok(
+        &primary,
+        &["nodes", "add", "west", "--url", "https://west.example.com"],
+        &[],
+    );
+    let (access_key, secret) = (
+        credential(&creds, "access_key"),
+        credential(&creds, "secret"),
+    );
+    ok(&primary, &["app-create", "widget", "1", "5"], &[]);
+    let mut primary_node = spawn(&primary, "primary", &admin_env, &d.join("primary.log"));
+    let lines = wait_for_lines(
+        &mut primary_node,
+        &["primary API listening on ", "admin endpoint on "],
+    );
+    let url = lines[0].clone();
+    let primary_admin = lines[1]
+        .split_whitespace()
+        .next()
+        .expect("address")
+        .to_owned();
+
+    let secondary = write(
+        &d.join("secondary.toml"),
+        &format!(
+            "role = \"secondary\"\nname = \"west\"\nurl = \"https://west.example.com\"\ndatabase_url = \"sqlite://{d}/secondary.db\"\nstorage_root = \"{d}/secondary-objects\"\nprimary_url = \"{url}\"\naccess_key = \"{access_key}\"\nadmin_listen = \"127.0.0.1:0\"\nstatus_interval_secs = 1\n",
+            d = d.display()
+        ),
+    );
+    let env = [
+        ("GEO_SECRET", secret.as_str()),
+        ("GEO_ADMIN_TOKEN", ADMIN_TOKEN),
+    ];
+    let mut secondary_node = spawn(&secondary, "secondary", &env, &d.join("secondary.log"));
+    let admin = wait_for_line(&mut secondary_node, "admin endpoint on ");
+    let admin = admin.split_whitespace().next().expect("address").to_owned();
+
+    // The secondary's times are the events' own: its cursor's event and the primary's newest.
+    eventually("the secondary catches up", || {
+        let s = status_json(&secondary, &env);
+        if s["widgets_synced_count"] == 5 && s["cursor_events_behind"] == 0 {
+            Ok(())
+        } else {
+            Err(s.to_string())
+        }
+    });
+    let s = status_json(&secondary, &env);
+    let p = status_json(&primary, &[]);
+    assert_eq!(s["last_event_id"], p["last_event_id"], "{s}\n{p}");
+    assert!(p["last_event_date"].is_string(), "{p}");
+    assert_eq!(s["last_event_date"], p["last_event_date"], "{s}\n{p}");
+    assert_eq!(
+        s["cursor_last_event_date"], p["last_event_date"],
+        "the cursor stands on the newest event: {s}"
+    );
+
+    // A cursor that moves is reported at once, not at the next minute's report.
+    ok(&primary, &["app-create", "widget", "6", "10"], &[]);
+    let newest = status_json(&primary, &[])["last_event_id"].clone();
+    let started = std::time::Instant::now();
+    eventually("the primary sees the secondary's new position", || {
+        let p = status_json(&primary, &[]);
+        if p["secondaries"][0]["last_event_id"] == newest {
+            Ok(())
+        } else {
+            Err(p.to_string())
+        }
+    });
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "the report waited for the 60 s heartbeat: {:?}",
+        started.elapsed()
+    );
+    let p = status_json(&primary, &[]);
+    assert_eq!(
+        p["secondaries"][0]["last_event_date"], p["last_event_date"],
+        "{p}"
+    );
+    let table = ok(&primary, &["status"], &[]);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("secondary west: "))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        line.contains(&format!("applied up to event {newest} (written "))
+            && line.contains(" ago) (0 behind), as it reported ")
+            && line.ends_with(" ago"),
+        "{line}"
+    );
+
+    // Each node's metrics carry its name and URL; the secondary has the event times too.
+    eventually("the secondary's metrics have the event times", || {
+        let (code, body) = get(&format!("{admin}/metrics"), Some(ADMIN_TOKEN));
+        assert_eq!(code, 200, "{body}");
+        let found = samples(&body);
+        let get = |k: &str| found.iter().find(|(s, _)| s == k).map(|(_, v)| *v);
+        let labels = "{name=\"west\",url=\"https://west.example.com\"}";
+        match (
+            get(&format!("geo_last_event_timestamp{labels}")),
+            get(&format!("geo_cursor_last_event_timestamp{labels}")),
+        ) {
+            (Some(last), Some(cursor)) if last > 1e9 && cursor == last => Ok(()),
+            other => Err(format!("{other:?}: {body}")),
+        }
+    });
+    let (code, body) = get(&format!("{primary_admin}/metrics"), Some(ADMIN_TOKEN));
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        samples(&body)
+            .iter()
+            .any(|(s, _)| *s == format!("geo_status_healthy{{name=\"east\",url=\"{url}\"}}")),
+        "the primary's url label is its node API: {body}"
+    );
+
+    terminate(secondary_node);
+    terminate(primary_node);
 }

@@ -143,12 +143,12 @@ async fn migrations_apply_once_and_record_themselves() {
                     .expect("app tables");
             }
             let first = db::migrate(&db, role, &set()).await.expect("first run");
-            // The base schema's migrations (one on a primary, two on a secondary), then each
+            // The base schema's migrations, then each
             // replicator's (one on a primary, two on a secondary: the registry, then its
             // invariants).
             let (base, per_replicator) = match role {
-                NodeRole::Primary => (1, 1),
-                NodeRole::Secondary => (2, 2),
+                NodeRole::Primary => (db::BASE_PRIMARY_MIGRATIONS.len(), 1),
+                NodeRole::Secondary => (db::BASE_SECONDARY_MIGRATIONS.len(), 2),
             };
             let expected = base + 2 * per_replicator;
             assert_eq!(first.applied.len(), expected, "{}: {first:?}", db.label());
@@ -614,7 +614,7 @@ async fn concurrent_runners_apply_each_migration_once() {
     applied.sort_unstable();
     assert_eq!(
         applied,
-        [0, 0, 0, 6],
+        [0, 0, 0, db::BASE_SECONDARY_MIGRATIONS.len() + 4],
         "exactly one runner applies the migrations"
     );
 }

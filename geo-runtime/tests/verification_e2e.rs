@@ -502,13 +502,13 @@ async fn both_sites_verify_and_the_secondary_heals_corruption_on_its_own() {
         assert_eq!(code, 200);
         let metrics = parse_prometheus(&body);
         assert_eq!(
-            metrics.get("geo_widgets_synced{name=\"west\",url=\"west\"}"),
+            metrics.get("geo_widgets_synced{name=\"west\"}"),
             Some(&(PER_MODEL as f64)),
             "{label}: {body}"
         );
         assert!(
             metrics
-                .get("geo_verification_total{name=\"west\",url=\"west\",replicable=\"doc\",outcome=\"failed\"}")
+                .get("geo_verification_total{name=\"west\",replicable=\"doc\",outcome=\"failed\"}")
                 .is_some_and(|v| *v >= 1.0),
             "{label}: {body}"
         );

@@ -45,17 +45,28 @@ pub fn ok(config: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
 
 /// Reads a child's stdout line by line until one starts with `prefix`; the rest of that line.
 pub fn wait_for_line(child: &mut Child, prefix: &str) -> String {
+    wait_for_lines(child, &[prefix]).remove(0)
+}
+
+/// Reads a child's stdout until a line starting with each prefix was seen, in order; the rest of
+/// each. One reader for all: a second reader would lose what the first had buffered.
+pub fn wait_for_lines(child: &mut Child, prefixes: &[&str]) -> Vec<String> {
     let out = child.stdout.as_mut().expect("piped stdout");
     let mut reader = BufReader::new(out);
     let mut line = String::new();
-    loop {
-        line.clear();
-        let n = reader.read_line(&mut line).expect("read stdout");
-        assert!(n > 0, "the process ended before printing {prefix:?}");
-        if let Some(rest) = line.trim_end().strip_prefix(prefix) {
-            return rest.to_owned();
+    let mut found = Vec::new();
+    for prefix in prefixes {
+        loop {
+            line.clear();
+            let n = reader.read_line(&mut line).expect("read stdout");
+            assert!(n > 0, "the process ended before printing {prefix:?}");
+            if let Some(rest) = line.trim_end().strip_prefix(prefix) {
+                found.push(rest.to_owned());
+                break;
+            }
         }
     }
+    found
 }
 
 /// Runs `geo <role>` as a node, logging to `log`, its stdout piped (for [`wait_for_line`]).

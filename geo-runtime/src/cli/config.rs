@@ -60,6 +60,12 @@ pub const KEYS: &[Key] = &[
         doc: "primary: where the node API listens",
     },
     Key {
+        name: "url",
+        secret: false,
+        default: None,
+        doc: "this node's external URL, the `url` label of its metrics (a primary: http:// and its listen address when unset; a secondary: no label when unset)",
+    },
+    Key {
         name: "primary_url",
         secret: false,
         default: None,
@@ -456,6 +462,7 @@ impl Settings {
         c.admin = self.admin()?;
         c.status_interval = Duration::from_secs(self.positive("status_interval_secs")?);
         c.secrets_key = self.get("secrets_key")?;
+        c.url = self.get("url")?;
         Ok(c)
     }
 
@@ -512,6 +519,7 @@ impl Settings {
         c.admin = self.admin()?;
         c.status_interval = Duration::from_secs(self.positive("status_interval_secs")?);
         c.cursor_stall = Duration::from_secs(self.positive("cursor_stall_secs")?);
+        c.url = self.get("url")?;
         Ok(c)
     }
 }

@@ -163,4 +163,12 @@ CREATE TABLE "geo_feature_flags" (
 ) STRICT;
 "#,
     },
+    MigrationDef {
+        version: 3,
+        description: "the time of the last event the cursor applied (Geo's cursor_last_event_date)",
+        postgres: r#"ALTER TABLE "geo_event_cursor" ADD COLUMN "last_event_date" TIMESTAMPTZ;
+"#,
+        sqlite: r#"ALTER TABLE "geo_event_cursor" ADD COLUMN "last_event_date" INTEGER;
+"#,
+    },
 ];

@@ -212,17 +212,18 @@ impl<S: EventSource> EventCursor<S> {
         if let Some(p) = self.position().await? {
             return Ok(p);
         }
-        let start = match self.config.start {
-            StartPosition::Latest => self.source.latest_event_id().await?,
-            StartPosition::Beginning => 0,
+        let (start, start_date) = match self.config.start {
+            StartPosition::Latest => self.source.latest_event().await?,
+            StartPosition::Beginning => (0, None),
         };
         let d = self.db.dialect();
         let sql = format!(
-            "INSERT INTO \"geo_event_cursor\" (\"id\", \"last_event_id\", \"updated_at\") VALUES (1, {}, {}) ON CONFLICT (\"id\") DO NOTHING",
+            "INSERT INTO \"geo_event_cursor\" (\"id\", \"last_event_id\", \"updated_at\", \"last_event_date\") VALUES (1, {}, {}, {}) ON CONFLICT (\"id\") DO NOTHING",
             param(d, 1),
-            param(d, 2)
+            param(d, 2),
+            param(d, 3)
         );
-        on_pool!(self.db, write, pool => sqlx::query(AssertSqlSafe(sql)).bind(start).bind(Ts(now())).execute(pool).await?.rows_affected());
+        on_pool!(self.db, write, pool => sqlx::query(AssertSqlSafe(sql)).bind(start).bind(Ts(now())).bind(start_date.map(Ts)).execute(pool).await?.rows_affected());
         Ok(self.position().await?.unwrap_or(start))
     }
 
@@ -280,7 +281,12 @@ impl<S: EventSource> EventCursor<S> {
         delete_gaps(tx.conn(), &filled_ids).await?;
         delete_gaps(tx.conn(), &abandoned).await?;
         insert_gaps(tx.conn(), &gaps.ids, started).await?;
-        store_position(tx.conn(), new_position, started).await?;
+        // The cursor's event time moves with its position (Geo's cursor_last_event_date).
+        let position_date = batch
+            .last()
+            .filter(|e| e.id > position)
+            .map(|e| e.created_at);
+        store_position(tx.conn(), new_position, position_date, started).await?;
         // The crash suite stops the process here: events applied, nothing committed.
         #[cfg(feature = "failpoints")]
         if !events.is_empty() {
@@ -495,11 +501,27 @@ impl<S: EventSource> EventCursor<S> {
     }
 }
 
-/// The stored cursor: the position and when it was stored (for the status).
-pub(crate) async fn stored_cursor(db: &Database) -> Result<Option<(i64, DateTime<Utc>)>, DbError> {
+/// The stored cursor, for the status.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StoredCursor {
+    /// Every event up to this id is applied.
+    pub(crate) position: i64,
+    /// When the cursor last stepped.
+    pub(crate) updated_at: DateTime<Utc>,
+    /// When the event at the position was written on the primary (`None` until the cursor
+    /// applied one).
+    pub(crate) last_event_date: Option<DateTime<Utc>>,
+}
+
+/// The stored cursor, if the cursor ever ran.
+pub(crate) async fn stored_cursor(db: &Database) -> Result<Option<StoredCursor>, DbError> {
     on_pool!(db, read, pool => {
-        let row = sqlx::query("SELECT \"last_event_id\", \"updated_at\" FROM \"geo_event_cursor\" WHERE \"id\" = 1").fetch_optional(pool).await?;
-        row.map(|r| Ok::<_, DbError>((r.i64("last_event_id")?, r.timestamp("updated_at")?))).transpose()
+        let row = sqlx::query("SELECT \"last_event_id\", \"updated_at\", \"last_event_date\" FROM \"geo_event_cursor\" WHERE \"id\" = 1").fetch_optional(pool).await?;
+        row.map(|r| Ok::<_, DbError>(StoredCursor {
+            position: r.i64("last_event_id")?,
+            updated_at: r.timestamp("updated_at")?,
+            last_event_date: r.opt_timestamp("last_event_date")?,
+        })).transpose()
     })
 }
 
@@ -539,14 +561,23 @@ async fn insert_gaps(conn: Conn<'_>, ids: &[i64], now: DateTime<Utc>) -> Result<
     Ok(())
 }
 
-async fn store_position(conn: Conn<'_>, position: i64, now: DateTime<Utc>) -> Result<(), DbError> {
+/// Stores the position; `event_date` (the newest applied event's time) only when the position
+/// moved, else the stored one stays.
+async fn store_position(
+    conn: Conn<'_>,
+    position: i64,
+    event_date: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<(), DbError> {
     let d = conn.dialect();
     let sql = format!(
-        "INSERT INTO \"geo_event_cursor\" (\"id\", \"last_event_id\", \"updated_at\") VALUES (1, {}, {}) \
-         ON CONFLICT (\"id\") DO UPDATE SET \"last_event_id\" = excluded.\"last_event_id\", \"updated_at\" = excluded.\"updated_at\"",
+        "INSERT INTO \"geo_event_cursor\" (\"id\", \"last_event_id\", \"updated_at\", \"last_event_date\") VALUES (1, {}, {}, {}) \
+         ON CONFLICT (\"id\") DO UPDATE SET \"last_event_id\" = excluded.\"last_event_id\", \"updated_at\" = excluded.\"updated_at\", \
+         \"last_event_date\" = COALESCE(excluded.\"last_event_date\", \"geo_event_cursor\".\"last_event_date\")",
         param(d, 1),
-        param(d, 2)
+        param(d, 2),
+        param(d, 3)
     );
-    on_conn!(conn, c => sqlx::query(AssertSqlSafe(sql)).bind(position).bind(Ts(now)).execute(&mut *c).await?.rows_affected());
+    on_conn!(conn, c => sqlx::query(AssertSqlSafe(sql)).bind(position).bind(Ts(now)).bind(event_date.map(Ts)).execute(&mut *c).await?.rows_affected());
     Ok(())
 }

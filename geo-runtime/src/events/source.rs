@@ -3,6 +3,7 @@
 //! node API implements the same trait). Also the primary's side of the log: reading, recording
 //! secondaries' cursors and pruning.
 
+use chrono::{DateTime, Utc};
 use std::future::Future;
 
 use sqlx::AssertSqlSafe;
@@ -103,6 +104,13 @@ pub trait EventSource: Send + Sync {
     ) -> impl Future<Output = Result<Vec<Event>, SourceError>> + Send;
     /// The highest event id (0 when the log is empty).
     fn latest_event_id(&self) -> impl Future<Output = Result<i64, SourceError>> + Send;
+    /// The highest event id and when that event was written (`None` when the log is empty or
+    /// the source cannot say), for the status's `last_event_date`.
+    fn latest_event(
+        &self,
+    ) -> impl Future<Output = Result<(i64, Option<DateTime<Utc>>), SourceError>> + Send {
+        async move { Ok((self.latest_event_id().await?, None)) }
+    }
 }
 
 /// Reads the event log from the primary's database.
@@ -215,6 +223,12 @@ impl EventSource for DbEventSource {
             .map_err(DbError::from)?);
         Ok(max.unwrap_or(0))
     }
+
+    async fn latest_event(&self) -> Result<(i64, Option<DateTime<Utc>>), SourceError> {
+        Ok(newest_event(&self.primary)
+            .await?
+            .map_or((0, None), |(id, at)| (id, Some(at))))
+    }
 }
 
 /// On the primary: remembers how far a secondary has read, for pruning.
@@ -258,7 +272,7 @@ pub(crate) async fn forget_secondary_cursor(
 /// The newest event's id and time, if the log has any (for the primary's status).
 pub(crate) async fn newest_event(
     primary: &Database,
-) -> Result<Option<(i64, chrono::DateTime<chrono::Utc>)>, DbError> {
+) -> Result<Option<(i64, DateTime<Utc>)>, DbError> {
     on_pool!(primary, read, pool => {
         let row = sqlx::query("SELECT \"id\", \"created_at\" FROM \"geo_events\" ORDER BY \"id\" DESC LIMIT 1").fetch_optional(pool).await?;
         row.map(|r| Ok((r.i64("id")?, r.timestamp("created_at")?))).transpose()
@@ -294,14 +308,37 @@ pub(crate) async fn count_events(
     })
 }
 
+/// A secondary's reported cursor, as the primary keeps it.
+#[derive(Debug, Clone)]
+pub(crate) struct ReportedCursor {
+    /// The secondary's name.
+    pub(crate) name: String,
+    /// Every event up to this id is applied there.
+    pub(crate) last_event_id: i64,
+    /// When that event was written (`None` when it is no longer in the log).
+    pub(crate) last_event_date: Option<DateTime<Utc>>,
+    /// When the secondary reported it.
+    pub(crate) updated_at: DateTime<Utc>,
+}
+
 /// The secondaries' reported cursors, by name (for the primary's status).
-pub(crate) async fn secondary_cursors(
-    primary: &Database,
-) -> Result<Vec<(String, i64, chrono::DateTime<chrono::Utc>)>, DbError> {
+pub(crate) async fn secondary_cursors(primary: &Database) -> Result<Vec<ReportedCursor>, DbError> {
     on_pool!(primary, read, pool => {
-        let rows = sqlx::query("SELECT \"node_name\", \"last_event_id\", \"updated_at\" FROM \"geo_secondary_cursors\" ORDER BY \"node_name\"").fetch_all(pool).await?;
+        let rows = sqlx::query(
+            "SELECT c.\"node_name\", c.\"last_event_id\", c.\"updated_at\", e.\"created_at\" AS \"last_event_date\" \
+             FROM \"geo_secondary_cursors\" c LEFT JOIN \"geo_events\" e ON e.\"id\" = c.\"last_event_id\" ORDER BY c.\"node_name\"",
+        )
+        .fetch_all(pool)
+        .await?;
         rows.iter()
-            .map(|r| Ok((r.opt_string("node_name")?.unwrap_or_default(), r.i64("last_event_id")?, r.timestamp("updated_at")?)))
+            .map(|r| {
+                Ok(ReportedCursor {
+                    name: r.opt_string("node_name")?.unwrap_or_default(),
+                    last_event_id: r.i64("last_event_id")?,
+                    last_event_date: r.opt_timestamp("last_event_date")?,
+                    updated_at: r.timestamp("updated_at")?,
+                })
+            })
             .collect()
     })
 }

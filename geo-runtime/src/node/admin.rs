@@ -147,7 +147,12 @@ async fn health(State(state): State<AdminState>, headers: axum::http::HeaderMap)
 
 async fn prometheus(State(state): State<AdminState>) -> Response {
     let name = state.status.name().to_owned();
-    let mut registry = telemetry::labelled_registry(&[("name", &name), ("url", &name)]);
+    // Geo labels every metric with the node's name and URL; no URL label rather than a wrong one.
+    let mut labels = vec![("name", name.as_str())];
+    if let Some(url) = state.status.url() {
+        labels.push(("url", url));
+    }
+    let mut registry = telemetry::labelled_registry(&labels);
     if let Some(s) = state.status.latest() {
         registry.register_collector(Box::new(StatusGauges(s)));
     }

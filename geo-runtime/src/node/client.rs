@@ -2,6 +2,7 @@
 //! within the primary's origin (so the authorization header never leaves it), and fails a
 //! transfer that stalls longer than the idle-read timeout.
 
+use chrono::{DateTime, Utc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::AUTHORIZATION;
@@ -369,10 +370,14 @@ impl EventSource for PrimaryClient {
     }
 
     async fn latest_event_id(&self) -> Result<i64, SourceError> {
-        Ok(self
+        Ok(self.latest_event().await?.0)
+    }
+
+    async fn latest_event(&self) -> Result<(i64, Option<DateTime<Utc>>), SourceError> {
+        let page = self
             .events_page(&[("after", i64::MAX.to_string()), ("limit", "1".into())])
-            .await?
-            .latest_id)
+            .await?;
+        Ok((page.latest_id, page.latest_at))
     }
 }
 

@@ -3,16 +3,18 @@
 //! its worker, and the few lines here say when it runs and what it logs when it fails.
 
 use std::future::Future;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::client::PrimaryClient;
+use super::runner::SecondaryConfig;
 use crate::db::Database;
 use crate::db::dialect::now;
-use crate::events::{CursorConfig, EventCursor, prune_events};
+use crate::events::{EventCursor, prune_events};
 use crate::flags;
 use crate::registry::Registry;
 use crate::replicator::ReplicatorSet;
@@ -262,26 +264,48 @@ pub(crate) fn removals<S: BlobStore>(db: &Database, set: &ReplicatorSet, store: 
     })
 }
 
-/// The report of the cursor's safe position to the primary (which prunes its log with it).
+/// The report of the cursor's safe position to the primary (which prunes its log with it and
+/// shows it in its status): as soon as the position moved, at most once per
+/// `report_min_interval`, and at least once per `report_interval` while it stays put (so the
+/// report's age says the secondary is alive).
 pub(crate) fn cursor_report(
     db: &Database,
     set: &ReplicatorSet,
     client: PrimaryClient,
-    config: CursorConfig,
-    interval: Duration,
+    c: &SecondaryConfig,
 ) -> Job {
-    let (db, set) = (db.clone(), set.clone());
-    Job::every("cursor report", interval, move || {
-        let reader = EventCursor::new(&db, &set, client.clone(), config.clone(), "reporter");
-        let client = client.clone();
-        async move {
-            if let Ok(Some(p)) = reader.safe_position().await
-                && let Err(e) = client.report_cursor(p).await
-            {
-                tracing::debug!(error = %e, "could not report the cursor to the primary");
+    let (db, set, config) = (db.clone(), set.clone(), c.cursor.clone());
+    let (at_most_every, at_least_every) = (c.report_min_interval, c.report_interval);
+    let last: Arc<Mutex<Option<(i64, Instant)>>> = Arc::default();
+    Job::every(
+        "cursor report",
+        at_most_every.min(at_least_every),
+        move || {
+            let reader = EventCursor::new(&db, &set, client.clone(), config.clone(), "reporter");
+            let (client, last) = (client.clone(), last.clone());
+            async move {
+                let Ok(Some(position)) = reader.safe_position().await else {
+                    return;
+                };
+                let previous = last.lock().ok().and_then(|l| *l);
+                if previous.is_some_and(|(reported, at)| {
+                    reported == position && at.elapsed() < at_least_every
+                }) {
+                    return;
+                }
+                match client.report_cursor(position).await {
+                    Ok(()) => {
+                        if let Ok(mut l) = last.lock() {
+                            *l = Some((position, Instant::now()));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "could not report the cursor to the primary")
+                    }
+                }
             }
-        }
-    })
+        },
+    )
 }
 
 /// The node's status, collected every `interval` for the admin endpoint and the gauges.

@@ -51,6 +51,9 @@ pub struct PrimaryConfig {
     /// are sealed when the primary starts. Without it they are stored in clear (a warning
     /// says so at start).
     pub secrets_key: Option<crate::node::SecretsKey>,
+    /// This node's external URL, the `url` label of its metrics (default: `http://` and the
+    /// address the node API listens on).
+    pub url: Option<String>,
 }
 
 impl PrimaryConfig {
@@ -65,6 +68,7 @@ impl PrimaryConfig {
             admin: None,
             status_interval: Duration::from_secs(60),
             secrets_key: None,
+            url: None,
         }
     }
 }
@@ -76,6 +80,8 @@ pub struct SecondaryConfig {
     pub name: String,
     /// The primary's URL.
     pub primary_url: String,
+    /// This node's own external URL, the `url` label of its metrics (none when unset).
+    pub url: Option<String>,
     /// This node's access key.
     pub access_key: String,
     /// This node's secret (redacted in `Debug`).
@@ -94,8 +100,11 @@ pub struct SecondaryConfig {
     pub sweep_interval: Duration,
     /// A sync running longer than this is failed by the sweeper (Geo: 8 h).
     pub sync_timeout: Duration,
-    /// How often the cursor position is reported to the primary (for pruning).
+    /// The longest time between two reports of the cursor's position to the primary (for
+    /// pruning and the primary's status) while it stays put.
     pub report_interval: Duration,
+    /// The shortest time between two reports: a cursor that moved is reported this promptly.
+    pub report_min_interval: Duration,
     /// Re-verification of the local copies on this node's own schedule.
     pub verification: SecondaryVerifyConfig,
     /// The admin endpoint (status, metrics), when wanted.
@@ -119,6 +128,7 @@ impl SecondaryConfig {
         SecondaryConfig {
             name: name.to_owned(),
             primary_url: primary_url.to_owned(),
+            url: None,
             access_key: access_key.to_owned(),
             secret,
             storage_root: storage_root.into(),
@@ -129,6 +139,7 @@ impl SecondaryConfig {
             sweep_interval: Duration::from_secs(600),
             sync_timeout: Duration::from_secs(8 * 3600),
             report_interval: Duration::from_secs(60),
+            report_min_interval: Duration::from_secs(1),
             verification: SecondaryVerifyConfig::default(),
             admin: None,
             status_interval: Duration::from_secs(60),
@@ -367,7 +378,15 @@ impl Node {
         let mut jobs = Vec::from(jobs::primary_verification(verification));
         jobs.push(jobs::event_pruning(db, c.prune_interval));
         jobs::spawn_all(&tracker, &cancel, jobs);
-        let status = StatusCollector::new(db, NodeRole::Primary, set, &c.name).with_store(store);
+        let url = c
+            .url
+            .clone()
+            .or_else(|| local_addr.map(|a| format!("http://{a}")));
+        let mut status =
+            StatusCollector::new(db, NodeRole::Primary, set, &c.name).with_store(store);
+        if let Some(url) = url {
+            status = status.with_url(&url);
+        }
         let admin_addr = start_status(
             &tracker,
             &cancel,
@@ -444,7 +463,7 @@ impl Node {
             jobs::consistency_pass(db, set, client.clone(), c.consistency_interval),
             jobs::sync_timeout_sweep(db, set, c.sync_timeout, c.sweep_interval),
             jobs::removals(db, set, store.clone()),
-            jobs::cursor_report(db, set, client.clone(), c.cursor.clone(), c.report_interval),
+            jobs::cursor_report(db, set, client.clone(), &c),
         ]);
         jobs::spawn_all(&tracker, &cancel, jobs);
 
@@ -508,8 +527,12 @@ fn secondary_status(
     client: &PrimaryClient,
     metrics: &Metrics,
 ) -> StatusCollector {
-    StatusCollector::new(db, NodeRole::Secondary, set, &c.name)
+    let status = StatusCollector::new(db, NodeRole::Secondary, set, &c.name)
         .with_primary(client.clone())
         .with_cursor_stall(c.cursor_stall)
-        .with_metrics(metrics.clone())
+        .with_metrics(metrics.clone());
+    match &c.url {
+        Some(url) => status.with_url(url),
+        None => status,
+    }
 }

@@ -306,8 +306,12 @@ async fn events<S: BlobStore>(
             .await
             .map_err(failed)?,
     };
-    let latest_id = source.latest_event_id().await.map_err(failed)?;
-    Ok(Json(EventsPage { events, latest_id }))
+    let (latest_id, latest_at) = source.latest_event().await.map_err(failed)?;
+    Ok(Json(EventsPage {
+        events,
+        latest_id,
+        latest_at,
+    }))
 }
 
 #[derive(Debug, Deserialize)]

@@ -246,6 +246,9 @@ pub(crate) struct EventsPage {
     pub(crate) events: Vec<Event>,
     /// The highest event id in the log.
     pub(crate) latest_id: i64,
+    /// When that event was written (absent from an older primary, or with an empty log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) latest_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A page of model ids.

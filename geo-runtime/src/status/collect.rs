@@ -4,6 +4,8 @@
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
+use chrono::{DateTime, Utc};
+
 use crate::db::dialect::now;
 use crate::db::{Database, NodeRole};
 use crate::error::DbError;
@@ -19,10 +21,12 @@ use crate::verification::Checksums;
 
 use super::{NodeStatus, ReplicableStatus, SecondaryCursor};
 
-/// The primary's newest event id, asked through any [`EventSource`] (whose futures are not
-/// object-safe, hence the boxed closure).
+/// The primary's newest event id and time, asked through any [`EventSource`] (whose futures
+/// are not object-safe, hence the boxed closure).
+type NewestEvent = Result<(i64, Option<DateTime<Utc>>), SourceError>;
+
 #[derive(Clone)]
-struct PrimaryEvents(Arc<dyn Fn() -> BoxFuture<'static, Result<i64, SourceError>> + Send + Sync>);
+struct PrimaryEvents(Arc<dyn Fn() -> BoxFuture<'static, NewestEvent> + Send + Sync>);
 
 impl std::fmt::Debug for PrimaryEvents {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -47,6 +51,7 @@ pub struct StatusCollector {
     role: NodeRole,
     descriptors: Vec<&'static ReplicatorDescriptor>,
     name: String,
+    url: Option<String>,
     primary: Option<PrimaryEvents>,
     store: Option<StoreProbe>,
     cursor_stall: std::time::Duration,
@@ -62,6 +67,7 @@ impl StatusCollector {
             role,
             descriptors: set.descriptors().to_vec(),
             name: name.to_owned(),
+            url: None,
             primary: None,
             store: None,
             cursor_stall: super::CURSOR_STALL,
@@ -75,7 +81,7 @@ impl StatusCollector {
     pub fn with_primary<S: EventSource + Clone + 'static>(mut self, events: S) -> Self {
         self.primary = Some(PrimaryEvents(Arc::new(move || {
             let events = events.clone();
-            Box::pin(async move { events.latest_event_id().await })
+            Box::pin(async move { events.latest_event().await })
         })));
         self
     }
@@ -104,9 +110,20 @@ impl StatusCollector {
         self
     }
 
+    /// The node's external URL (the `url` label of its metrics).
+    pub fn with_url(mut self, url: &str) -> Self {
+        self.url = Some(url.to_owned());
+        self
+    }
+
     /// The node's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The node's external URL, when known.
+    pub fn url(&self) -> Option<&str> {
+        self.url.as_deref()
     }
 
     /// The latest snapshot, if one was collected.
@@ -133,6 +150,7 @@ impl StatusCollector {
             last_event_id: None,
             last_event_date: None,
             cursor_last_event_id: None,
+            cursor_last_event_date: None,
             cursor_updated_at: None,
             cursor_events_behind: None,
             cursor_gaps_count: None,
@@ -173,10 +191,11 @@ impl StatusCollector {
         status.secondaries = crate::events::secondary_cursors(&self.db)
             .await?
             .into_iter()
-            .map(|(name, last_event_id, updated_at)| SecondaryCursor {
-                name,
-                last_event_id,
-                updated_at,
+            .map(|c| SecondaryCursor {
+                name: c.name,
+                last_event_id: c.last_event_id,
+                last_event_date: c.last_event_date,
+                updated_at: c.updated_at,
             })
             .collect();
         Ok(())
@@ -194,14 +213,16 @@ impl StatusCollector {
             status.store_checked_at = Some(check.checked_at);
             status.extra_files = Some(check.extra_files);
         }
-        if let Some((position, at)) = cursor {
-            status.cursor_last_event_id = Some(position);
-            status.cursor_updated_at = Some(at);
+        if let Some(cursor) = cursor {
+            status.cursor_last_event_id = Some(cursor.position);
+            status.cursor_updated_at = Some(cursor.updated_at);
+            status.cursor_last_event_date = cursor.last_event_date;
         }
         if let Some(primary) = &self.primary {
             match (primary.0)().await {
-                Ok(latest) => {
+                Ok((latest, latest_at)) => {
                     status.last_event_id = Some(latest);
+                    status.last_event_date = latest_at;
                     status.cursor_events_behind =
                         Some((latest - status.cursor_last_event_id.unwrap_or(0)).max(0));
                 }

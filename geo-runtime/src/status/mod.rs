@@ -119,6 +119,8 @@ pub struct SecondaryCursor {
     pub name: String,
     /// The last event id it reported as applied.
     pub last_event_id: i64,
+    /// When that event was written (`None` once it was pruned from the log).
+    pub last_event_date: Option<DateTime<Utc>>,
     /// When it reported it.
     pub updated_at: DateTime<Utc>,
 }
@@ -136,12 +138,15 @@ pub struct NodeStatus {
     pub replicables: Vec<ReplicableStatus>,
     /// The newest event on the primary (a secondary asks its primary; `None` when unreachable).
     pub last_event_id: Option<i64>,
-    /// When the newest event was written (primary).
+    /// When the newest event was written on the primary (a secondary asks its primary).
     pub last_event_date: Option<DateTime<Utc>>,
     /// Secondary: the last event the cursor has read and applied (ids below it that are still
     /// missing are [`NodeStatus::cursor_gaps_count`]).
     pub cursor_last_event_id: Option<i64>,
-    /// Secondary: when the cursor last moved.
+    /// Secondary: when the event at the cursor's position was written on the primary (Geo's
+    /// `cursor_last_event_date`): with `last_event_date`, how far behind in time it is.
+    pub cursor_last_event_date: Option<DateTime<Utc>>,
+    /// Secondary: when the cursor last stepped (it steps every few seconds, idle or not).
     pub cursor_updated_at: Option<DateTime<Utc>>,
     /// Secondary: events the primary has after the cursor's position, not read here yet. Gaps
     /// are not lag: they are counted apart.
@@ -198,14 +203,25 @@ impl NodeStatus {
         );
         if self.role == NodeRole::Primary {
             m.insert("event_log_max_id".into(), self.last_event_id.into());
-            m.insert(
-                "secondaries".into(),
-                serde_json::to_value(&self.secondaries).unwrap_or_default(),
-            );
+            // Times as the node's own fields write them (RFC 3339), and each report's age.
+            let secondaries = self.secondaries.iter().map(|s| {
+                serde_json::json!({
+                    "name": s.name,
+                    "last_event_id": s.last_event_id,
+                    "last_event_date": s.last_event_date.map(|t| t.to_rfc3339()),
+                    "updated_at": s.updated_at.to_rfc3339(),
+                    "report_age_secs": (self.collected_at - s.updated_at).num_seconds().max(0),
+                })
+            });
+            m.insert("secondaries".into(), secondaries.collect::<Vec<_>>().into());
         } else {
             m.insert(
                 "cursor_last_event_id".into(),
                 self.cursor_last_event_id.into(),
+            );
+            m.insert(
+                "cursor_last_event_date".into(),
+                self.cursor_last_event_date.map(|t| t.to_rfc3339()).into(),
             );
             m.insert(
                 "cursor_updated_at".into(),

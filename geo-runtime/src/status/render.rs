@@ -43,6 +43,11 @@ fn gauges(status: &NodeStatus) -> Vec<(String, String, f64)> {
         f(status.cursor_last_event_id),
     );
     gauge(
+        "geo_cursor_last_event_timestamp".into(),
+        "When the event at the cursor's position was written on the primary.",
+        ts(status.cursor_last_event_date),
+    );
+    gauge(
         "geo_cursor_events_behind".into(),
         "Events on the primary not applied here yet.",
         f(status.cursor_events_behind),
@@ -147,16 +152,22 @@ impl NodeStatus {
                 n(r.checksum_failed_count)
             );
         }
-        let _ = writeln!(out, "last event: {}", n(self.last_event_id));
+        let _ = writeln!(
+            out,
+            "last event: {}{}",
+            n(self.last_event_id),
+            when(self.last_event_date, self.collected_at)
+        );
         for s in &self.secondaries {
             let behind = self.last_event_id.map(|l| (l - s.last_event_id).max(0));
             let _ = writeln!(
                 out,
-                "secondary {}: applied up to event {} ({} behind), reported {}",
+                "secondary {}: applied up to event {}{} ({} behind), as it reported {} ago",
                 s.name,
                 s.last_event_id,
+                when(s.last_event_date, self.collected_at),
                 n(behind),
-                s.updated_at.format("%Y-%m-%d %H:%M:%S UTC")
+                age(self.collected_at - s.updated_at)
             );
         }
     }
@@ -204,9 +215,11 @@ impl NodeStatus {
         };
         let _ = writeln!(
             out,
-            "cursor: event {} of {} ({} behind) · gaps: {gaps} · removals pending: {}",
+            "cursor: event {}{} of {}{} ({} behind) · gaps: {gaps} · removals pending: {}",
             n(self.cursor_last_event_id),
+            when(self.cursor_last_event_date, self.collected_at),
             n(self.last_event_id),
+            when(self.last_event_date, self.collected_at),
             n(self.cursor_events_behind),
             n(self.removals_pending)
         );
@@ -229,6 +242,11 @@ impl NodeStatus {
 /// A count, or `-` when it was not collected.
 fn n(v: Option<i64>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+/// ` (written 3 s ago)` for an event's time, or nothing when it is not known.
+fn when(at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
+    at.map_or_else(String::new, |t| format!(" (written {} ago)", age(now - t)))
 }
 
 /// `3 s`, `12 min`, `5 h`, `2 d`.
