@@ -174,6 +174,25 @@ fn operators_run_nodes_and_check_them_with_the_cli() {
     );
     let field = |name: &str| credential(&creds, name);
     let (access_key, secret) = (field("access_key"), field("secret"));
+    // Shown once, as environment settings rather than TOML, and stored sealed.
+    assert!(
+        creds.contains("its secret is stored sealed with secrets_key")
+            && creds.contains("through\nits environment")
+            && !creds.contains("secret = "),
+        "{creds}"
+    );
+    let stored: String = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async {
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}/primary.db", d.display()))
+                .await
+                .expect("open");
+            sqlx::query_scalar("SELECT secret FROM geo_nodes WHERE name = 'west'")
+                .fetch_one(&pool)
+                .await
+                .expect("row")
+        });
+    assert!(!stored.contains(&secret), "the secret is stored in clear");
     let listed = ok(&primary, &["nodes", "list"], &[]);
     assert!(
         listed.contains("west") && listed.contains(&access_key),

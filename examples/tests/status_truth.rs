@@ -47,6 +47,10 @@ fn a_stopped_secondary_that_falls_behind_is_unhealthy() {
     );
     let field = |name: &str| credential(&creds, name);
     let (access_key, secret) = (field("access_key"), field("secret"));
+    assert!(
+        creds.contains("its secret is stored IN CLEAR: set secrets_key (GEO_SECRETS_KEY)"),
+        "without a key the operator is told: {creds}"
+    );
     // Bad registrations are refused in words, and change nothing.
     for (args, wanted) in [
         (

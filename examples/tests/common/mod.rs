@@ -137,12 +137,12 @@ pub fn write(path: &Path, text: &str) -> std::path::PathBuf {
     path.to_owned()
 }
 
-/// The value of `name = "…"` in what `geo nodes add` printed.
+/// The value of `GEO_<NAME>=…` in what `geo nodes add` printed (`name`: `access_key`, `secret`).
 pub fn credential(creds: &str, name: &str) -> String {
+    let prefix = format!("GEO_{}=", name.to_ascii_uppercase());
     creds
         .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} = \"")))
-        .and_then(|v| v.strip_suffix('"'))
-        .unwrap_or_else(|| panic!("{name} in {creds}"))
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("{prefix} in {creds}"))
         .to_owned()
 }

@@ -325,9 +325,18 @@ pub(super) async fn nodes(
         NodesAction::Add { name, url } => {
             let key = settings.get::<crate::node::SecretsKey>("secrets_key")?;
             let creds = nodes::register(&db, &name, &url, key.as_ref()).await?;
+            let stored = if key.is_some() {
+                "sealed with secrets_key"
+            } else {
+                "IN CLEAR: set secrets_key (GEO_SECRETS_KEY) and restart the primary to seal it"
+            };
+            // Environment assignments, not TOML: the secret belongs in the secondary's
+            // environment (or a secret store), not in its configuration file.
             out(&format!(
-                "registered secondary `{name}`. Its credentials are shown this once; put them in its configuration:\n\
-                 name = \"{name}\"\naccess_key = \"{}\"\nsecret = \"{}\"\n",
+                "registered secondary `{name}` ({url}); its secret is stored {stored}.\n\
+                 The secret is shown this once. Give the secondary these settings, the secret through\n\
+                 its environment or a secret store rather than its configuration file:\n\n\
+                 GEO_NAME={name}\nGEO_ACCESS_KEY={}\nGEO_SECRET={}\n",
                 creds.access_key,
                 creds.secret.expose()
             ));
