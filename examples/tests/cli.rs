@@ -419,6 +419,27 @@ fn operators_run_nodes_and_check_them_with_the_cli() {
         }
     });
 
+    // A copy that rots is found by the secondary's verification, whose warning names the
+    // replicable and the record.
+    let copy = d
+        .join("secondary-objects")
+        .join(geo_examples::app::key(geo_examples::app::Kind::Widget, 4));
+    let mut bytes = std::fs::read(&copy).expect("copy");
+    bytes[0] ^= 1;
+    std::fs::write(&copy, &bytes).expect("flip a byte");
+    ok(&secondary, &["reverify", "widget", "--id", "4"], &env);
+    eventually("the verification warning names the copy", || {
+        let log = std::fs::read_to_string(&secondary_log).expect("log");
+        match log
+            .lines()
+            .find(|l| l.contains("a local copy failed verification"))
+        {
+            Some(l) if l.contains("replicable=\"widget\"") && l.contains(" id=4 ") => Ok(()),
+            Some(l) => panic!("the warning lacks the replicable or the id: {l}"),
+            None => Err("no warning yet".into()),
+        }
+    });
+
     terminate(secondary_node);
     terminate(primary_node);
     for log in [&primary_log, &secondary_log] {

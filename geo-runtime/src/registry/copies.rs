@@ -14,7 +14,19 @@ use crate::error::DbError;
 use crate::retry::truncate_failure;
 
 /// A copy claimed for verification: registry id, object key, expected checksum, failures.
-pub(crate) type ClaimedCopy = (i64, Option<String>, Option<Vec<u8>>, i32);
+#[derive(Debug)]
+pub(crate) struct ClaimedCopy {
+    /// The registry row.
+    pub(crate) id: i64,
+    /// The model record it copies (what an operator names).
+    pub(crate) model_id: i64,
+    /// Where the copy is.
+    pub(crate) key: Option<String>,
+    /// The primary's checksum (`None`: verification disabled for it).
+    pub(crate) expected: Option<Vec<u8>>,
+    /// Failures so far.
+    pub(crate) retries: i32,
+}
 
 /// A copy that failed its verification: why, whether its checksum differs (and what it is),
 /// when, and when to sync it again.
@@ -58,7 +70,13 @@ impl Copies {
                 .fetch_all(pool)
                 .await?;
             rows.iter()
-                .map(|r| Ok((r.try_get::<i64, _>("id")?, r.try_get::<Option<String>, _>("object_key")?, r.try_get::<Option<Vec<u8>>, _>("verification_checksum")?, r.try_get::<i32, _>("verification_retry_count")?)))
+                .map(|r| Ok(ClaimedCopy {
+                    id: r.try_get("id")?,
+                    model_id: r.try_get("model_record_id")?,
+                    key: r.try_get("object_key")?,
+                    expected: r.try_get("verification_checksum")?,
+                    retries: r.try_get("verification_retry_count")?,
+                }))
                 .collect()
         })
     }

@@ -206,7 +206,16 @@ impl<S: BlobStore> PrimaryVerification<S> {
                     tracing::debug!("verification succeeded");
                     round.succeeded += 1;
                 }
-                (true, false) => round.failed += 1,
+                (true, false) => {
+                    let reason = outcome.as_ref().err().map_or("", String::as_str);
+                    tracing::warn!(
+                        replicable = d.replicable_name,
+                        id,
+                        reason,
+                        "verification failed"
+                    );
+                    round.failed += 1;
+                }
             }
         }
         tx.commit().await
@@ -244,7 +253,6 @@ impl<S: BlobStore> PrimaryVerification<S> {
         retries: i32,
         keep: Option<&[u8]>,
     ) -> Result<bool, DbError> {
-        tracing::warn!(reason, "verification failed");
         let at = now();
         let retry_at = retry::next_retry_at(
             at,

@@ -43,7 +43,8 @@ pub struct SecondaryVerifyConfig {
     /// A copy is verified again this long after its last verification (default 7 days; at
     /// least one day, as Geo's minimum re-verification interval).
     pub reverify_interval: Duration,
-    /// Pause when there was nothing to verify.
+    /// Pause when there was nothing to verify (5 s: a `geo reverify` from another process is
+    /// picked up within it; an idle round is one indexed claim).
     pub idle_wait: Duration,
     /// How often a copy disabled for want of a primary checksum is looked at again.
     pub disabled_recheck: Duration,
@@ -57,7 +58,7 @@ impl Default for SecondaryVerifyConfig {
         SecondaryVerifyConfig {
             verification_max_capacity: 100,
             reverify_interval: Duration::from_secs(7 * 24 * 3600),
-            idle_wait: Duration::from_secs(60),
+            idle_wait: Duration::from_secs(5),
             disabled_recheck: Duration::from_secs(300),
             timeout: Duration::from_secs(8 * 3600),
         }
@@ -105,18 +106,19 @@ impl<S: BlobStore> SecondaryVerification<S> {
             let claimed = copies.claim(share, started, verified_before).await?;
             round.claimed += claimed.len();
             let outcomes: Vec<_> = futures_util::stream::iter(claimed)
-                .map(|(id, key, expected, retries)| async move {
-                    let local = match key.as_deref() {
+                .map(|copy| async move {
+                    let local = match copy.key.as_deref() {
                         Some(key) => strategy::checksum(d, &self.store, key).await,
                         None => Checksummed::Missing,
                     };
-                    (id, expected, retries, local)
+                    (copy, local)
                 })
                 .buffer_unordered(share)
                 .collect()
                 .await;
-            for (id, expected, retries, local) in outcomes {
-                let applied = match (expected, local) {
+            for (copy, local) in outcomes {
+                let (id, retries) = (copy.id, copy.retries);
+                let applied = match (copy.expected, local) {
                     (None, _) => copies.disabled(id, started).await?,
                     (Some(want), Checksummed::Sum(got)) if want.as_slice() == got.as_slice() => {
                         let ok = copies.succeeded(id, started, now()).await?;
@@ -125,7 +127,7 @@ impl<S: BlobStore> SecondaryVerification<S> {
                     }
                     (Some(want), local) => {
                         let failed = Self::copy_failed(&want, local, retries);
-                        tracing::warn!(registry_id = id, reason = %failed.reason, "a local copy failed verification; resyncing it");
+                        tracing::warn!(replicable = d.replicable_name, id = copy.model_id, reason = %failed.reason, "a local copy failed verification; resyncing it");
                         let applied = copies.failed(id, started, failed).await?;
                         round.failed += usize::from(applied);
                         applied
